@@ -1,0 +1,83 @@
+"""DCSFN hyper-parameters as a frozen dataclass, read from TOML, and the one model builder."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from training.dcsfn import DCSFN, RECURRENT_UNITS, SingleDCSFN
+
+
+@dataclass(frozen=True)
+class DCSFNConfig:
+    """The network's shape. Field names are ours; the original code's names are in brackets.
+
+    Args:
+        channels: feature channels [channel].
+        num_blocks: blocks per encoder and decoder [Num_encoder].
+        scale_num: levels per inner-scale block, 2 to 4 [scale_num].
+        conv_num: 3x3 conv units per level [conv_num].
+        unit: cross-scale unit, Conv, RNN, GRU or LSTM [uint].
+        cross: cross-scale fusion between sub-networks [Net_cross].
+        single: one sub-network only [single].
+    """
+
+    channels: int = 20
+    num_blocks: int = 16
+    scale_num: int = 4
+    conv_num: int = 4
+    unit: str = "GRU"
+    cross: bool = True
+    single: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "num_blocks", "conv_num"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.scale_num not in (2, 3, 4):
+            raise ValueError(f"scale_num must be 2, 3 or 4, got {self.scale_num!r}")
+        if self.unit not in RECURRENT_UNITS:
+            raise ValueError(f"unit must be one of {RECURRENT_UNITS}, got {self.unit!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DCSFNConfig:
+        """Build from a plain mapping, refusing names this config does not have."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown DCSFN option(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file from ``configs/`` (standard library only)."""
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def load_config(path: str | Path) -> DCSFNConfig:
+    """The ``[model]`` table of a config file as a :class:`DCSFNConfig`."""
+    return DCSFNConfig.from_dict(read_toml(path).get("model", {}))
+
+
+def build_network(config: DCSFNConfig) -> nn.Module:
+    """The bare network for ``config``, with fresh weights."""
+    if config.single:
+        return SingleDCSFN(config.channels, config.num_blocks, config.scale_num, config.conv_num)
+    return DCSFN(
+        config.channels,
+        config.num_blocks,
+        config.scale_num,
+        config.conv_num,
+        config.unit,
+        config.cross,
+    )

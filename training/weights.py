@@ -1,0 +1,216 @@
+"""One loader for every DCSFN checkpoint: bundled names, our own files, the authors' files.
+
+Checkpoints are untrusted input: they are read with ``torch.load(..., weights_only=True)``
+only, so a file that tries to run code is refused before any of it runs.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.config import DCSFNConfig, build_network
+
+FORMAT = "streamderain-dcsfn/1"
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+DEFAULT_MODEL = "dcsfn-lite"
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded; the message names the source and the reason."""
+
+
+def bundled_models() -> dict[str, Path]:
+    """Names of the models shipped inside the package, and their files."""
+    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.pt"))}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a checkpoint says about its weights, kept beside them."""
+
+    config: DCSFNConfig
+    channel_order: str
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class DerainModel(nn.Module):
+    """A DCSFN network ready for frames of any size.
+
+    Maps float tensors N x 3 x H x W in [0, 1], in :attr:`channel_order`, to the same.
+    Frames smaller than the network's minimum side are padded and cropped back. Outputs are
+    not clamped (so they match the original code exactly); clamp when converting to pixels.
+    """
+
+    def __init__(self, net: nn.Module, info: ModelInfo) -> None:
+        super().__init__()
+        self.net = net
+        self.info = info
+
+    @property
+    def channel_order(self) -> str:
+        return self.info.channel_order
+
+    @property
+    def config(self) -> DCSFNConfig:
+        return self.info.config
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        need = self.net.min_size
+        if h >= need and w >= need:
+            return self.net(x)
+        pad_h, pad_w = max(need - h, 0), max(need - w, 0)
+        padded = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        return self.net(padded)[..., :h, :w]
+
+
+def infer_config(state_dict: dict[str, Tensor]) -> DCSFNConfig:
+    """The configuration an original-code state dict was built with, from its names and shapes."""
+    if "convert.0.weight" not in state_dict:
+        raise ValueError("no 'convert.0.weight' tensor: not a DCSFN state dict")
+    single = "encoder.units.0.scale1.0.0.weight" in state_dict
+    prefix = "encoder" if single else "encoder_scale1"
+    unit_ids = {
+        int(m.group(1))
+        for k in state_dict
+        if (m := re.match(rf"{prefix}\.units\.(\d+)\.", k))
+    }
+    if not unit_ids:
+        raise ValueError(f"no '{prefix}.units.*' tensors: not a DCSFN state dict")
+    levels = {
+        int(m.group(1))
+        for k in state_dict
+        if (m := re.match(rf"{prefix}\.units\.0\.scale(\d+)\.", k))
+    }
+    conv_num = len(
+        {k for k in state_dict if re.fullmatch(rf"{prefix}\.units\.0\.scale1\.\d+\.0\.weight", k)}
+    )
+    unit = "GRU"
+    for name, marker in (("GRU", "conv_xz"), ("LSTM", "conv_xf"), ("RNN", "conv_x"), ("Conv", "conv")):
+        if f"rec1_1.{marker}.weight" in state_dict:
+            unit = name
+            break
+    return DCSFNConfig(
+        channels=int(state_dict["convert.0.weight"].shape[0]),
+        num_blocks=max(unit_ids) + 1,
+        scale_num=len(levels),
+        conv_num=conv_num,
+        unit=unit,
+        cross="fusion_1_2_1.0.weight" in state_dict,
+        single=single,
+    )
+
+
+def _strip_prefix(state_dict: dict[str, Any]) -> dict[str, Tensor]:
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k.removeprefix("module."): v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def _read(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(
+            f"{path}: refused: the file holds objects other than tensors ({reason[:200]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__})") from None
+
+
+def _unpack(payload: Any, path: Path) -> tuple[dict[str, Tensor], ModelInfo]:
+    """Split a loaded file into a state dict and what it says about itself."""
+    if not isinstance(payload, dict):
+        raise ModelLoadError(f"{path}: not a checkpoint (holds a {type(payload).__name__})")
+    if payload.get("format") == FORMAT:
+        try:
+            config = DCSFNConfig.from_dict(payload["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: bad model config ({exc})") from None
+        order = payload.get("channel_order")
+        if order not in CHANNEL_ORDERS:
+            raise ModelLoadError(f"{path}: bad channel order {order!r}")
+        info = ModelInfo(config, order, str(path), dict(payload.get("metadata", {})))
+        return payload["state_dict"], info
+    state = payload
+    for key in ("net", "params_ema", "params", "state_dict"):
+        if isinstance(payload.get(key), dict):
+            state = payload[key]
+            break
+    if not all(isinstance(v, Tensor) for v in state.values()):
+        raise ModelLoadError(f"{path}: not a DCSFN checkpoint (no state dict of tensors)")
+    state = _strip_prefix(state)
+    try:
+        config = infer_config(state)
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: not a DCSFN checkpoint ({exc})") from None
+    # The authors' code reads images with OpenCV, so their weights expect BGR.
+    info = ModelInfo(config, "BGR", str(path), {"origin": "original DCSFN code"})
+    return state, info
+
+
+def resolve_source(source: str | Path | None) -> Path:
+    """The file behind a bundled model name or a path."""
+    name = DEFAULT_MODEL if source is None else str(source)
+    bundled = bundled_models()
+    if name in bundled:
+        return bundled[name]
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if path.exists():
+        raise ModelLoadError(f"{path}: not a file")
+    if isinstance(source, Path) or path.suffix or "/" in name or "\\" in name:
+        raise ModelLoadError(f"{path}: no such file")
+    known = ", ".join(bundled) or "none"
+    raise ModelLoadError(f"{name}: unknown model name (bundled models: {known})")
+
+
+def load_model(source: str | Path | None = None, device: str | torch.device = "cpu") -> DerainModel:
+    """A model in eval mode, from a bundled name, our checkpoint or an original-code checkpoint.
+
+    Raises:
+        ModelLoadError: the source is missing, not a checkpoint, of another network, or holds
+            code; the message names the file and the reason.
+    """
+    path = resolve_source(source)
+    state, info = _unpack(_read(path), path)
+    net = build_network(info.config)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelLoadError(f"{path}: weights do not fit DCSFN {info.config} ({first})") from None
+    model = DerainModel(net, info).eval().requires_grad_(False)
+    return model.to(device)
+
+
+def save_model(
+    path: str | Path,
+    net: nn.Module,
+    config: DCSFNConfig,
+    channel_order: str = "RGB",
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Write weights with their metadata (config, channel order, data, metrics) beside them."""
+    if channel_order not in CHANNEL_ORDERS:
+        raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
+    payload = {
+        "format": FORMAT,
+        "config": config.to_dict(),
+        "channel_order": channel_order,
+        "metadata": dict(metadata or {}),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+    }
+    torch.save(payload, path)
