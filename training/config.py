@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 from training.dcsfn import DCSFN, RECURRENT_UNITS, SingleDCSFN
 

@@ -180,9 +180,7 @@ class LSTMCell(nn.Module):
         for name in ("xf", "xi", "xo", "xj", "hf", "hi", "ho", "hj"):
             setattr(self, f"conv_{name}", _conv3(channels))
 
-    def forward(
-        self, x: Tensor, state: list[Tensor] | None = None
-    ) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, state: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
         if state is None:
             i = torch.sigmoid(self.conv_xi(x))
             o = torch.sigmoid(self.conv_xo(x))

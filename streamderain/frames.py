@@ -1,0 +1,67 @@
+"""The values that travel between pipeline stages: frames that carry their time, and batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One picture with its place in time.
+
+    Args:
+        index: position in the decoded stream, from 0.
+        pts: presentation timestamp in ``time_base`` units (``None`` if the source has none).
+        time_base: seconds per ``pts`` unit.
+        image: H x W x 3 uint8, RGB.
+        original: the source picture, kept only when the output shows before and after.
+    """
+
+    index: int
+    pts: int | None
+    time_base: Fraction
+    image: np.ndarray
+    original: np.ndarray | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return self.image.shape[0], self.image.shape[1]
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.pts is None else float(self.pts * self.time_base)
+
+    def with_image(self, image: np.ndarray, keep_original: bool = False) -> Frame:
+        original = self.image if keep_original else None
+        return Frame(self.index, self.pts, self.time_base, image, original)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Frames of one size, in order, processed together."""
+
+    frames: tuple[Frame, ...]
+    created: float = field(default=0.0, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.frames:
+            raise ValueError("a batch holds at least one frame")
+        sizes = {f.size for f in self.frames}
+        if len(sizes) > 1:
+            raise ValueError(f"a batch holds frames of one size, got {sorted(sizes)}")
+
+    @property
+    def images(self) -> np.ndarray:
+        """N x H x W x 3 uint8."""
+        return np.stack([f.image for f in self.frames])
+
+    def with_images(self, images: np.ndarray, keep_original: bool = False) -> Batch:
+        frames = tuple(f.with_image(img, keep_original) for f, img in zip(self.frames, images))
+        return Batch(frames, self.created)
+
+    def __len__(self) -> int:
+        return len(self.frames)

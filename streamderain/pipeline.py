@@ -1,0 +1,211 @@
+"""Wires decoder -> batcher -> runner -> encoder with threads and bounded queues.
+
+Each stage runs in its own thread and knows only its inbox and outbox. A stage that fails
+hands its exception to the main thread and sets a shared stop event; the pipeline then stops
+every stage, keeps what was written, and re-raises the first failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import resource
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from streamderain.errors import StreamDerainError
+
+log = logging.getLogger(__name__)
+
+_END = object()
+POLL = 0.05
+
+
+class Stage(Protocol):
+    def process(self, item: Any) -> Iterable[Any]: ...
+    def finish(self) -> Iterable[Any]: ...
+
+
+@dataclass
+class Stats:
+    """What a run did: frames, time, and how busy each stage was."""
+
+    frames: int = 0
+    wall: float = 0.0
+    busy: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+    corrupt_packets: int = 0
+    interrupted: bool = False
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall if self.wall > 0 else 0.0
+
+    def summary(self) -> str:
+        shares = ", ".join(
+            f"{name} {100 * t / self.wall:.0f}%" for name, t in self.busy.items() if self.wall > 0
+        )
+        text = (
+            f"{self.frames} frames in {self.wall:.1f} s ({self.fps:.2f} fps); "
+            f"busy: {shares}; peak memory {self.peak_rss_mb:.0f} MB"
+        )
+        if self.corrupt_packets:
+            text += f"; {self.corrupt_packets} corrupt packets skipped"
+        return text
+
+
+class Pipeline:
+    """Runs a frame source through stages, the last of which writes the output.
+
+    Args:
+        source: an iterable of frames with a ``stop()`` method (the decoder).
+        stages: ``(name, stage)`` in order; each turns items into zero or more items.
+        queue_size: items each queue holds at most (back-pressure: files lose nothing).
+        on_frame: called in the main thread for every frame the last stage has taken.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        stages: list[tuple[str, Stage]],
+        queue_size: int = 4,
+        on_frame: Callable[[int], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.stages = stages
+        self.queue_size = queue_size
+        self.on_frame = on_frame
+        self.stop_event = threading.Event()
+        self.errors: list[BaseException] = []
+        self.stats = Stats(busy={"decode": 0.0, **{name: 0.0 for name, _ in stages}})
+        self._done = queue.Queue()
+        self._lock = threading.Lock()
+
+    def request_stop(self) -> None:
+        """Stop reading the source; everything already read goes through to the output."""
+        self.stats.interrupted = True
+        self.source.stop()
+
+    def abort(self) -> None:
+        """Stop every stage now."""
+        self.stats.interrupted = True
+        self.stop_event.set()
+        self.source.stop()
+
+    def _put(self, q: queue.Queue, item: Any) -> bool:
+        while not self.stop_event.is_set():
+            try:
+                q.put(item, timeout=POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            self.errors.append(exc)
+        self.stop_event.set()
+
+    def _read(self, out: queue.Queue) -> None:
+        try:
+            it: Iterator[Any] = iter(self.source)
+            while not self.stop_event.is_set():
+                t0 = time.perf_counter()
+                item = next(it, _END)
+                self.stats.busy["decode"] += time.perf_counter() - t0
+                if item is _END or not self._put(out, item):
+                    break
+        except BaseException as exc:  # noqa: BLE001 - carried to the main thread
+            self._fail(exc)
+        finally:
+            self._put(out, _END)
+
+    def _work(self, name: str, stage: Stage, inbox: queue.Queue, out: queue.Queue | None) -> None:
+        """One stage's loop. The last stage (``out`` is None) reports each item it took."""
+        busy = self.stats.busy
+        poll = getattr(stage, "poll", None)
+
+        def timed(call: Callable[[], Iterable[Any]]) -> list[Any]:
+            t0 = time.perf_counter()
+            items = list(call())
+            busy[name] += time.perf_counter() - t0
+            return items
+
+        def emit(items: list[Any]) -> bool:
+            return out is None or all(self._put(out, item) for item in items)
+
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    item = inbox.get(timeout=POLL)
+                except queue.Empty:
+                    if poll is not None:
+                        emit(timed(poll))
+                    continue
+                if item is _END:
+                    break
+                results = timed(lambda item=item: stage.process(item))
+                if out is None:
+                    self._done.put(item)
+                if not emit(results):
+                    break
+            if not self.stop_event.is_set():
+                emit(timed(stage.finish))
+        except BaseException as exc:  # noqa: BLE001 - carried to the main thread
+            self._fail(exc)
+        finally:
+            if self.stop_event.is_set() and hasattr(stage, "abort"):
+                stage.abort()
+            if out is None:
+                self._done.put(_END)
+            elif not self.stop_event.is_set():
+                self._put(out, _END)
+
+    def run(self) -> Stats:
+        """Run to the end of the source (or a stop); returns the stats, raises the first error."""
+        queues = [queue.Queue(self.queue_size) for _ in self.stages]
+        threads = [
+            threading.Thread(target=self._read, args=(queues[0],), name="decode", daemon=True)
+        ]
+        for i, (name, stage) in enumerate(self.stages):
+            out = queues[i + 1] if i + 1 < len(self.stages) else None
+            threads.append(
+                threading.Thread(
+                    target=self._work, args=(name, stage, queues[i], out), name=name, daemon=True
+                )
+            )
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        try:
+            self._wait()
+        finally:
+            self.stop_event.set()
+            for t in threads:
+                t.join(timeout=10)
+            self.stats.wall = time.perf_counter() - t0
+            self.stats.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if self.errors:
+            first = self.errors[0]
+            if isinstance(first, StreamDerainError | KeyboardInterrupt):
+                raise first
+            raise StreamDerainError(f"{type(first).__name__}: {first}") from first
+        return self.stats
+
+    def _wait(self) -> None:
+        while True:
+            try:
+                item = self._done.get(timeout=POLL)
+            except queue.Empty:
+                if self.stop_event.is_set() and self.errors:
+                    return
+                continue
+            if item is _END:
+                return
+            n = len(item)
+            self.stats.frames += n
+            if self.on_frame is not None:
+                self.on_frame(n)

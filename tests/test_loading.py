@@ -1,0 +1,116 @@
+"""One loader for every model source, with one documented error for every bad one."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from tests.conftest import FIXTURES
+from training import (
+    DEFAULT_MODEL,
+    DCSFNConfig,
+    ModelLoadError,
+    build_network,
+    bundled_models,
+    load_model,
+    save_model,
+)
+
+
+class _Exploit:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_original_checkpoint_without_module_prefix_and_bare_state_dict(tmp_path, shared):
+    state = torch.load(FIXTURES / "lstm_c8_n2.pth", weights_only=True)["net"]
+    bare = tmp_path / "bare.pth"
+    torch.save(state, bare)
+    model = load_model(bare)
+    assert model.config.unit == "LSTM"
+    assert model.channel_order == "BGR"
+
+
+def test_own_checkpoint_round_trip_keeps_metadata(tmp_path):
+    config = DCSFNConfig(channels=4, num_blocks=1, conv_num=1)
+    net = build_network(config)
+    path = tmp_path / "mine.pt"
+    save_model(path, net, config, "RGB", {"training_data": "test", "metrics": {"psnr_y": 1.5}})
+    model = load_model(path)
+    assert model.config == config
+    assert model.channel_order == "RGB"
+    assert model.info.metadata["metrics"] == {"psnr_y": 1.5}
+    x = torch.rand(2, 3, 40, 40)
+    with torch.inference_mode():
+        assert torch.equal(model(x), net.eval()(x))
+
+
+def test_default_model_is_bundled_and_its_metadata_matches_it():
+    assert DEFAULT_MODEL in bundled_models()
+    model = load_model()
+    meta = model.info.metadata
+    assert meta["num_params"] == sum(p.numel() for p in model.parameters())
+    assert model.channel_order == "RGB"
+    assert meta["steps"] > 0
+    assert "training_data" in meta and "metrics" in meta
+    frame = torch.rand(1, 3, 45, 67)
+    with torch.inference_mode():
+        assert model(frame).shape == frame.shape
+
+
+def _bad_sources(tmp_path):
+    text = tmp_path / "notes.pth"
+    text.write_text("this is not a checkpoint\n")
+    other = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.bias": torch.zeros(10)}, other)
+    wrong_shape = tmp_path / "wrong.pth"
+    state = torch.load(FIXTURES / "rnn_c8_n2.pth", weights_only=True)["net"]
+    state["merge.2.weight"] = torch.zeros(5, 3, 3, 3)
+    torch.save(state, wrong_shape)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    return {
+        "missing": (tmp_path / "nope.pth", "no such file"),
+        "text": (text, "not a PyTorch checkpoint"),
+        "empty": (empty, "not a PyTorch checkpoint"),
+        "other network": (other, "not a DCSFN checkpoint"),
+        "wrong shapes": (wrong_shape, "do not fit DCSFN"),
+        "folder": (tmp_path, "not a file"),
+        "unknown name": ("dcsfn-huge", "unknown model name"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "text", "empty", "other network", "wrong shapes", "folder", "unknown name"]
+)
+def test_bad_sources_raise_model_load_error_naming_file_and_reason(tmp_path, shared, case):
+    source, reason = _bad_sources(tmp_path)[case]
+    with pytest.raises(ModelLoadError) as err:
+        load_model(source)
+    message = str(err.value)
+    assert reason in message
+    assert str(source) in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["bare", "inside-dict"])
+def test_malicious_pickle_is_refused_and_runs_no_code(tmp_path, wrap):
+    marker = tmp_path / "pwned"
+    payload = {"net": _Exploit(marker)} if wrap else _Exploit(marker)
+    evil = tmp_path / "evil.pth"
+    with open(evil, "wb") as f:
+        pickle.dump(payload, f)
+    torch_saved = tmp_path / "evil-torch.pth"
+    torch.save(payload, torch_saved)
+    assert not marker.exists()
+    for path in (evil, torch_saved):
+        with pytest.raises(ModelLoadError, match="refused|not a PyTorch checkpoint"):
+            load_model(path)
+    assert not marker.exists()

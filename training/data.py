@@ -1,0 +1,158 @@
+"""Readers for the paired and clean image layouts in ``../shared/data``, and patch sampling.
+
+Images are returned as RGB ``uint8`` arrays (H x W x 3). Pairs are matched by name; a rainy
+image without its clean twin (or the reverse) is an error, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class DatasetError(Exception):
+    """A dataset folder is missing, empty, or its pairs do not match."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A rainy image and its clean ground truth."""
+
+    rainy: Path
+    clean: Path
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder``, in natural order (``2.png`` before ``10.png``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder")
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    return sorted(files, key=_natural_key)
+
+
+def _natural_key(path: Path) -> list[object]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _match(rainy: dict[str, Path], clean: dict[str, Path], folder: Path) -> list[Pair]:
+    missing_clean = sorted(set(rainy) - set(clean))
+    missing_rainy = sorted(set(clean) - set(rainy))
+    if missing_clean or missing_rainy:
+        parts = []
+        if missing_clean:
+            parts.append(f"no clean image for {', '.join(missing_clean[:5])}")
+        if missing_rainy:
+            parts.append(f"no rainy image for {', '.join(missing_rainy[:5])}")
+        raise DatasetError(f"{folder}: pairs do not match: {'; '.join(parts)}")
+    if not rainy:
+        raise DatasetError(f"{folder}: no image pairs found")
+    return [Pair(rainy[k], clean[k]) for k in sorted(rainy, key=lambda k: _natural_key(Path(k)))]
+
+
+def _by_key(files: Sequence[Path], prefix: str) -> dict[str, Path]:
+    """Files whose stem starts with ``prefix``, keyed by what follows it."""
+    return {p.stem[len(prefix) :]: p for p in files if p.stem.startswith(prefix)}
+
+
+def find_pairs(folder: str | Path) -> list[Pair]:
+    """Pairs in any of the published layouts.
+
+    - ``rain-N`` beside ``norain-N`` (RainTrainL, RainTrainH);
+    - ``rain/`` and ``norain/`` sharing file names (JORDER);
+    - ``input/`` and ``target/`` sharing file names (PCNet);
+    - clean ``norain-N`` at the top, rainy ``rainy/rain-N`` (PReNet's Rain100L test).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder")
+    for rainy_dir, clean_dir in (("rain", "norain"), ("input", "target")):
+        if (folder / rainy_dir).is_dir() and (folder / clean_dir).is_dir():
+            rainy = {p.name: p for p in list_images(folder / rainy_dir)}
+            clean = {p.name: p for p in list_images(folder / clean_dir)}
+            return _match(rainy, clean, folder)
+    top = list_images(folder)
+    if (folder / "rainy").is_dir():
+        rainy = _by_key(list_images(folder / "rainy"), "rain-")
+        return _match(rainy, _by_key(top, "norain-"), folder)
+    if any(p.stem.startswith("rain-") for p in top):
+        return _match(_by_key(top, "rain-"), _by_key(top, "norain-"), folder)
+    raise DatasetError(
+        f"{folder}: no known pair layout (rain-N/norain-N, rain/norain, input/target)"
+    )
+
+
+def read_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
+    """An image file as RGB uint8, optionally shrunk so its longer side is at most ``max_side``."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DatasetError(f"{path}: not a readable image")
+    if max_side is not None and max(image.shape[:2]) > max_side:
+        scale = max_side / max(image.shape[:2])
+        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    rainy, clean = read_rgb(pair.rainy), read_rgb(pair.clean)
+    if rainy.shape != clean.shape:
+        raise DatasetError(
+            f"{pair.rainy}: size {rainy.shape} differs from {pair.clean} {clean.shape}"
+        )
+    return rainy, clean
+
+
+def find_clean_images(folder: str | Path) -> list[Path]:
+    """Every image under ``folder`` (clean pictures, or a clean video's frame folders)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetError(f"{folder}: no images")
+    return files
+
+
+def find_video_folders(folder: str | Path) -> list[Path]:
+    """Folders of consecutive frames (one clip each) under ``folder``."""
+    folder = Path(folder)
+    clips = sorted(p for p in folder.iterdir() if p.is_dir() and list_images(p))
+    if not clips:
+        raise DatasetError(f"{folder}: no frame folders")
+    return clips
+
+
+def augment(
+    rng: np.random.Generator, rainy: np.ndarray, clean: np.ndarray, patch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's augmentation on a crop already cut: resize to ``patch``, flip, rotate."""
+    rainy = cv2.resize(rainy, (patch, patch), interpolation=cv2.INTER_AREA)
+    clean = cv2.resize(clean, (patch, patch), interpolation=cv2.INTER_AREA)
+    if rng.random() < 0.5:
+        rainy, clean = rainy[:, ::-1], clean[:, ::-1]
+    angle = int(rng.integers(-30, 30))
+    if angle:
+        m = cv2.getRotationMatrix2D(((patch - 1) / 2, (patch - 1) / 2), angle, 1.0)
+        rainy = cv2.warpAffine(np.ascontiguousarray(rainy), m, (patch, patch))
+        clean = cv2.warpAffine(np.ascontiguousarray(clean), m, (patch, patch))
+    return np.ascontiguousarray(rainy), np.ascontiguousarray(clean)
+
+
+def crop_box(
+    rng: np.random.Generator, shape: tuple[int, ...], patch: int
+) -> tuple[int, int, int, int]:
+    """A random crop of ``patch`` +- patch/4 on each side (64 +- 16 in the paper), inside ``shape``."""
+    jitter = patch // 4
+    h = min(shape[0], patch + int(rng.integers(-jitter, jitter + 1)))
+    w = min(shape[1], patch + int(rng.integers(-jitter, jitter + 1)))
+    y = int(rng.integers(0, shape[0] - h + 1))
+    x = int(rng.integers(0, shape[1] - w + 1))
+    return y, x, h, w

@@ -1,0 +1,196 @@
+"""Synthetic rain drawn over clean images, and rain that falls coherently through video frames.
+
+Rain is built the way published rain sets are: sparse drops, blurred for width, smeared by a
+line kernel into streaks of a given length and angle, then blended onto the picture (screen or
+additive), with a veil of haze for heavy rain. Drops are particles: in video they fall along
+their streak direction from frame to frame instead of being redrawn.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class RainStyle:
+    """Ranges each rain layer draws its look from.
+
+    Args:
+        density: drops per pixel, per layer.
+        length: streak length in pixels.
+        angle: the picture's main fall direction, degrees from vertical.
+        angle_spread: how far one layer's direction strays from the main one, degrees.
+        width: Gaussian sigma of a drop, pixels (streak thickness).
+        brightness: peak streak brightness, 0 to 1.
+        layers: how many layers (depths) of rain, inclusive range.
+        haze: veiling amount for heavy rain, 0 to 1.
+        speed: fall per video frame, in streak lengths.
+        screen_blend: probability of a screen blend (else additive).
+    """
+
+    density: Range
+    length: Range
+    angle: Range
+    angle_spread: float
+    width: Range
+    brightness: Range
+    layers: tuple[int, int]
+    haze: Range
+    speed: Range
+    screen_blend: float = 0.5
+
+
+PRESETS: dict[str, RainStyle] = {
+    "light": RainStyle(
+        density=(0.0003, 0.0015),
+        length=(8.0, 40.0),
+        angle=(-25.0, 25.0),
+        angle_spread=4.0,
+        width=(0.3, 0.8),
+        brightness=(0.08, 0.35),
+        layers=(1, 3),
+        haze=(0.0, 0.0),
+        speed=(0.6, 1.2),
+    ),
+    "heavy": RainStyle(
+        density=(0.0008, 0.0025),
+        length=(20.0, 60.0),
+        angle=(-30.0, 30.0),
+        angle_spread=6.0,
+        width=(0.5, 1.4),
+        brightness=(0.2, 0.7),
+        layers=(2, 4),
+        haze=(0.08, 0.3),
+        speed=(0.6, 1.2),
+    ),
+}
+
+
+def _uniform(rng: np.random.Generator, r: Range) -> float:
+    return float(rng.uniform(r[0], r[1])) if r[1] > r[0] else float(r[0])
+
+
+def line_kernel(length: float, angle_deg: float) -> np.ndarray:
+    """A normalised anti-aliased line of ``length`` pixels at ``angle_deg`` from vertical."""
+    size = int(math.ceil(length)) | 1
+    kernel = np.zeros((size, size), np.float32)
+    c = (size - 1) / 2
+    dx = math.sin(math.radians(angle_deg)) * (length - 1) / 2
+    dy = math.cos(math.radians(angle_deg)) * (length - 1) / 2
+    shift = 4
+    p1 = (round((c - dx) * 2**shift), round((c - dy) * 2**shift))
+    p2 = (round((c + dx) * 2**shift), round((c + dy) * 2**shift))
+    cv2.line(kernel, p1, p2, 1.0, 1, cv2.LINE_AA, shift)
+    return kernel / kernel.sum()
+
+
+@dataclass
+class _Layer:
+    x: np.ndarray
+    y: np.ndarray
+    value: np.ndarray
+    kernel: np.ndarray
+    sigma: float
+    gain: float
+    step: tuple[float, float]
+
+
+class RainField:
+    """Rain over a canvas of fixed size: one picture's rain, or one video's, frame by frame.
+
+    Args:
+        height, width: canvas size in pixels.
+        style: ranges the layers are drawn from.
+        rng: the source of all randomness (seed it for reproducible rain).
+    """
+
+    def __init__(self, height: int, width: int, style: RainStyle, rng: np.random.Generator) -> None:
+        self.height, self.width = height, width
+        self.style = style
+        main_angle = _uniform(rng, style.angle)
+        self.haze = _uniform(rng, style.haze)
+        self.screen = bool(rng.random() < style.screen_blend)
+        self.tint = np.float32(1.0) - rng.uniform(0.0, 0.08, 3).astype(np.float32)
+        n_layers = int(rng.integers(style.layers[0], style.layers[1] + 1))
+        self.layers = [self._make_layer(rng, main_angle) for _ in range(n_layers)]
+
+    def _make_layer(self, rng: np.random.Generator, main_angle: float) -> _Layer:
+        s = self.style
+        angle = main_angle + float(rng.uniform(-s.angle_spread, s.angle_spread))
+        length = _uniform(rng, s.length)
+        count = rng.poisson(_uniform(rng, s.density) * self.height * self.width)
+        kernel = line_kernel(length, angle)
+        sigma = _uniform(rng, s.width)
+        probe = np.zeros((kernel.shape[0] * 2 + 9,) * 2, np.float32)
+        probe[probe.shape[0] // 2, probe.shape[1] // 2] = 1.0
+        peak = self._smear(probe, kernel, sigma).max()
+        fall = _uniform(rng, s.speed) * length
+        step = (fall * math.sin(math.radians(angle)), fall * math.cos(math.radians(angle)))
+        lo, hi = s.brightness
+        return _Layer(
+            x=rng.uniform(0, self.width, count),
+            y=rng.uniform(0, self.height, count),
+            value=rng.uniform(lo, hi, count).astype(np.float32),
+            kernel=kernel,
+            sigma=sigma,
+            gain=1.0 / max(float(peak), 1e-6),
+            step=step,
+        )
+
+    @staticmethod
+    def _smear(drops: np.ndarray, kernel: np.ndarray, sigma: float) -> np.ndarray:
+        blurred = cv2.GaussianBlur(drops, (0, 0), sigma) if sigma > 0.05 else drops
+        return cv2.filter2D(blurred, -1, kernel, borderType=cv2.BORDER_CONSTANT)
+
+    def streaks(self) -> np.ndarray:
+        """The rain layer now: H x W float32 in [0, 1]."""
+        total = np.zeros((self.height, self.width), np.float32)
+        for layer in self.layers:
+            drops = np.zeros_like(total)
+            xi = np.floor(layer.x).astype(np.intp) % self.width
+            yi = np.floor(layer.y).astype(np.intp) % self.height
+            np.add.at(drops, (yi, xi), layer.value)
+            total += self._smear(drops, layer.kernel, layer.sigma) * layer.gain
+        return np.clip(total, 0.0, 1.0)
+
+    def advance(self) -> None:
+        """Let every drop fall one frame along its layer's direction (wrapping round the canvas)."""
+        for layer in self.layers:
+            layer.x = (layer.x + layer.step[0]) % self.width
+            layer.y = (layer.y + layer.step[1]) % self.height
+
+    def apply(self, clean: np.ndarray) -> np.ndarray:
+        """The clean uint8 RGB picture with this rain blended on."""
+        if clean.shape[:2] != (self.height, self.width):
+            raise ValueError(f"picture is {clean.shape[:2]}, rain is {(self.height, self.width)}")
+        img = clean.astype(np.float32) / 255.0
+        rain = self.streaks()[..., None] * self.tint
+        if self.haze > 0:
+            img = img * (1 - self.haze) + self.haze * 0.9
+        out = 1 - (1 - img) * (1 - rain) if self.screen else img + rain
+        return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def add_rain(clean: np.ndarray, style: RainStyle | str, rng: np.random.Generator) -> np.ndarray:
+    """One rainy picture from a clean uint8 RGB picture."""
+    style = PRESETS[style] if isinstance(style, str) else style
+    return RainField(clean.shape[0], clean.shape[1], style, rng).apply(clean)
+
+
+def rain_video(
+    frames: list[np.ndarray], style: RainStyle | str, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Rainy copies of consecutive clean frames, the same drops falling from frame to frame."""
+    style = PRESETS[style] if isinstance(style, str) else style
+    field = RainField(frames[0].shape[0], frames[0].shape[1], style, rng)
+    out = []
+    for frame in frames:
+        out.append(field.apply(frame))
+        field.advance()
+    return out

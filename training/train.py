@@ -1,0 +1,306 @@
+"""Training DCSFN with the paper's recipe on real pairs mixed with synthetic rain.
+
+Runs for hours in the background: it checkpoints every few minutes (atomically) and
+``--resume`` continues exactly where it stopped (weights, optimizer, schedule, RNG).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.config import DCSFNConfig, build_network, read_toml
+from training.data import (
+    augment,
+    crop_box,
+    find_clean_images,
+    find_pairs,
+    list_images,
+    read_pair,
+    read_rgb,
+)
+from training.metrics import luma, psnr, ssim
+from training.rain import PRESETS, RainField, add_rain
+from training.weights import save_model
+
+log = logging.getLogger(__name__)
+
+CLEAN_MAX_SIDE = 640
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The recipe. Paths are relative to ``data_root``.
+
+    Args:
+        steps: optimizer steps in all (the schedule is laid out over them).
+        batch: patches per step.
+        patch: patch side; crops are ``patch`` +- patch/4 resized to it.
+        lr: Adam learning rate; x0.1 at each fraction of ``steps`` in ``milestones``.
+        real_fraction: share of patches cut from real pairs (the rest: synthetic rain).
+        rain_presets: synthetic rain presets and their weights.
+        real_dirs: folders of real rainy/clean pairs.
+        clean_dirs: folders of clean pictures and video frames for synthetic rain.
+        val_dir: held-out clean pictures, rained on with a fixed seed, to watch progress.
+        val_images: how many of them.
+        val_every: steps between validations (and model snapshots).
+        checkpoint_minutes: minutes between resumable checkpoints.
+        seed: the seed of every random choice.
+    """
+
+    steps: int = 60_000
+    batch: int = 16
+    patch: int = 64
+    lr: float = 5e-4
+    milestones: tuple[float, ...] = (0.6, 0.8)
+    real_fraction: float = 0.3
+    rain_presets: dict[str, float] = field(default_factory=lambda: {"light": 0.7, "heavy": 0.3})
+    real_dirs: tuple[str, ...] = ()
+    clean_dirs: tuple[str, ...] = ()
+    val_dir: str = ""
+    val_images: int = 12
+    val_every: int = 2000
+    checkpoint_minutes: float = 5.0
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown train option(s): {', '.join(unknown)}")
+        values = dict(values)
+        for key in ("milestones", "real_dirs", "clean_dirs"):
+            if key in values:
+                values[key] = tuple(values[key])
+        bad = sorted(set(values.get("rain_presets", {})) - set(PRESETS))
+        if bad:
+            raise ValueError(f"unknown rain preset(s): {', '.join(bad)}")
+        return cls(**values)
+
+
+class PatchSampler:
+    """Training batches: a mix of real pairs and synthetic rain, with the paper's augmentation."""
+
+    def __init__(self, cfg: TrainConfig, data_root: Path) -> None:
+        self.cfg = cfg
+        pairs = [p for d in cfg.real_dirs for p in find_pairs(data_root / d)]
+        self.real = [read_pair(p) for p in pairs]
+        clean_files = [f for d in cfg.clean_dirs for f in find_clean_images(data_root / d)]
+        self.clean = [read_rgb(f, CLEAN_MAX_SIDE) for f in clean_files]
+        self.presets = list(cfg.rain_presets)
+        weights = np.array([cfg.rain_presets[k] for k in self.presets], np.float64)
+        self.preset_p = weights / weights.sum()
+        if cfg.real_fraction > 0 and not self.real:
+            raise ValueError("real_fraction > 0 but no real pairs were given")
+        if cfg.real_fraction < 1 and not self.clean:
+            raise ValueError("real_fraction < 1 but no clean images were given")
+        log.info("training data: %d real pairs, %d clean images", len(self.real), len(self.clean))
+
+    def _one(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        patch = self.cfg.patch
+        if rng.random() < self.cfg.real_fraction:
+            rainy, clean = self.real[int(rng.integers(len(self.real)))]
+            y, x, h, w = crop_box(rng, rainy.shape, patch)
+            rainy, clean = rainy[y : y + h, x : x + w], clean[y : y + h, x : x + w]
+        else:
+            image = self.clean[int(rng.integers(len(self.clean)))]
+            y, x, h, w = crop_box(rng, image.shape, patch)
+            clean = image[y : y + h, x : x + w]
+            style = PRESETS[self.presets[int(rng.choice(len(self.presets), p=self.preset_p))]]
+            rainy = RainField(h, w, style, rng).apply(clean)
+        return augment(rng, rainy, clean, patch)
+
+    def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rainy, clean) float tensors N x 3 x patch x patch in [0, 1], RGB."""
+        items = [self._one(rng) for _ in range(self.cfg.batch)]
+        rainy = np.stack([r for r, _ in items])
+        clean = np.stack([c for _, c in items])
+        to = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div_(255.0)  # noqa: E731
+        return to(rainy), to(clean)
+
+
+def validation_set(cfg: TrainConfig, data_root: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Held-out clean pictures with seeded light rain: the same pairs on every run."""
+    if not cfg.val_dir:
+        return []
+    rng = np.random.default_rng(12345)
+    files = list_images(data_root / cfg.val_dir)[: cfg.val_images]
+    out = []
+    for f in files:
+        clean = read_rgb(f, CLEAN_MAX_SIDE)
+        out.append((add_rain(clean, "light", rng), clean))
+    return out
+
+
+@torch.inference_mode()
+def derain_image(net: torch.nn.Module, rainy: np.ndarray) -> np.ndarray:
+    """One RGB uint8 picture through a network that expects RGB; RGB uint8 back."""
+    x = torch.from_numpy(rainy).permute(2, 0, 1)[None].float().div(255.0)
+    y = net(x)[0].clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0)
+    return y.numpy()
+
+
+def validate(net: torch.nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    was_training = net.training
+    net.eval()
+    scores = [psnr(luma(derain_image(net, r)), luma(c)) for r, c in pairs]
+    net.train(was_training)
+    return float(np.mean(scores))
+
+
+class Trainer:
+    """Owns the network, optimizer, schedule and RNG of one run, and its folder on disk."""
+
+    def __init__(
+        self, model_cfg: DCSFNConfig, cfg: TrainConfig, data_root: Path, out_dir: Path
+    ) -> None:
+        self.model_cfg, self.cfg = model_cfg, cfg
+        self.data_root, self.out_dir = data_root, out_dir
+        torch.manual_seed(cfg.seed)
+        self.net = build_network(model_cfg)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(
+            self.opt, [int(m * cfg.steps) for m in cfg.milestones], gamma=0.1
+        )
+        self.rng = np.random.default_rng(cfg.seed)
+        self.step = 0
+        self.wall = 0.0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "wall": self.wall,
+            "net": self.net.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "numpy_rng": json.dumps(self.rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+            "model_config": self.model_cfg.to_dict(),
+        }
+
+    def save_checkpoint(self) -> None:
+        """Write the resumable state atomically: a crash never leaves a half-written file."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def resume(self) -> None:
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        if state["model_config"] != self.model_cfg.to_dict():
+            raise ValueError(f"{self.checkpoint_path}: trained with another model config")
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.rng.bit_generator.state = json.loads(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.wall = state["step"], state["wall"]
+
+    def snapshot(self, val_psnr_y: float | None) -> Path:
+        """The weights now, in the shipping format, with how they were made."""
+        path = self.out_dir / "snapshots" / f"step-{self.step:06d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(path, self.net, self.model_cfg, "RGB", self.metadata(val_psnr_y))
+        return path
+
+    def metadata(self, val_psnr_y: float | None) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "num_params": sum(p.numel() for p in self.net.parameters()),
+            "value_range": [0.0, 1.0],
+            "training_data": {
+                "real_pairs": list(cfg.real_dirs),
+                "synthetic_rain_on": list(cfg.clean_dirs),
+                "real_fraction": cfg.real_fraction,
+                "rain_presets": dict(cfg.rain_presets),
+            },
+            "recipe": {
+                "loss": "-SSIM",
+                "optimizer": "Adam",
+                "lr": cfg.lr,
+                "milestones": list(cfg.milestones),
+                "batch": cfg.batch,
+                "patch": cfg.patch,
+                "planned_steps": cfg.steps,
+            },
+            "steps": self.step,
+            "train_hours": round(self.wall / 3600, 2),
+            "metrics": {"val_synthetic_light_psnr_y": val_psnr_y},
+        }
+
+    def train_step(self, rainy: torch.Tensor, clean: torch.Tensor) -> float:
+        loss = -ssim(self.net(rainy), clean)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        return loss.item()
+
+    def run(self, until: int | None = None, progress: bool = True) -> None:
+        """Train to step ``until`` (default: the planned total), checkpointing as it goes."""
+        until = self.cfg.steps if until is None else min(until, self.cfg.steps)
+        sampler = PatchSampler(self.cfg, self.data_root)
+        val = validation_set(self.cfg, self.data_root)
+        self.net.train()
+        log_path = self.out_dir / "log.jsonl"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        last_ckpt = time.monotonic()
+        window: list[float] = []
+        window_start = time.monotonic()
+        bar = tqdm(
+            total=until, initial=self.step, disable=not progress, unit="step", smoothing=0.05
+        )
+        with open(log_path, "a") as log_file:
+            while self.step < until:
+                t0 = time.monotonic()
+                loss = self.train_step(*sampler.batch(self.rng))
+                self.wall += time.monotonic() - t0
+                window.append(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.sched.get_last_lr()[0]:.1e}")
+                record: dict[str, Any] = {}
+                if self.step % 100 == 0 or self.step == until:
+                    elapsed = time.monotonic() - window_start
+                    record = {
+                        "step": self.step,
+                        "loss": round(float(np.mean(window)), 5),
+                        "lr": self.sched.get_last_lr()[0],
+                        "steps_per_s": round(len(window) / max(elapsed, 1e-9), 3),
+                        "wall_h": round(self.wall / 3600, 3),
+                    }
+                    window, window_start = [], time.monotonic()
+                if val and (self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps):
+                    score = validate(self.net, val)
+                    record["val_psnr_y"] = round(score, 3)
+                    self.snapshot(score)
+                if record:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                if time.monotonic() - last_ckpt > self.cfg.checkpoint_minutes * 60:
+                    self.save_checkpoint()
+                    last_ckpt = time.monotonic()
+        bar.close()
+        self.save_checkpoint()
+
+
+def load_train_config(path: str | Path) -> tuple[DCSFNConfig, TrainConfig]:
+    """The ``[model]`` and ``[train]`` tables of a config file."""
+    values = read_toml(path)
+    return DCSFNConfig.from_dict(values.get("model", {})), TrainConfig.from_dict(
+        values.get("train", {})
+    )
