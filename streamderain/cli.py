@@ -214,7 +214,7 @@ def _run(src: str, dst: str, quiet: bool, **options):
         return derain_video(
             src,
             dst,
-            on_frame=lambda n: bar.update(n) if bar else None,
+            on_frame=lambda n: bar.update(n) if bar is not None else None,
             on_start=on_start,
             **options,
         )

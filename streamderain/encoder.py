@@ -102,7 +102,9 @@ class _StreamCopier:
             if packet.dts is None or packet.pts is None:
                 continue
             t = float(packet.pts * packet.time_base)
-            if t < self.start - 1e-9 or (self.end is not None and t >= self.end):
+            if (self.start > 0 and t < self.start - 1e-9) or (
+                self.end is not None and t >= self.end
+            ):
                 continue
             if seconds is not None and t - self.offset > seconds:
                 self._held = packet

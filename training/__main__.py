@@ -69,5 +69,67 @@ def train(
     trainer.run(until=until, progress=not no_progress)
 
 
+@main.command("eval")
+@click.option("--model", "model_source", required=True, help="Bundled model name or checkpoint.")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write scores.csv and sheet.png here.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N pairs.")
+@click.option(
+    "--sheet", "sheet_images", default=4, show_default=True, help="Pairs shown in sheet.png."
+)
+def evaluate_cmd(
+    model_source: str, data_dir: str, out_dir: Path | None, limit: int | None, sheet_images: int
+) -> None:
+    """PSNR/SSIM (RGB and Y) of a model on a folder of pairs, beside the rainy input's."""
+    from training.data import find_pairs
+    from training.evaluate import evaluate
+    from training.weights import load_model
+
+    model = load_model(model_source)
+    pairs = find_pairs(data_dir)[:limit]
+    result = evaluate(model, pairs, model.channel_order, out_dir, sheet_images)
+    click.echo(f"{model_source} on {data_dir} ({len(pairs)} pairs, {model.channel_order}):")
+    click.echo(result.table())
+
+
+@main.command()
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False)
+)
+@click.option(
+    "--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--eval-data",
+    type=click.Path(exists=True, file_okay=False),
+    help="Pairs to score the weights on; the scores go into the metadata.",
+)
+def export(config_path: str, run_dir: Path, out_path: Path, eval_data: str | None) -> None:
+    """Write a run's latest weights in the shipping format, with their metadata."""
+    from training.data import find_pairs
+    from training.evaluate import evaluate
+    from training.train import Trainer, load_train_config
+    from training.weights import save_model
+
+    model_cfg, train_cfg = load_train_config(config_path)
+    trainer = Trainer(model_cfg, train_cfg, DEFAULT_DATA_ROOT, run_dir)
+    trainer.resume()
+    meta = trainer.metadata(None)
+    if eval_data:
+        result = evaluate(trainer.net.eval(), find_pairs(eval_data))
+        meta["metrics"] = {
+            Path(eval_data).name: {"derained": result.derained, "rainy": result.rainy}
+        }
+        click.echo(result.table())
+    save_model(out_path, trainer.net, model_cfg, "RGB", meta)
+    click.echo(f"wrote {out_path} (step {trainer.step})")
+
+
 if __name__ == "__main__":
     main()

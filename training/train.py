@@ -28,6 +28,7 @@ from training.data import (
     read_pair,
     read_rgb,
 )
+from training.evaluate import derain_rgb
 from training.metrics import luma, psnr, ssim
 from training.rain import PRESETS, RainField, add_rain
 from training.weights import save_model
@@ -142,18 +143,10 @@ def validation_set(cfg: TrainConfig, data_root: Path) -> list[tuple[np.ndarray, 
     return out
 
 
-@torch.inference_mode()
-def derain_image(net: torch.nn.Module, rainy: np.ndarray) -> np.ndarray:
-    """One RGB uint8 picture through a network that expects RGB; RGB uint8 back."""
-    x = torch.from_numpy(rainy).permute(2, 0, 1)[None].float().div(255.0)
-    y = net(x)[0].clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0)
-    return y.numpy()
-
-
 def validate(net: torch.nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
     was_training = net.training
     net.eval()
-    scores = [psnr(luma(derain_image(net, r)), luma(c)) for r, c in pairs]
+    scores = [psnr(luma(derain_rgb(net, r)), luma(c)) for r, c in pairs]
     net.train(was_training)
     return float(np.mean(scores))
 

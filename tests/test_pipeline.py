@@ -1,0 +1,173 @@
+"""The file pipeline end to end, through the real ``streamderain`` command and real clips."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from streamderain.batcher import Batcher
+from streamderain.frames import Frame
+from tests.media import clean_frames, decode_all, make_clip, packets, rainy_frames
+from training.metrics import psnr
+
+CLI = [sys.executable, "-m", "streamderain"]
+
+
+def run_cli(*args, timeout=300, **kw):
+    return subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def vfr_clip(tmp_path_factory, shared):
+    folder = tmp_path_factory.mktemp("vfr")
+    rainy, clean = rainy_frames(24)
+    path = folder / "rainy.mp4"
+    pts = make_clip(path, rainy, vfr=True, audio=True, tags=True)
+    return path, pts, clean
+
+
+def test_output_keeps_every_frame_its_time_audio_and_tags(vfr_clip, tmp_path):
+    src, pts_ms, clean = vfr_clip
+    out = tmp_path / "out.mp4"
+    result = run_cli(src, out, "-q")
+    assert result.returncode == 0, result.stderr
+    images, times, stream = decode_all(out)
+    assert len(images) == len(pts_ms)
+    assert max(abs(t - p / 1000) for t, p in zip(times, pts_ms, strict=True)) <= 0.002
+    assert [b for _, b in packets(out, "audio")] == [b for _, b in packets(src, "audio")]
+    ctx = stream.codec_context
+    assert (ctx.color_range, ctx.colorspace, ctx.color_primaries, ctx.color_trc) == (1, 1, 1, 1)
+    src_images, _, _ = decode_all(src)
+    gain = np.mean(
+        [psnr(o, c) - psnr(r, c) for o, r, c in zip(images, src_images, clean, strict=True)]
+    )
+    assert gain >= 2.0, f"derained output is only {gain:.2f} dB closer to the clean frames"
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mov", ".webm"])
+def test_container_round_trips(tmp_path, shared, suffix):
+    frames = clean_frames(6, (130, 98))
+    src = tmp_path / f"in{suffix}"
+    make_clip(src, frames, audio=True)
+    out = tmp_path / f"out{suffix}"
+    result = run_cli(src, out, "-q")
+    assert result.returncode == 0, result.stderr
+    images, _, stream = decode_all(out)
+    assert len(images) == 6
+    assert images[0].shape == (98, 130, 3)
+    assert len(packets(out, "audio")) > 0
+
+
+def test_image_folder_in_and_out_with_odd_sizes(tmp_path, shared):
+    import cv2
+
+    src = tmp_path / "frames"
+    src.mkdir()
+    for i, img in enumerate(clean_frames(4, (67, 45))):
+        cv2.imwrite(str(src / f"{i + 1}.png"), img[..., ::-1])
+    out = tmp_path / "derained"
+    result = run_cli(src, out, "-q")
+    assert result.returncode == 0, result.stderr
+    written = sorted(out.iterdir())
+    assert len(written) == 4
+    assert cv2.imread(str(written[0])).shape == (45, 67, 3)
+    odd = tmp_path / "odd.mkv"
+    assert run_cli(src, odd, "-q").returncode == 0
+    assert decode_all(odd)[0][0].shape == (45, 67, 3)
+
+
+def test_compare_output_is_twice_as_wide(vfr_clip, tmp_path):
+    out = tmp_path / "compare.mp4"
+    result = run_cli(vfr_clip[0], out, "-q", "--compare", "side-by-side", "--max-frames", "3")
+    assert result.returncode == 0, result.stderr
+    images, _, _ = decode_all(out)
+    assert len(images) == 3
+    assert images[0].shape == (144, 512, 3)
+
+
+def test_never_overwrites_without_y(vfr_clip, tmp_path):
+    out = tmp_path / "exists.mp4"
+    out.write_bytes(b"precious")
+    result = run_cli(vfr_clip[0], out, "--max-frames", "2", stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    assert "exists" in result.stderr and "Traceback" not in result.stderr
+    assert out.read_bytes() == b"precious"
+    result = run_cli(vfr_clip[0], out, "--max-frames", "2", "-y", "-q")
+    assert result.returncode == 0, result.stderr
+    assert len(decode_all(out)[0]) == 2
+
+
+def test_sigint_leaves_a_playable_partial_file(tmp_path, shared):
+    frames = clean_frames(75, (320, 180)) * 2
+    src = tmp_path / "long.mp4"
+    make_clip(src, frames)
+    out = tmp_path / "partial.mp4"
+    proc = subprocess.Popen([*CLI, str(src), str(out), "-q"], stderr=subprocess.PIPE, text=True)
+    time.sleep(6)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    images, times, _ = decode_all(out)
+    assert 0 < len(images) < len(frames)
+    assert times == sorted(times)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "temporary file left behind"
+
+
+def test_batcher_groups_by_size_and_flushes_on_timeout():
+    tb = Fraction(1, 25)
+
+    def frame(i, h):
+        return Frame(i, i, tb, np.zeros((h, 8, 3), np.uint8))
+
+    b = Batcher(size=3, timeout=0.05)
+    assert list(b.process(frame(0, 4))) == []
+    assert list(b.process(frame(1, 4))) == []
+    out = list(b.process(frame(2, 6)))
+    assert [len(x) for x in out] == [2]
+    assert list(b.poll()) == []
+    time.sleep(0.06)
+    assert [len(x) for x in b.poll()] == [1]
+    for i in range(3):
+        out = list(b.process(frame(3 + i, 4)))
+    assert [[f.index for f in x.frames] for x in out] == [[3, 4, 5]]
+    assert list(b.finish()) == []
+
+
+def test_derainer_api_accepts_bgr_rgb_and_tensors(shared):
+    import torch
+
+    from streamderain import Derainer
+
+    rgb = clean_frames(1, (96, 64))[0]
+    rgb_out = Derainer(device="cpu")(rgb)
+    bgr_out = Derainer(device="cpu", channel_order="BGR")(np.ascontiguousarray(rgb[..., ::-1]))
+    assert rgb_out.shape == rgb.shape and rgb_out.dtype == np.uint8
+    assert np.array_equal(bgr_out[..., ::-1], rgb_out)
+    batch_out = Derainer(device="cpu")(np.stack([rgb, rgb]))
+    assert np.array_equal(batch_out[1], rgb_out)
+    t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    t_out = Derainer(device="cpu")(t)
+    assert t_out.shape == t.shape
+    assert (
+        t_out[0].permute(1, 2, 0) * 255 - torch.from_numpy(rgb_out).float()
+    ).abs().max() <= 0.5001
+
+
+def test_cuda_without_gpu_is_a_clean_error(vfr_clip, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run_cli(vfr_clip[0], tmp_path / "o.mp4", "--device", "cuda")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "no CUDA GPU" in result.stderr
