@@ -1,0 +1,165 @@
+"""Readers for every shared layout, synthetic rain, a short training run, exact resume, eval."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import DATA
+from training import DCSFNConfig, load_model
+from training.data import DatasetError, find_clean_images, find_pairs, find_video_folders
+from training.evaluate import evaluate
+from training.metrics import ssim
+from training.rain import PRESETS, RainField, add_rain, rain_video
+from training.train import PatchSampler, TrainConfig, Trainer
+
+
+@pytest.mark.parametrize(
+    "folder, count",
+    [
+        ("train-pairs/RainTrainL", 9),
+        ("train-pairs/RainTrainH_min", 12),
+        ("train-pairs/jorder-small", 18),
+        ("train-pairs/pcnet", 38),
+        ("rain100L-test", 100),
+    ],
+)
+def test_every_shared_pair_layout_reads(shared, folder, count):
+    pairs = find_pairs(DATA / folder)
+    assert len(pairs) == count
+    for p in pairs:
+        assert p.rainy.exists() and p.clean.exists()
+        assert p.rainy != p.clean
+
+
+def test_clean_images_and_video_folders_read(shared):
+    assert len(find_clean_images(DATA / "clean" / "images" / "kodak24")) == 24
+    assert len(find_video_folders(DATA / "clean" / "video")) == 6
+
+
+def test_a_pair_without_its_twin_is_an_error(tmp_path):
+    (tmp_path / "rain-1.png").write_bytes(b"")
+    (tmp_path / "norain-1.png").write_bytes(b"")
+    (tmp_path / "rain-2.png").write_bytes(b"")
+    with pytest.raises(DatasetError, match="no clean image for 2"):
+        find_pairs(tmp_path)
+    with pytest.raises(DatasetError, match="no known pair layout"):
+        find_pairs(tmp_path / "..")
+
+
+def test_synthetic_rain_is_seeded_and_brightens_like_rain():
+    clean = np.full((120, 160, 3), 60, np.uint8)
+    a = add_rain(clean, "light", np.random.default_rng(3))
+    b = add_rain(clean, "light", np.random.default_rng(3))
+    c = add_rain(clean, "light", np.random.default_rng(4))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert (a.astype(int) >= clean).all()  # streaks only add light
+    heavy = add_rain(clean, "heavy", np.random.default_rng(3))
+    assert heavy.mean() > a.mean()
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def test_video_rain_falls_coherently_between_frames():
+    """Frame t+1's rain is frame t's moved along the fall; redrawn rain would not correlate."""
+    style = replace(PRESETS["light"], layers=(1, 1), density=(0.003, 0.003))
+    field = RainField(200, 200, style, np.random.default_rng(0))
+    dx, dy = field.layers[0].step
+    first = field.streaks()
+    field.advance()
+    second = field.streaks()
+    moved = np.roll(first, (round(dy), round(dx)), axis=(0, 1))
+    m = 40  # away from the wrap-around border
+    coherent = _ncc(moved[m:-m, m:-m], second[m:-m, m:-m])
+    redrawn = RainField(200, 200, style, np.random.default_rng(1)).streaks()
+    unrelated = _ncc(redrawn[m:-m, m:-m], second[m:-m, m:-m])
+    assert coherent > 0.8, coherent
+    assert unrelated < 0.2, unrelated
+    frames = rain_video([np.zeros((64, 64, 3), np.uint8)] * 3, "light", np.random.default_rng(0))
+    assert len(frames) == 3 and not np.array_equal(frames[0], frames[1])
+
+
+TINY = DCSFNConfig(channels=4, num_blocks=1, scale_num=2, conv_num=1)
+
+
+def _tiny_train(**kw) -> TrainConfig:
+    return TrainConfig(
+        steps=kw.pop("steps", 10),
+        batch=4,
+        patch=32,
+        lr=2e-3,
+        real_dirs=("train-pairs/RainTrainL",),
+        clean_dirs=("clean/images/kodak24",),
+        val_dir="",
+        checkpoint_minutes=60,
+        **kw,
+    )
+
+
+def test_short_training_lowers_the_loss(shared, tmp_path):
+    torch.set_num_threads(2)
+    cfg = _tiny_train(steps=80)
+    trainer = Trainer(TINY, cfg, DATA, tmp_path / "run")
+    held_out = PatchSampler(replace(cfg, batch=32), DATA).batch(np.random.default_rng(99))
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(-ssim(trainer.net(held_out[0]), held_out[1]))
+
+    before = loss()
+    trainer.run(progress=False)
+    assert loss() < before - 0.01
+    assert (tmp_path / "run" / "last.pt").exists()
+    assert (tmp_path / "run" / "log.jsonl").read_text().strip()
+
+
+def test_resume_continues_exactly(shared, tmp_path):
+    torch.set_num_threads(2)
+    cfg = _tiny_train(steps=10)
+    straight = Trainer(TINY, cfg, DATA, tmp_path / "a")
+    straight.run(progress=False)
+    first = Trainer(TINY, cfg, DATA, tmp_path / "b")
+    first.run(until=6, progress=False)
+    resumed = Trainer(TINY, cfg, DATA, tmp_path / "b")
+    resumed.resume()
+    assert resumed.step == 6
+    resumed.run(progress=False)
+    for (name, a), (_, b) in zip(
+        straight.net.state_dict().items(), resumed.net.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert resumed.sched.get_last_lr() == straight.sched.get_last_lr()
+
+
+def test_eval_scores_a_handful_of_pairs_and_writes_csv_and_sheet(shared, tmp_path):
+    model = load_model()
+    pairs = find_pairs(DATA / "rain100L-test")[:3]
+    result = evaluate(model, pairs, model.channel_order, tmp_path)
+    assert len(result.rows) == 3
+    assert 20 < result.rainy["psnr_y"] < 40
+    assert 0 < result.derained["ssim_y"] <= 1
+    assert (tmp_path / "scores.csv").read_text().count("\n") == 4
+    assert (tmp_path / "sheet.png").stat().st_size > 1000
+
+
+def test_train_config_rejects_unknown_options():
+    with pytest.raises(ValueError, match="unknown train option"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="unknown rain preset"):
+        TrainConfig.from_dict({"rain_presets": {"drizzle": 1.0}})
+
+
+def test_shipped_configs_parse():
+    from training.train import load_train_config
+
+    for path in Path(__file__).resolve().parents[1].glob("configs/*.toml"):
+        model_cfg, _ = load_train_config(path)
+        assert isinstance(model_cfg, DCSFNConfig)
