@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,11 +123,14 @@ def _strip_prefix(state_dict: dict[str, Any]) -> dict[str, Tensor]:
 
 def _read(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols on odd files
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        found = re.search(r"GLOBAL [\w.]+", str(exc))
+        detail = found.group(0) if found else "content other than tensors and plain values"
         raise ModelLoadError(
-            f"{path}: refused: the file holds objects other than tensors ({reason[:200]})"
+            f"{path}: refused: not a plain tensor checkpoint ({detail}); nothing in it was run"
         ) from None
     except Exception as exc:  # the unpickler raises many types on junk; all mean the same here
         raise ModelLoadError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__})") from None

@@ -1,0 +1,127 @@
+"""Every bad input through the real command: one line, non-zero exit, nothing lost, no code run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+import torch
+
+from tests.conftest import FIXTURES
+from tests.media import clean_frames, make_clip
+
+CLI = [sys.executable, "-m", "streamderain"]
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory, shared):
+    d = tmp_path_factory.mktemp("bad")
+    clip = d / "clip.mp4"
+    make_clip(clip, clean_frames(4, (96, 64)))
+    (d / "notes.txt").write_text("not a video\n")
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "truncated.mp4").write_bytes(clip.read_bytes()[:300])
+    with av.open(str(d / "audio.m4a"), "w") as out:
+        s = out.add_stream("aac", rate=48000)
+        s.layout = "mono"
+        import numpy as np
+
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), np.float32), format="flt", layout="mono"
+        )
+        frame.sample_rate = 48000
+        frame.pts = 0
+        out.mux(s.encode(frame))
+        out.mux(s.encode(None))
+    (d / "junk.pth").write_bytes(os.urandom(2000))
+    torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, d / "resnet.pth")
+    with open(d / "evil.pth", "wb") as f:
+        pickle.dump({"net": _Exploit(d / "pwned")}, f)
+    (d / "existing.mp4").write_bytes(b"keep me")
+    locked = d / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return d
+
+
+def _cases(d: Path) -> dict[str, tuple[list[str], str]]:
+    clip = str(d / "clip.mp4")
+    out = str(d / "out.mp4")
+    return {
+        "input missing": ([str(d / "nope.mp4"), out], "no such file"),
+        "not a video": ([str(d / "notes.txt"), out], "cannot open as video"),
+        "empty file": ([str(d / "empty.mp4"), out], "cannot open as video"),
+        "truncated file": ([str(d / "truncated.mp4"), out], "truncated.mp4"),
+        "audio only": ([str(d / "audio.m4a"), out], "no video stream"),
+        "output is input": ([clip, clip, "-y"], "output is the input"),
+        "output exists": ([clip, str(d / "existing.mp4")], "exists (pass -y to overwrite)"),
+        "output folder missing": ([clip, str(d / "no" / "dir" / "o.mp4")], "does not exist"),
+        "output folder read-only": ([clip, str(d / "locked" / "o.mp4")], "not writable"),
+        "unknown container": ([clip, str(d / "o.xyz")], "unknown output container"),
+        "negative batch": ([clip, out, "--batch", "-2"], "--batch must be at least 1"),
+        "unknown device": ([clip, out, "--device", "tpu"], "unknown device"),
+        "cuda without gpu": ([clip, out, "--device", "cuda"], "no CUDA GPU"),
+        "bad crf": ([clip, out, "--crf", "99"], "--crf must be in 0..63"),
+        "model missing": ([clip, out, "--model", str(d / "none.pth")], "no such file"),
+        "model junk": ([clip, out, "--model", str(d / "junk.pth")], "checkpoint"),
+        "model of another network": (
+            [clip, out, "--model", str(d / "resnet.pth")],
+            "not a DCSFN checkpoint",
+        ),
+        "malicious model": ([clip, out, "--model", str(d / "evil.pth")], "refused"),
+        "unknown model name": ([clip, out, "--model", "dcsfn-huge"], "unknown model name"),
+    }
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("case", list(_cases(Path("."))))
+def test_bad_input_is_one_clean_line(media, case):
+    if case == "output folder read-only" and os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    if case == "cuda without gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args, expected = _cases(media)[case]
+    before = {p: _digest(p) for p in media.iterdir() if p.is_file()}
+    result = subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("streamderain: error: ")
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    after = {p: _digest(p) for p in media.iterdir() if p.is_file()}
+    assert after == before, "a file the user had was changed"
+    assert not (media / "out.mp4").exists()
+    assert not (media / "pwned").exists(), "the checkpoint ran code"
+    assert not [p for p in media.iterdir() if p.name.startswith(".")], "temporary file left"
+
+
+def test_parity_fixture_checkpoint_runs_through_the_cli(media, tmp_path):
+    out = tmp_path / "o.mp4"
+    result = subprocess.run(
+        [*CLI, str(media / "clip.mp4"), str(out), "-q", "--model", str(FIXTURES / "rnn_c8_n2.pth")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 0
