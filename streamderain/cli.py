@@ -98,7 +98,7 @@ def main() -> None:
     type=int,
     default=0,
     show_default=True,
-    help="Process frames in overlapping tiles of this size (bounds memory; 0: off).",
+    help="Process frames in tiles of at most this size (bounds memory; 0: off).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging; tracebacks on errors.")
@@ -174,7 +174,7 @@ def _validate(
         (start is not None and start < 0, f"--start must be >= 0, got {start}"),
         (duration is not None and duration <= 0, f"--duration must be > 0, got {duration}"),
         (max_frames is not None and max_frames < 1, f"--max-frames must be >= 1, got {max_frames}"),
-        (tile < 0 or 0 < tile < 32, f"--tile must be 0 (off) or at least 32, got {tile}"),
+        (tile < 0, f"--tile must be 0 (off) or positive, got {tile}"),
     ]
     for bad, message in checks:
         if bad:

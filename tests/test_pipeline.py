@@ -171,3 +171,22 @@ def test_cuda_without_gpu_is_a_clean_error(vfr_clip, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
     assert "no CUDA GPU" in result.stderr
+
+
+def test_tiles_match_the_whole_frame(shared):
+    import cv2
+    import torch
+
+    from streamderain.runner import min_tile, tiled
+    from tests.conftest import DATA
+    from training import load_model
+
+    model = load_model()
+    img = cv2.imread(str(DATA / "real-rain" / "nturain-rb2" / "00007.jpg"))[:352, :640, ::-1]
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        whole = model(x)
+        pieces = tiled(model, x, 320)
+        odd = tiled(model, x[..., :345, :601], min_tile(model))
+    assert (pieces - whole).abs().max().item() <= 1e-3
+    assert odd.shape[-2:] == (345, 601)

@@ -1,0 +1,163 @@
+#!/usr/bin/python3
+"""Tiny RTSP server for live tests: serves one local MP4 (H.264) at rtsp://HOST:PORT/MOUNT.
+
+Runs under the SYSTEM python (/usr/bin/python3), which has python3-gi and
+gir1.2-gst-rtsp-server-1.0 from Debian; the project venv cannot import gi.
+
+    /usr/bin/python3 tests/live/rtsp_server.py CLIP.mp4 --port 0 [--loop] [--mount /clip]
+
+The H.264 stream is not re-encoded (qtdemux ! h264parse ! rtph264pay), so CPU use is
+negligible; the RTSP server's sinks sync on the clock, so packets go out at real-time pace.
+Every client gets its own pipeline that starts at the beginning of the file. With --loop
+the file repeats (gapless, timestamps keep increasing); without it the stream ends (EOS).
+
+When it is listening it prints exactly one line ``READY rtsp://HOST:PORT/MOUNT`` on stdout
+(flushed) and then logs to stderr. It exits on SIGTERM/SIGINT; SIGKILL is fine too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[rtsp_server {os.getpid()}] {msg}", file=sys.stderr, flush=True)
+
+
+def install_loop(media: GstRtspServer.RTSPMedia) -> None:
+    """Make the media's qtdemux start over instead of ending (gapless, real-time).
+
+    At EOS on a qtdemux source pad: drop the EOS, add the played duration to the pad's
+    running-time offset, and issue a FLUSHING seek to 0 on qtdemux alone, dropping its
+    flush events so nothing downstream (payloader, RTSP sinks) is flushed. Running time,
+    and so the RTP timestamps the client sees, keeps increasing across the loop point.
+    (A non-flushing seek does not work: the pad stays flagged EOS and refuses data.)
+    """
+    demux = media.get_element().get_by_name("demux")
+
+    def attach(pad: Gst.Pad) -> None:
+        st = {"end": 0, "offset": 0, "seeking": False}
+
+        def do_seek() -> None:
+            st["offset"] += st["end"]
+            st["end"] = 0
+            pad.set_offset(st["offset"])
+            ok = demux.seek(
+                1.0,
+                Gst.Format.TIME,
+                Gst.SeekFlags.FLUSH | Gst.SeekFlags.KEY_UNIT,
+                Gst.SeekType.SET,
+                0,
+                Gst.SeekType.NONE,
+                -1,
+            )
+            st["seeking"] = False
+            log(f"loop: back to 0 (offset {st['offset'] / 1e9:.2f}s) -> {ok}")
+
+        def probe(_pad, info):
+            if info.type & Gst.PadProbeType.BUFFER:
+                buf = info.get_buffer()
+                if buf.pts != Gst.CLOCK_TIME_NONE:
+                    dur = buf.duration if buf.duration != Gst.CLOCK_TIME_NONE else 0
+                    st["end"] = max(st["end"], buf.pts + dur)
+                return Gst.PadProbeReturn.OK
+            ev = info.get_event()
+            if ev is None:
+                return Gst.PadProbeReturn.OK
+            if ev.type == Gst.EventType.EOS:
+                if not st["seeking"]:
+                    st["seeking"] = True
+                    # Never seek from the streaming thread itself.
+                    threading.Thread(target=do_seek, daemon=True).start()
+                return Gst.PadProbeReturn.DROP
+            if st["seeking"] and ev.type in (Gst.EventType.FLUSH_START, Gst.EventType.FLUSH_STOP):
+                return Gst.PadProbeReturn.DROP
+            return Gst.PadProbeReturn.OK
+
+        pad.add_probe(
+            Gst.PadProbeType.BUFFER
+            | Gst.PadProbeType.EVENT_DOWNSTREAM
+            | Gst.PadProbeType.EVENT_FLUSH,
+            probe,
+        )
+
+    def on_pad_added(_demux, pad):
+        if pad.get_direction() == Gst.PadDirection.SRC:
+            attach(pad)
+
+    for pad in demux.srcpads:
+        attach(pad)
+    demux.connect("pad-added", on_pad_added)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("clip", help="local .mp4 with an H.264 video track")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0 = pick a free port")
+    ap.add_argument("--mount", default="/clip")
+    ap.add_argument("--loop", action="store_true", help="repeat the file forever")
+    args = ap.parse_args()
+
+    clip = os.path.abspath(args.clip)
+    if not os.path.isfile(clip):
+        log(f"no such file: {clip}")
+        return 2
+
+    Gst.init(None)
+    server = GstRtspServer.RTSPServer()
+    server.set_address(args.host)
+    server.set_service(str(args.port))
+
+    factory = GstRtspServer.RTSPMediaFactory()
+    location = clip.replace("\\", "\\\\").replace('"', '\\"')
+    factory.set_launch(
+        f'( filesrc location="{location}" ! qtdemux name=demux demux.video_0 '
+        "! queue ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+    )
+    factory.set_shared(False)  # each client: own pipeline, from the start of the file
+    factory.set_eos_shutdown(False)
+    if args.loop:
+        factory.connect("media-configure", lambda _f, media: install_loop(media))
+    server.get_mount_points().add_factory(args.mount, factory)
+
+    if server.attach(None) == 0:
+        log(f"could not listen on {args.host}:{args.port}")
+        return 3
+    port = server.get_bound_port()
+
+    loop = GLib.MainLoop()
+
+    def stop(*_a):
+        log("stopping")
+        loop.quit()
+        return GLib.SOURCE_REMOVE
+
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, stop)
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, stop)
+
+    # Drop sessions of clients that vanished, so a dead client does not pin a pipeline.
+    def cleanup() -> bool:
+        server.get_session_pool().cleanup()
+        return GLib.SOURCE_CONTINUE
+
+    GLib.timeout_add_seconds(2, cleanup)
+
+    print(f"READY rtsp://{args.host}:{port}{args.mount}", flush=True)
+    log(f"serving {clip} loop={args.loop}")
+    loop.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
