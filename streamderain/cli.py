@@ -83,6 +83,13 @@ def main() -> None:
     "--crf", type=int, default=None, help="Constant quality (default: visually lossless)."
 )
 @click.option("--preset", default=None, help="x264 preset (default: fast).")
+@click.option(
+    "--encoder",
+    type=click.Choice(["pyav", "ffmpeg"]),
+    default="pyav",
+    show_default=True,
+    help="pyav: PyAV's own FFmpeg; ffmpeg: an ffmpeg binary on PATH (for NVENC, VAAPI, ...).",
+)
 @click.option("-y", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option(
     "--compare",
@@ -112,6 +119,7 @@ def run(
     codec: str | None,
     crf: int | None,
     preset: str | None,
+    encoder: str,
     overwrite: bool,
     compare: str | None,
     start: float | None,
@@ -137,6 +145,7 @@ def run(
             codec=codec,
             crf=crf,
             preset=preset,
+            encoder=encoder,
             compare=compare,
             start=start,
             duration=duration,

@@ -1,4 +1,4 @@
-"""Writes frames to a video file (PyAV) or a folder of images, safely.
+"""Writes frames to a video file (PyAV, or an ``ffmpeg`` binary) or a folder of images, safely.
 
 The output goes to a temporary file beside the target and is renamed into place when it is
 closed, so an existing file is untouched until there is something to replace it with, and an
@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import cv2
+import ffmpeg
 import numpy as np
 
 from streamderain.decoder import VideoInfo
@@ -39,6 +45,7 @@ COPYABLE: dict[str, set[str] | None] = {
 # Visually lossless defaults: CRF 18 for H.264, 30 for VP9 (constant quality mode).
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 30}
 DEFAULT_PRESET = "fast"
+ENCODERS = ("pyav", "ffmpeg")
 
 
 def is_folder_target(path: str | Path) -> bool:
@@ -119,6 +126,211 @@ class _StreamCopier:
         self.input.close()
 
 
+def video_options(codec: str, crf: int | None, preset: str | None) -> dict[str, str]:
+    """Quality settings that add no visible loss, whichever backend writes the file."""
+    options = {}
+    crf = crf if crf is not None else DEFAULT_CRF.get(codec)
+    if crf is not None:
+        options["crf"] = str(crf)
+    if codec in ("libx264", "libx265"):
+        options["preset"] = preset or DEFAULT_PRESET
+    if codec == "libvpx-vp9":
+        options.update({"b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"})
+    return options
+
+
+def pixel_format(codec: str, width: int, height: int) -> str:
+    """4:2:0 plays everywhere; x264/x265 cannot subsample odd sizes, so those keep 4:4:4."""
+    odd = width % 2 or height % 2
+    return "yuv444p" if odd and codec in ("libx264", "libx265") else "yuv420p"
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """How the video is written: the same for every backend."""
+
+    fmt: str
+    codec: str
+    options: dict[str, str]
+    info: VideoInfo
+    keep_aspect: bool
+
+
+class _PyAVWriter:
+    """Encodes with PyAV's own FFmpeg, copying the source's audio and subtitles beside."""
+
+    def __init__(
+        self,
+        path: Path,
+        settings: OutputSettings,
+        first: Frame,
+        size: tuple[int, int],
+        copy_from: str | None,
+        start: float,
+        end: float | None,
+    ) -> None:
+        self.path = path
+        self.container = av.open(str(path), mode="w", format=settings.fmt)
+        self.copier: _StreamCopier | None = None
+        try:
+            self.stream = self._add_video(settings, first, size)
+            if copy_from:
+                offset = 0.0 if first.seconds is None or start <= 0 else first.seconds
+                self.copier = _StreamCopier(
+                    copy_from, self.container, settings.fmt, start, end, offset
+                )
+        except BaseException:
+            self.container.close()
+            raise
+
+    def _add_video(self, settings: OutputSettings, first: Frame, size: tuple[int, int]):
+        h, w = size
+        stream = self.container.add_stream(settings.codec, rate=settings.info.rate or 25)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = pixel_format(settings.codec, w, h)
+        stream.time_base = first.time_base
+        ctx = stream.codec_context
+        ctx.time_base = first.time_base
+        for tag in ("color_range", "colorspace", "color_primaries", "color_trc"):
+            value = getattr(settings.info, tag)
+            if value:
+                setattr(ctx, tag, value)
+        if settings.info.sample_aspect_ratio and settings.keep_aspect:
+            ctx.sample_aspect_ratio = settings.info.sample_aspect_ratio
+        stream.options = settings.options
+        return stream
+
+    def write(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
+        vf = av.VideoFrame.from_ndarray(image, format="rgb24")
+        vf.pts, vf.time_base = pts, time_base
+        self._mux(self.stream.encode(vf))
+        if self.copier is not None:
+            self.copier.copy_until(float(pts * time_base))
+
+    def _mux(self, packets) -> None:
+        try:
+            self.container.mux(packets)
+        except OSError as exc:
+            raise OutputError(f"cannot write ({exc.strerror or exc})") from None
+
+    def close(self) -> None:
+        try:
+            self._mux(self.stream.encode(None))
+            if self.copier is not None:
+                self.copier.copy_until(None)
+        finally:
+            if self.copier is not None:
+                self.copier.close()
+            self.container.close()
+
+
+class _FFmpegWriter:
+    """Pipes frames, with their timestamps, to an ``ffmpeg`` binary that encodes them.
+
+    For encoders PyAV's own FFmpeg lacks (NVENC, VAAPI, ...). Frames travel as raw video in
+    NUT, which keeps every timestamp; ffmpeg copies audio and subtitles from the source.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        settings: OutputSettings,
+        first: Frame,
+        size: tuple[int, int],
+        copy_from: str | None,
+        start: float,
+        end: float | None,
+    ) -> None:
+        binary = shutil.which("ffmpeg")
+        if binary is None:
+            raise OutputError("--encoder ffmpeg needs an ffmpeg binary on PATH")
+        h, w = size
+        video = ffmpeg.input("pipe:", format="nut")
+        streams = [video["v"]]
+        if copy_from:
+            timing = {"ss": start} if start > 0 else {}
+            if end is not None:
+                timing["t"] = end - start
+            source = ffmpeg.input(copy_from, **timing)
+            streams += [source["a?"], source["s?"]]
+        info = settings.info
+        tags = {
+            "color_range": info.color_range,
+            "colorspace": info.colorspace,
+            "color_primaries": info.color_primaries,
+            "color_trc": info.color_trc,
+        }
+        out = ffmpeg.output(
+            *streams,
+            str(path),
+            format=settings.fmt,
+            vcodec=settings.codec,
+            pix_fmt=pixel_format(settings.codec, w, h),
+            acodec="copy",
+            scodec="copy",
+            fps_mode="passthrough",
+            enc_time_base="-1",
+            **{k: v for k, v in tags.items() if v},
+            **settings.options,
+        )
+        args = ffmpeg.compile(
+            out.global_args("-nostdin", "-loglevel", "error"), cmd=binary, overwrite_output=True
+        )
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=self.log)
+        self.container = av.open(self.proc.stdin, mode="w", format="nut")
+        self.stream = self.container.add_stream("rawvideo", rate=info.rate or 25)
+        self.stream.width, self.stream.height = w, h
+        self.stream.pix_fmt = "rgb24"
+        self.stream.time_base = first.time_base
+        self.stream.codec_context.time_base = first.time_base
+
+    def write(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
+        vf = av.VideoFrame.from_ndarray(image, format="rgb24")
+        vf.pts, vf.time_base = pts, time_base
+        try:
+            self.container.mux(self.stream.encode(vf))
+        except OSError:
+            raise OutputError(f"ffmpeg stopped: {self._error()}") from None
+
+    def _error(self) -> str:
+        self.proc.wait(timeout=30)
+        self.log.seek(0)
+        lines = self.log.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit status {self.proc.returncode}"
+
+    def close(self) -> None:
+        try:
+            self.container.mux(self.stream.encode(None))
+            self.container.close()
+        except OSError:
+            pass
+        finally:
+            self.proc.stdin.close()
+            code = self.proc.wait(timeout=120)
+            if code != 0:
+                raise OutputError(f"ffmpeg failed: {self._error()}")
+            self.log.close()
+
+
+class _FolderWriter:
+    """One PNG per frame, numbered from 1."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        path.mkdir(parents=True, exist_ok=True)
+
+    def write(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
+        self.count += 1
+        target = self.path / f"frame-{self.count:06d}.png"
+        if not cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise OutputError(f"{target}: cannot write image")
+
+    def close(self) -> None:
+        pass
+
+
 class Encoder:
     """The pipeline's last stage: sets itself up from the first frame and rejects any that differ.
 
@@ -128,6 +340,7 @@ class Encoder:
         codec: video codec (default: H.264 for mp4/mov/mkv, VP9 for webm).
         crf: constant quality (default: visually lossless for the codec).
         preset: x264 speed preset.
+        encoder: ``pyav`` (PyAV's FFmpeg) or ``ffmpeg`` (an ffmpeg binary on PATH).
         copy_streams_from: a source file whose audio and subtitles are copied over.
         start, end: the source time range being processed, in seconds.
         compare: ``side-by-side`` or ``stacked`` to write before and after together.
@@ -142,6 +355,7 @@ class Encoder:
         codec: str | None = None,
         crf: int | None = None,
         preset: str | None = None,
+        encoder: str = "pyav",
         copy_streams_from: str | None = None,
         start: float = 0.0,
         end: float | None = None,
@@ -149,31 +363,26 @@ class Encoder:
         options: dict[str, str] | None = None,
     ) -> None:
         check_target(target)
+        if encoder not in ENCODERS:
+            raise OutputError(f"unknown encoder {encoder!r} (use {' or '.join(ENCODERS)})")
         self.target = Path(target)
         self.info = info
-        self.codec_name = codec
-        self.crf, self.preset = crf, preset
+        self.codec_name, self.crf, self.preset = codec, crf, preset
+        self.backend = encoder
         self.copy_from = copy_streams_from
         self.start, self.end = start, end
         self.compare = compare
         self.options = dict(options or {})
         self.frames_written = 0
+        self.folder = is_folder_target(self.target)
         self._size: tuple[int, int] | None = None
-        self._container: av.container.OutputContainer | None = None
-        self._stream: av.video.stream.VideoStream | None = None
-        self._copier: _StreamCopier | None = None
+        self._writer: _PyAVWriter | _FFmpegWriter | _FolderWriter | None = None
         self._last_pts: int | None = None
         self._offset_pts: int | None = None
-        self._tmp = self._temp_path()
-
-    def _temp_path(self) -> Path:
-        if is_folder_target(self.target):
-            return self.target.with_name(f".{self.target.name}.partial")
-        return self.target.with_name(f".{self.target.stem}.partial{self.target.suffix}")
-
-    @property
-    def folder(self) -> bool:
-        return is_folder_target(self.target)
+        if self.folder:
+            self._tmp = self.target.with_name(f".{self.target.name}.partial")
+        else:
+            self._tmp = self.target.with_name(f".{self.target.stem}.partial{self.target.suffix}")
 
     def process(self, batch: Batch) -> list[Batch]:
         for frame in batch.frames:
@@ -186,68 +395,13 @@ class Encoder:
             if frame.original is None:
                 raise OutputError("compare output needs the original frames")
             image = compose(frame.original, image, self.compare)
-        if self._size is None:
-            self._setup(frame, image)
+        if self._writer is None:
+            self._open(frame, image.shape[:2])
         elif image.shape[:2] != self._size:
             raise OutputError(
                 f"{self.target}: frame {frame.index} is {image.shape[1]}x{image.shape[0]}, "
                 f"the output is {self._size[1]}x{self._size[0]} (size changes are not supported)"
             )
-        if self.folder:
-            path = self._tmp / f"frame-{self.frames_written + 1:06d}.png"
-            if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-                raise OutputError(f"{path}: cannot write image")
-        else:
-            self._encode(frame, image)
-        self.frames_written += 1
-
-    def _setup(self, frame: Frame, image: np.ndarray) -> None:
-        self._size = image.shape[:2]
-        try:
-            if self.folder:
-                self._tmp.mkdir(parents=True, exist_ok=True)
-                return
-            fmt, default_codec = CONTAINERS[self.target.suffix.lower()]
-            self._container = av.open(str(self._tmp), mode="w", format=fmt)
-            self._stream = self._add_video_stream(fmt, default_codec, frame, image)
-            if self.copy_from:
-                offset = 0.0 if frame.seconds is None or self.start <= 0 else frame.seconds
-                self._copier = _StreamCopier(
-                    self.copy_from, self._container, fmt, self.start, self.end, offset
-                )
-        except (av.error.FFmpegError, OSError) as exc:
-            self._discard()
-            raise OutputError(f"{self.target}: cannot create output ({exc})") from None
-
-    def _add_video_stream(self, fmt: str, default_codec: str, frame: Frame, image: np.ndarray):
-        codec = self.codec_name or default_codec
-        h, w = image.shape[:2]
-        stream = self._container.add_stream(codec, rate=self.info.rate or 25)
-        ctx = stream.codec_context
-        stream.width, stream.height = w, h
-        odd = w % 2 or h % 2
-        stream.pix_fmt = "yuv444p" if odd and codec in ("libx264", "libx265") else "yuv420p"
-        stream.time_base = frame.time_base
-        ctx.time_base = frame.time_base
-        for tag in ("color_range", "colorspace", "color_primaries", "color_trc"):
-            value = getattr(self.info, tag)
-            if value:
-                setattr(ctx, tag, value)
-        if self.info.sample_aspect_ratio and not self.compare:
-            ctx.sample_aspect_ratio = self.info.sample_aspect_ratio
-        options = {}
-        crf = self.crf if self.crf is not None else DEFAULT_CRF.get(codec)
-        if crf is not None:
-            options["crf"] = str(crf)
-        if codec in ("libx264", "libx265"):
-            options["preset"] = self.preset or DEFAULT_PRESET
-        if codec == "libvpx-vp9":
-            options.update({"b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"})
-        options.update(self.options)
-        stream.options = options
-        return stream
-
-    def _encode(self, frame: Frame, image: np.ndarray) -> None:
         pts = frame.pts if frame.pts is not None else frame.index
         if self._offset_pts is None:
             self._offset_pts = pts if self.start > 0 else 0
@@ -255,51 +409,40 @@ class Encoder:
         if self._last_pts is not None and pts <= self._last_pts:
             pts = self._last_pts + 1
         self._last_pts = pts
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-        vf.pts = pts
-        vf.time_base = frame.time_base
-        self._mux(self._stream.encode(vf))
-        if self._copier is not None:
-            self._copier.copy_until(float(pts * frame.time_base))
-
-    def _mux(self, packets) -> None:
         try:
-            self._container.mux(packets)
-        except OSError as exc:
-            raise OutputError(f"{self.target}: cannot write ({exc.strerror or exc})") from None
+            self._writer.write(np.ascontiguousarray(image), pts, frame.time_base)
+        except OutputError as exc:
+            raise OutputError(f"{self.target}: {exc}") from None
+        self.frames_written += 1
+
+    def _open(self, first: Frame, size: tuple[int, int]) -> None:
+        self._size = size
+        try:
+            if self.folder:
+                self._writer = _FolderWriter(self._tmp)
+                return
+            fmt, default_codec = CONTAINERS[self.target.suffix.lower()]
+            codec = self.codec_name or default_codec
+            options = {**video_options(codec, self.crf, self.preset), **self.options}
+            settings = OutputSettings(fmt, codec, options, self.info, keep_aspect=not self.compare)
+            backend = _PyAVWriter if self.backend == "pyav" else _FFmpegWriter
+            self._writer = backend(
+                self._tmp, settings, first, size, self.copy_from, self.start, self.end
+            )
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            self._discard()
+            raise OutputError(f"{self.target}: cannot create output ({exc})") from None
 
     def finish(self) -> list[Batch]:
         """Flush, close and move the output into place; with no frame at all, leave nothing."""
         if self.frames_written == 0:
             self._discard()
             return []
-        if self._container is not None:
-            try:
-                self._mux(self._stream.encode(None))
-                if self._copier is not None:
-                    self._copier.copy_until(None)
-            finally:
-                self._close_container()
-        self._move_into_place()
-        return []
-
-    def abort(self) -> None:
-        """After an error elsewhere: keep what was written as a playable file, if anything."""
+        writer, self._writer = self._writer, None
         try:
-            self.finish()
-        except Exception:  # already failing: the first error is the one to report
-            log.debug("could not finalize %s", self.target, exc_info=True)
-            self._discard()
-
-    def _close_container(self) -> None:
-        if self._copier is not None:
-            self._copier.close()
-            self._copier = None
-        if self._container is not None:
-            container, self._container = self._container, None
-            container.close()
-
-    def _move_into_place(self) -> None:
+            writer.close()
+        except OutputError as exc:
+            raise OutputError(f"{self.target}: {exc}") from None
         if self.folder:
             self.target.mkdir(parents=True, exist_ok=True)
             for f in sorted(self._tmp.iterdir()):
@@ -307,15 +450,26 @@ class Encoder:
             self._tmp.rmdir()
         else:
             os.replace(self._tmp, self.target)
+        return []
+
+    def abort(self) -> None:
+        """After an error elsewhere: keep what was written as a playable file, if anything."""
+        if self._writer is None and self.frames_written:
+            return  # finished already
+        try:
+            self.finish()
+        except Exception:  # already failing: the first error is the one to report
+            log.debug("could not finalize %s", self.target, exc_info=True)
+            self._discard()
 
     def _discard(self) -> None:
-        try:
-            self._close_container()
-        except Exception:  # the file is being thrown away
-            log.debug("closing a discarded output failed", exc_info=True)
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # the file is being thrown away
+                log.debug("closing a discarded output failed", exc_info=True)
         if self._tmp.is_dir():
-            for f in self._tmp.iterdir():
-                f.unlink()
-            self._tmp.rmdir()
+            shutil.rmtree(self._tmp)
         elif self._tmp.exists():
             self._tmp.unlink()

@@ -190,3 +190,19 @@ def test_tiles_match_the_whole_frame(shared):
         odd = tiled(model, x[..., :345, :601], min_tile(model))
     assert (pieces - whole).abs().max().item() <= 1e-3
     assert odd.shape[-2:] == (345, 601)
+
+
+def test_ffmpeg_encoder_backend_keeps_time_and_audio(vfr_clip, tmp_path):
+    import shutil
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("no ffmpeg binary (Debian package ffmpeg)")
+    src, pts_ms, _ = vfr_clip
+    out = tmp_path / "ffmpeg.mp4"
+    result = run_cli(src, out, "-q", "--encoder", "ffmpeg", "--max-frames", "10")
+    assert result.returncode == 0, result.stderr
+    images, times, stream = decode_all(out)
+    assert len(images) == 10
+    assert max(abs(t - p / 1000) for t, p in zip(times, pts_ms[:10], strict=True)) <= 0.002
+    assert stream.codec_context.name == "h264"
+    assert len(packets(out, "audio")) > 0

@@ -123,7 +123,7 @@ def main() -> int:
     location = clip.replace("\\", "\\\\").replace('"', '\\"')
     factory.set_launch(
         f'( filesrc location="{location}" ! qtdemux name=demux demux.video_0 '
-        "! queue ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+        "! queue ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 config-interval=0 )"
     )
     factory.set_shared(False)  # each client: own pipeline, from the start of the file
     factory.set_eos_shutdown(False)
