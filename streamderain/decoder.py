@@ -36,7 +36,6 @@ class VideoInfo:
     color_primaries: int = 2
     color_trc: int = 2
     sample_aspect_ratio: Fraction | None = None
-    rotation: int = 0
 
 
 def is_image_folder(path: str | Path) -> bool:
@@ -171,7 +170,8 @@ class Decoder:
                     return
                 if keep:
                     image = vf.to_ndarray(format="rgb24")
-                    yield Frame(index, vf.pts, vf.time_base or stream.time_base, image)
+                    tb = vf.time_base or stream.time_base
+                    yield Frame(index, vf.pts, tb, image, rotation=round(vf.rotation or 0))
                     index += 1
             if self._stop.is_set():
                 return

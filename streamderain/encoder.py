@@ -197,6 +197,8 @@ class _PyAVWriter:
                 setattr(ctx, tag, value)
         if settings.info.sample_aspect_ratio and settings.keep_aspect:
             ctx.sample_aspect_ratio = settings.info.sample_aspect_ratio
+        if first.rotation:
+            stream.set_display_rotation(first.rotation)
         stream.options = settings.options
         return stream
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 import numpy as np
@@ -18,6 +18,7 @@ class Frame:
         time_base: seconds per ``pts`` unit.
         image: H x W x 3 uint8, RGB.
         original: the source picture, kept only when the output shows before and after.
+        rotation: how a player should rotate the picture, degrees counter-clockwise.
     """
 
     index: int
@@ -25,6 +26,7 @@ class Frame:
     time_base: Fraction
     image: np.ndarray
     original: np.ndarray | None = None
+    rotation: int = 0
 
     @property
     def size(self) -> tuple[int, int]:
@@ -37,7 +39,7 @@ class Frame:
 
     def with_image(self, image: np.ndarray, keep_original: bool = False) -> Frame:
         original = self.image if keep_original else None
-        return Frame(self.index, self.pts, self.time_base, image, original)
+        return replace(self, image=image, original=original)
 
 
 @dataclass(frozen=True)

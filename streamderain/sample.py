@@ -8,7 +8,6 @@ import numpy as np
 
 from streamderain.decoder import Decoder
 from streamderain.encoder import Encoder
-from streamderain.frames import Frame
 from training.rain import PRESETS, RainField
 
 CLEAN_CLIP = Path(__file__).with_name("assets") / "clean-street.mp4"
@@ -26,9 +25,7 @@ def write_sample(path: str | Path, rain: str = "light", seed: int = 0) -> int:
         encoder = Encoder(path, decoder.info, crf=18)
         try:
             for frame in decoder:
-                encoder.write(
-                    Frame(frame.index, frame.pts, frame.time_base, field.apply(frame.image))
-                )
+                encoder.write(frame.with_image(field.apply(frame.image)))
                 field.advance()
         except BaseException:
             encoder.abort()

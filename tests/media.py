@@ -54,6 +54,7 @@ def make_clip(
         if tags:
             ctx = v.codec_context
             ctx.color_range, ctx.colorspace, ctx.color_primaries, ctx.color_trc = 1, 1, 1, 1
+            v.set_display_rotation(90)
         a = None
         if audio:
             a = out.add_stream("libopus" if path.suffix == ".webm" else "aac", rate=48000)
@@ -99,6 +100,12 @@ def decode_all(path: Path) -> tuple[list[np.ndarray], list[float], av.video.stre
             images.append(f.to_ndarray(format="rgb24"))
             times.append(float(f.pts * f.time_base))
         return images, times, s
+
+
+def display_rotation(path: Path) -> float:
+    """The first frame's display rotation, degrees counter-clockwise."""
+    with av.open(str(path)) as c:
+        return next(c.decode(video=0)).rotation
 
 
 def packets(path: Path, kind: str) -> list[tuple[float, bytes]]:

@@ -13,7 +13,14 @@ import pytest
 
 from streamderain.batcher import Batcher
 from streamderain.frames import Frame
-from tests.media import clean_frames, decode_all, make_clip, packets, rainy_frames
+from tests.media import (
+    clean_frames,
+    decode_all,
+    display_rotation,
+    make_clip,
+    packets,
+    rainy_frames,
+)
 from training.metrics import psnr
 
 CLI = [sys.executable, "-m", "streamderain"]
@@ -45,6 +52,7 @@ def test_output_keeps_every_frame_its_time_audio_and_tags(vfr_clip, tmp_path):
     assert [b for _, b in packets(out, "audio")] == [b for _, b in packets(src, "audio")]
     ctx = stream.codec_context
     assert (ctx.color_range, ctx.colorspace, ctx.color_primaries, ctx.color_trc) == (1, 1, 1, 1)
+    assert display_rotation(out) == 90
     src_images, _, _ = decode_all(src)
     gain = np.mean(
         [psnr(o, c) - psnr(r, c) for o, r, c in zip(images, src_images, clean, strict=True)]
