@@ -10,7 +10,7 @@ import torch
 
 from streamderain.batcher import Batcher
 from streamderain.decoder import Decoder
-from streamderain.encoder import Encoder, check_target
+from streamderain.encoder import Encoder, check_target, live_target_format
 from streamderain.pipeline import Pipeline, Stats
 from streamderain.runner import ModelRunner
 
@@ -96,16 +96,29 @@ def derain_video(
     start: float | None = None,
     duration: float | None = None,
     max_frames: int | None = None,
+    rtsp_transport: str = "tcp",
+    reconnect_timeout: float = 30.0,
+    live_drop: bool | None = None,
     on_frame: Callable[[int], None] | None = None,
     on_start: Callable[[Pipeline, Decoder], None] | None = None,
 ) -> Stats:
-    """Derain a whole video (file, URL or image folder) into ``dst``; returns what was done.
+    """Derain a whole video (file, stream, camera or image folder) into ``dst``.
 
-    ``dst`` is written through a temporary file and renamed into place, so an existing ``dst``
-    is replaced only by a finished (or cleanly interrupted) output.
+    ``dst`` (a file) is written through a temporary file and renamed into place, so an existing
+    ``dst`` is replaced only by a finished (or cleanly interrupted) output. ``dst`` may also be a
+    live URL to publish to. A live source reconnects for up to ``reconnect_timeout`` seconds
+    (0: forever) and, with ``live_drop`` (default for live sources), drops its oldest waiting
+    frame when the model falls behind, so the delay stays bounded.
     """
     check_target(dst)
-    with Decoder(src, start=start, duration=duration, max_frames=max_frames) as decoder:
+    with Decoder(
+        src,
+        start=start,
+        duration=duration,
+        max_frames=max_frames,
+        rtsp_transport=rtsp_transport,
+        reconnect_timeout=reconnect_timeout,
+    ) as decoder:
         runner = ModelRunner(
             str(model) if model is not None else None,
             device,
@@ -113,7 +126,7 @@ def derain_video(
             tile,
             keep_original=compare is not None,
         )
-        is_file = Path(str(src)).is_file()
+        is_file = Path(str(src)).is_file() and live_target_format(dst) is None
         encoder = Encoder(
             dst,
             decoder.info,
@@ -127,9 +140,13 @@ def derain_video(
             compare=compare,
         )
         stages = [("batch", Batcher(batch)), ("model", runner), ("encode", encoder)]
-        pipeline = Pipeline(decoder, stages, on_frame=on_frame)
+        drop = decoder.live if live_drop is None else live_drop
+        pipeline = Pipeline(
+            decoder, stages, queue_size=1 if drop else 4, drop_oldest=drop, on_frame=on_frame
+        )
         if on_start is not None:
             on_start(pipeline, decoder)
         stats = pipeline.run()
         stats.corrupt_packets = decoder.corrupt_packets
+        stats.reconnects = decoder.reconnects
         return stats

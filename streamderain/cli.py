@@ -40,6 +40,8 @@ def _fail(message: str, verbose: bool, code: int = 1) -> None:
 
 def _check_paths(src: str, dst: str, overwrite: bool) -> None:
     """Refuse anything that could lose the user's data, before any work starts."""
+    if "://" in dst:
+        return
     src_path, dst_path = Path(src), Path(dst)
     if "://" not in src and src_path.exists() and dst_path.exists():
         if src_path.resolve() == dst_path.resolve():
@@ -68,8 +70,8 @@ def main() -> None:
 
 
 @main.command("run")
-@click.argument("src", metavar="INPUT")
-@click.argument("dst", metavar="OUTPUT")
+@click.argument("src", metavar="INPUT", required=False)
+@click.argument("dst", metavar="OUTPUT", required=False)
 @click.option("--model", default=None, help="Bundled model name or checkpoint path.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Frames per model call.")
@@ -107,11 +109,37 @@ def main() -> None:
     show_default=True,
     help="Process frames in tiles of at most this size (bounds memory; 0: off).",
 )
+@click.option(
+    "--camera",
+    type=int,
+    default=None,
+    help="Read local camera N (/dev/videoN, v4l2) instead of INPUT.",
+)
+@click.option(
+    "--rtsp-transport",
+    type=click.Choice(["tcp", "udp"]),
+    default="tcp",
+    show_default=True,
+    help="RTSP input transport.",
+)
+@click.option(
+    "--reconnect-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds a live source may stay lost before giving up (0: never).",
+)
+@click.option(
+    "--live-drop/--no-live-drop",
+    default=None,
+    help="Drop old frames when the model is slower than a live source "
+    "(default: on for live sources).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging; tracebacks on errors.")
 def run(
-    src: str,
-    dst: str,
+    src: str | None,
+    dst: str | None,
     model: str | None,
     device: str,
     batch: int,
@@ -126,13 +154,25 @@ def run(
     duration: float | None,
     max_frames: int | None,
     tile: int,
+    camera: int | None,
+    rtsp_transport: str,
+    reconnect_timeout: float,
+    live_drop: bool | None,
     quiet: bool,
     verbose: bool,
 ) -> None:
-    """Derain INPUT (video file, URL or image folder) into OUTPUT (file or folder)."""
+    """Derain INPUT (video file, stream URL, camera or image folder) into OUTPUT.
+
+    OUTPUT is a file (mp4, mov, mkv, webm), a folder of PNG frames, or a live URL to publish
+    to (rtsp://, rtmp://, udp://, srt://).
+    """
     _setup_logging(verbose, quiet)
+    if camera is not None:
+        dst, src = (src if dst is None else dst), f"/dev/video{camera}"
     try:
-        _validate(batch, crf, start, duration, max_frames, tile)
+        if src is None or dst is None:
+            raise StreamDerainError("give INPUT and OUTPUT (or --camera N and OUTPUT)")
+        _validate(batch, crf, start, duration, max_frames, tile, reconnect_timeout)
         _check_paths(src, dst, overwrite)
         stats = _run(
             src,
@@ -151,6 +191,9 @@ def run(
             duration=duration,
             max_frames=max_frames,
             tile=tile,
+            rtsp_transport=rtsp_transport,
+            reconnect_timeout=reconnect_timeout,
+            live_drop=live_drop,
         )
     except KeyboardInterrupt:
         _fail("aborted", verbose, 130)
@@ -176,6 +219,7 @@ def _validate(
     duration: float | None,
     max_frames: int | None,
     tile: int,
+    reconnect_timeout: float,
 ) -> None:
     checks = [
         (batch < 1, f"--batch must be at least 1, got {batch}"),
@@ -184,6 +228,7 @@ def _validate(
         (duration is not None and duration <= 0, f"--duration must be > 0, got {duration}"),
         (max_frames is not None and max_frames < 1, f"--max-frames must be >= 1, got {max_frames}"),
         (tile < 0, f"--tile must be 0 (off) or positive, got {tile}"),
+        (reconnect_timeout < 0, f"--reconnect-timeout must be >= 0, got {reconnect_timeout}"),
     ]
     for bad, message in checks:
         if bad:

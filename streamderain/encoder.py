@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -48,6 +49,21 @@ DEFAULT_PRESET = "fast"
 ENCODERS = ("pyav", "ffmpeg")
 
 
+# live output scheme -> FFmpeg format
+LIVE_OUTPUTS: dict[str, str] = {"rtsp": "rtsp", "rtmp": "flv", "udp": "mpegts", "srt": "mpegts"}
+
+
+def live_target_format(target: str | Path) -> str | None:
+    """The FFmpeg format of a live output URL, or None for a file or folder."""
+    text = str(target)
+    if "://" not in text:
+        return None
+    scheme = text.split("://", 1)[0].lower()
+    if scheme not in LIVE_OUTPUTS:
+        raise OutputError(f"{text}: cannot publish to {scheme}:// (use {', '.join(LIVE_OUTPUTS)})")
+    return LIVE_OUTPUTS[scheme]
+
+
 def is_folder_target(path: str | Path) -> bool:
     """An output with no suffix (or an existing folder) is a folder of PNG frames."""
     p = Path(path)
@@ -56,7 +72,7 @@ def is_folder_target(path: str | Path) -> bool:
 
 def check_target(path: str | Path) -> None:
     """Refuse an output name whose container is unknown, before any work is done."""
-    if is_folder_target(path):
+    if live_target_format(path) or is_folder_target(path):
         return
     if Path(path).suffix.lower() not in CONTAINERS:
         known = ", ".join(sorted(CONTAINERS))
@@ -126,8 +142,14 @@ class _StreamCopier:
         self.input.close()
 
 
-def video_options(codec: str, crf: int | None, preset: str | None) -> dict[str, str]:
-    """Quality settings that add no visible loss, whichever backend writes the file."""
+def video_options(
+    codec: str, crf: int | None, preset: str | None, live_rate: float | None = None
+) -> dict[str, str]:
+    """Quality settings that add no visible loss, whichever backend writes the file.
+
+    With ``live_rate`` (a live publish): low-latency settings, no B-frames, a keyframe every
+    second so a viewer joining late waits at most that long.
+    """
     options = {}
     crf = crf if crf is not None else DEFAULT_CRF.get(codec)
     if crf is not None:
@@ -136,6 +158,9 @@ def video_options(codec: str, crf: int | None, preset: str | None) -> dict[str, 
         options["preset"] = preset or DEFAULT_PRESET
     if codec == "libvpx-vp9":
         options.update({"b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"})
+    if live_rate and codec in ("libx264", "libx265"):
+        gop = str(max(1, round(live_rate)))
+        options.update({"preset": preset or "veryfast", "tune": "zerolatency", "g": gop, "bf": "0"})
     return options
 
 
@@ -161,7 +186,7 @@ class _PyAVWriter:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         settings: OutputSettings,
         first: Frame,
         size: tuple[int, int],
@@ -170,7 +195,10 @@ class _PyAVWriter:
         end: float | None,
     ) -> None:
         self.path = path
-        self.container = av.open(str(path), mode="w", format=settings.fmt)
+        options = {"rtsp_transport": "tcp"} if settings.fmt == "rtsp" else {}
+        self.container = av.open(
+            str(path), mode="w", format=settings.fmt, options=options, timeout=10.0
+        )
         self.copier: _StreamCopier | None = None
         try:
             self.stream = self._add_video(settings, first, size)
@@ -336,8 +364,11 @@ class _FolderWriter:
 class Encoder:
     """The pipeline's last stage: sets itself up from the first frame and rejects any that differ.
 
+    A live output (``rtsp://``, ``rtmp://``, ``udp://``, ``srt://``) is published as frames
+    come, with low-latency settings, paced by the source timestamps when the source is a file.
+
     Args:
-        target: output file (its suffix picks the container) or folder.
+        target: output file (its suffix picks the container), folder, or live URL.
         info: the source's properties, kept in the output (colour tags, aspect ratio).
         codec: video codec (default: H.264 for mp4/mov/mkv, VP9 for webm).
         crf: constant quality (default: visually lossless for the codec).
@@ -367,6 +398,8 @@ class Encoder:
         check_target(target)
         if encoder not in ENCODERS:
             raise OutputError(f"unknown encoder {encoder!r} (use {' or '.join(ENCODERS)})")
+        self.live_format = live_target_format(target)
+        self.name = str(target)
         self.target = Path(target)
         self.info = info
         self.codec_name, self.crf, self.preset = codec, crf, preset
@@ -376,12 +409,15 @@ class Encoder:
         self.compare = compare
         self.options = dict(options or {})
         self.frames_written = 0
-        self.folder = is_folder_target(self.target)
+        self.folder = not self.live_format and is_folder_target(self.target)
+        self._pace: tuple[float, float] | None = None  # (wall clock, source seconds) at start
         self._size: tuple[int, int] | None = None
         self._writer: _PyAVWriter | _FFmpegWriter | _FolderWriter | None = None
         self._last_pts: int | None = None
         self._offset_pts: int | None = None
-        if self.folder:
+        if self.live_format:
+            self._tmp = None
+        elif self.folder:
             self._tmp = self.target.with_name(f".{self.target.name}.partial")
         else:
             self._tmp = self.target.with_name(f".{self.target.stem}.partial{self.target.suffix}")
@@ -401,7 +437,7 @@ class Encoder:
             self._open(frame, image.shape[:2])
         elif image.shape[:2] != self._size:
             raise OutputError(
-                f"{self.target}: frame {frame.index} is {image.shape[1]}x{image.shape[0]}, "
+                f"{self.name}: frame {frame.index} is {image.shape[1]}x{image.shape[0]}, "
                 f"the output is {self._size[1]}x{self._size[0]} (size changes are not supported)"
             )
         pts = frame.pts if frame.pts is not None else frame.index
@@ -411,11 +447,22 @@ class Encoder:
         if self._last_pts is not None and pts <= self._last_pts:
             pts = self._last_pts + 1
         self._last_pts = pts
+        if self.live_format and not self.info.live:
+            self._wait_for(float(pts * frame.time_base))
         try:
             self._writer.write(np.ascontiguousarray(image), pts, frame.time_base)
         except OutputError as exc:
-            raise OutputError(f"{self.target}: {exc}") from None
+            raise OutputError(f"{self.name}: {exc}") from None
         self.frames_written += 1
+
+    def _wait_for(self, seconds: float) -> None:
+        """Publish a file's frames at the pace of their timestamps, as a camera would."""
+        now = time.monotonic()
+        if self._pace is None:
+            self._pace = (now, seconds)
+        delay = self._pace[0] + seconds - self._pace[1] - now
+        if delay > 0:
+            time.sleep(delay)
 
     def _open(self, first: Frame, size: tuple[int, int]) -> None:
         self._size = size
@@ -423,17 +470,27 @@ class Encoder:
             if self.folder:
                 self._writer = _FolderWriter(self._tmp)
                 return
-            fmt, default_codec = CONTAINERS[self.target.suffix.lower()]
+            if self.live_format:
+                fmt, default_codec = self.live_format, "libx264"
+            else:
+                fmt, default_codec = CONTAINERS[self.target.suffix.lower()]
             codec = self.codec_name or default_codec
-            options = {**video_options(codec, self.crf, self.preset), **self.options}
+            live_rate = float(self.info.rate or 25) if self.live_format else None
+            options = {**video_options(codec, self.crf, self.preset, live_rate), **self.options}
             settings = OutputSettings(fmt, codec, options, self.info, keep_aspect=not self.compare)
             backend = _PyAVWriter if self.backend == "pyav" else _FFmpegWriter
             self._writer = backend(
-                self._tmp, settings, first, size, self.copy_from, self.start, self.end
+                self._tmp or self.name,
+                settings,
+                first,
+                size,
+                self.copy_from,
+                self.start,
+                self.end,
             )
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             self._discard()
-            raise OutputError(f"{self.target}: cannot create output ({exc})") from None
+            raise OutputError(f"{self.name}: cannot create output ({_reason(exc)})") from None
 
     def finish(self) -> list[Batch]:
         """Flush, close and move the output into place; with no frame at all, leave nothing."""
@@ -444,7 +501,9 @@ class Encoder:
         try:
             writer.close()
         except OutputError as exc:
-            raise OutputError(f"{self.target}: {exc}") from None
+            raise OutputError(f"{self.name}: {exc}") from None
+        if self._tmp is None:
+            return []
         if self.folder:
             self.target.mkdir(parents=True, exist_ok=True)
             for f in sorted(self._tmp.iterdir()):
@@ -471,7 +530,14 @@ class Encoder:
                 writer.close()
             except Exception:  # the file is being thrown away
                 log.debug("closing a discarded output failed", exc_info=True)
+        if self._tmp is None:
+            return
         if self._tmp.is_dir():
             shutil.rmtree(self._tmp)
         elif self._tmp.exists():
             self._tmp.unlink()
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -38,6 +38,8 @@ class Stats:
     busy: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
     corrupt_packets: int = 0
+    dropped: int = 0
+    reconnects: int = 0
     interrupted: bool = False
 
     @property
@@ -54,6 +56,10 @@ class Stats:
         )
         if self.corrupt_packets:
             text += f"; {self.corrupt_packets} corrupt packets skipped"
+        if self.dropped:
+            text += f"; {self.dropped} frames dropped to keep up with the live source"
+        if self.reconnects:
+            text += f"; {self.reconnects} reconnects"
         return text
 
 
@@ -64,6 +70,8 @@ class Pipeline:
         source: an iterable of frames with a ``stop()`` method (the decoder).
         stages: ``(name, stage)`` in order; each turns items into zero or more items.
         queue_size: items each queue holds at most (back-pressure: files lose nothing).
+        drop_oldest: when the first stage falls behind, drop the oldest waiting frame instead
+            of waiting (live sources: delay stays bounded; each drop is counted).
         on_frame: called in the main thread for every frame the last stage has taken.
     """
 
@@ -72,11 +80,13 @@ class Pipeline:
         source: Any,
         stages: list[tuple[str, Stage]],
         queue_size: int = 4,
+        drop_oldest: bool = False,
         on_frame: Callable[[int], None] | None = None,
     ) -> None:
         self.source = source
         self.stages = stages
         self.queue_size = queue_size
+        self.drop_oldest = drop_oldest
         self.on_frame = on_frame
         self.stop_event = threading.Event()
         self.errors: list[BaseException] = []
@@ -104,6 +114,20 @@ class Pipeline:
                 continue
         return False
 
+    def _put_newest(self, q: queue.Queue, item: Any) -> bool:
+        """Put without waiting; if the queue is full, the oldest item makes room."""
+        while not self.stop_event.is_set():
+            try:
+                q.put_nowait(item)
+                return True
+            except queue.Full:
+                try:
+                    q.get_nowait()
+                    self.stats.dropped += 1
+                except queue.Empty:
+                    continue
+        return False
+
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
             self.errors.append(exc)
@@ -116,7 +140,10 @@ class Pipeline:
                 t0 = time.perf_counter()
                 item = next(it, _END)
                 self.stats.busy["decode"] += time.perf_counter() - t0
-                if item is _END or not self._put(out, item):
+                if item is _END:
+                    break
+                put = self._put_newest if self.drop_oldest else self._put
+                if not put(out, item):
                     break
         except BaseException as exc:  # noqa: BLE001 - carried to the main thread
             self._fail(exc)

@@ -71,8 +71,8 @@ def free_port() -> int:
 def is_listening(port: int, host: str = HOST) -> bool:
     """True when a TCP socket LISTENs on host:port (read from /proc; never connects,
     because ffmpeg's listen mode would take a probe connection as its one client)."""
-    want = "%s:%04X" % ("".join(f"{int(b):02X}" for b in reversed(host.split("."))), port)
-    any_ = "00000000:%04X" % port
+    hex_ip = "".join(f"{int(b):02X}" for b in reversed(host.split(".")))
+    want, any_ = f"{hex_ip}:{port:04X}", f"00000000:{port:04X}"
     try:
         lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     except OSError:

@@ -1,0 +1,242 @@
+"""CPU/GPU speed and memory of streamderain, printed as a table and saved as JSON.
+
+    python -m benchmarks                    # everything, about 8 minutes on a 2-core CPU
+    python -m benchmarks --frames 30 --skip-paper --skip-soak   # a quick look
+
+Measures, on one clip made from the shared DAVIS frames with synthetic rain, in one run:
+model-only frames/s per config, dtype, memory format, threads and batch; the full pipeline;
+a naive OpenCV loop (what a user would write first); their ratios; and RSS over a long run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from streamderain.api import derain_video
+from training import build_network, load_config, load_model
+from training.rain import rain_video
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+CLIP_FRAMES = DATA / "clean" / "video" / "davis-car-roundabout"
+
+
+def make_clip(path: Path, frames: int, size: tuple[int, int]) -> None:
+    """A rainy clip of ``frames`` frames at ``size`` (w, h), looping the 75 DAVIS frames."""
+    import av
+
+    files = sorted(CLIP_FRAMES.glob("*.jpg"))
+    clean = [
+        cv2.cvtColor(
+            cv2.resize(cv2.imread(str(f)), size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB
+        )
+        for f in files
+    ]
+    rainy = rain_video(clean, "light", np.random.default_rng(0))
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
+        s.options = {"crf": "18", "preset": "veryfast"}
+        for i in range(frames):
+            out.mux(s.encode(av.VideoFrame.from_ndarray(rainy[i % len(rainy)], format="rgb24")))
+        out.mux(s.encode(None))
+
+
+def time_model(model, x: torch.Tensor, repeats: int) -> float:
+    """Median seconds per call after one warm-up call."""
+    with torch.inference_mode():
+        model(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def model_only(config_name: str, repeats: int, size=(360, 640)) -> list[dict]:
+    rows = []
+    if config_name == "lite":
+        model = load_model().net
+    else:
+        model = build_network(load_config(ROOT / "configs" / "dcsfn-paper.toml"))
+    model.eval()
+    variants = [
+        ("fp32", "contiguous", 2, 1),
+        ("fp32", "channels_last", 2, 1),
+        ("fp32", "channels_last", 1, 1),
+        ("fp32", "channels_last", 2, 2),
+        ("bf16", "channels_last", 2, 1),
+    ]
+    if config_name != "lite":
+        variants = variants[:2]
+    for dtype, fmt, threads, batch in variants:
+        torch.set_num_threads(threads)
+        memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+        m = model.to(
+            memory_format=memory_format, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32
+        )
+        x = torch.rand(batch, 3, *size, dtype=next(m.parameters()).dtype)
+        x = x.contiguous(memory_format=memory_format)
+        s = time_model(m, x, repeats)
+        rows.append(
+            {
+                "config": config_name,
+                "dtype": dtype,
+                "format": fmt,
+                "threads": threads,
+                "batch": batch,
+                "s_per_frame": s / batch,
+                "fps": batch / s,
+            }
+        )
+        print(
+            f"  model {config_name} {dtype} {fmt} threads={threads} batch={batch}: {batch / s:.2f} fps",
+            flush=True,
+        )
+    torch.set_num_threads(os.cpu_count() or 1)
+    return rows
+
+
+def naive_loop(src: Path, dst: Path) -> float:
+    """What a user writes first: OpenCV in, the model one frame at a time, OpenCV out."""
+    model = load_model()
+    cap = cv2.VideoCapture(str(src))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    writer = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    n, t0 = 0, time.perf_counter()
+    ok, frame = cap.read()
+    while ok:
+        x = torch.from_numpy(frame[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            y = model(x)[0].clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()
+        writer.write(np.ascontiguousarray(y[..., ::-1]))
+        n += 1
+        ok, frame = cap.read()
+    cap.release()
+    writer.release()
+    return n / (time.perf_counter() - t0)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pipeline_run(src: Path, dst: Path, batch: int, marks: tuple[int, ...] = ()) -> dict:
+    """The real pipeline; RSS is read when the frame count passes each of ``marks``."""
+    seen, rss = 0, {}
+
+    def on_frame(n: int) -> None:
+        nonlocal seen
+        for m in marks:
+            if seen < m <= seen + n:
+                rss[m] = rss_mb()
+        seen += n
+
+    stats = derain_video(src, dst, batch=batch, device="cpu", on_frame=on_frame)
+    return {
+        "frames": stats.frames,
+        "fps": stats.fps,
+        "busy": stats.busy,
+        "wall_s": stats.wall,
+        "rss_mb_at": rss,
+        "peak_rss_mb": stats.peak_rss_mb,
+        "threads": threading.active_count(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--frames", type=int, default=60, help="frames in the speed clip")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-paper", action="store_true")
+    parser.add_argument("--skip-soak", action="store_true", help="skip the 2,000-frame RSS run")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    result: dict = {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(),
+        },
+    }
+    print("model only, 640x360:", flush=True)
+    rows = model_only("lite", args.repeats)
+    if not args.skip_paper:
+        rows += model_only("paper", 1)
+    result["model_only"] = rows
+    best = max(
+        (r for r in rows if r["config"] == "lite" and r["dtype"] == "fp32"), key=lambda r: r["fps"]
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        clip = tmp / "rainy.mp4"
+        make_clip(clip, args.frames, (640, 360))
+        print("naive loop (OpenCV VideoCapture -> model -> VideoWriter):", flush=True)
+        naive = naive_loop(clip, tmp / "naive.mp4")
+        print(f"  {naive:.2f} fps", flush=True)
+        print("pipeline:", flush=True)
+        pipe = pipeline_run(clip, tmp / "out.mp4", batch=1)
+        print(f"  {pipe['fps']:.2f} fps, busy {pipe['busy']}", flush=True)
+        result["naive_fps"] = naive
+        result["pipeline"] = pipe
+        result["ratios"] = {
+            "pipeline_vs_naive": pipe["fps"] / naive,
+            "pipeline_vs_model_only": pipe["fps"] / best["fps"],
+        }
+        if not args.skip_soak:
+            small = tmp / "small.mp4"
+            make_clip(small, 2000, (160, 96))
+            print("memory: 2,000 frames at 160x96:", flush=True)
+            soak = pipeline_run(small, tmp / "small-out.mp4", batch=1, marks=(200, 2000))
+            soak["rss_growth_mb"] = soak["rss_mb_at"][2000] - soak["rss_mb_at"][200]
+            print(
+                f"  RSS at 200: {soak['rss_mb_at'][200]:.0f} MB, at 2000: {soak['rss_mb_at'][2000]:.0f} MB",
+                flush=True,
+            )
+            result["memory"] = soak
+
+    print()
+    print(f"{'config':7s} {'dtype':5s} {'format':14s} {'thr':>3s} {'batch':>5s} {'fps':>7s}")
+    for r in rows:
+        print(
+            f"{r['config']:7s} {r['dtype']:5s} {r['format']:14s} {r['threads']:3d} {r['batch']:5d} {r['fps']:7.2f}"
+        )
+    print(f"pipeline (640x360, default model): {pipe['fps']:.2f} fps")
+    print(f"naive OpenCV loop:                 {naive:.2f} fps")
+    print(f"pipeline / naive:                  {result['ratios']['pipeline_vs_naive']:.2f}x")
+    print(f"pipeline / best model-only fp32:   {result['ratios']['pipeline_vs_model_only']:.2f}x")
+    if "memory" in result:
+        print(f"RSS growth frame 200 -> 2000:      {result['memory']['rss_growth_mb']:.1f} MB")
+    out = args.out or ROOT / "benchmarks" / "results" / f"cpu-{datetime.now():%Y%m%d-%H%M}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

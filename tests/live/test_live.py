@@ -1,0 +1,95 @@
+"""Live input and output through the real command, against real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.media import decode_all
+
+CLI = [sys.executable, "-m", "streamderain"]
+
+
+def start_cli(*args) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_reads_frames_from_an_rtsp_camera(rtsp_server, tmp_path):
+    out = tmp_path / "live.mp4"
+    proc = start_cli(rtsp_server.url, out, "-q", "--max-frames", "12", "--no-live-drop")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    images, times, _ = decode_all(out)
+    assert len(images) == 12
+    assert images[0].shape == (180, 320, 3)
+    assert all(b > a for a, b in zip(times, times[1:], strict=False))
+
+
+def test_reconnects_after_the_server_restarts(rtsp_server, tmp_path):
+    out = tmp_path / "reconnect.mp4"
+    proc = start_cli(rtsp_server.url, out, "--max-frames", "200", "--reconnect-timeout", "20")
+    time.sleep(4)
+    rtsp_server.kill()
+    time.sleep(2)
+    rtsp_server.restart()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "reconnected" in err
+    images, times, _ = decode_all(out)
+    assert len(images) > 10
+    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert min(steps) > 0, "timestamps went backwards across the reconnect"
+    assert max(steps) >= 1.5, "the outage should show as a gap in the timestamps"
+
+
+def test_a_source_that_never_returns_is_a_clean_error_with_playable_output(rtsp_server, tmp_path):
+    out = tmp_path / "lost.mp4"
+    proc = start_cli(rtsp_server.url, out, "--reconnect-timeout", "3")
+    time.sleep(6)
+    rtsp_server.kill()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    lines = err.strip().splitlines()
+    assert "source lost" in lines[-1] and "Traceback" not in err
+    images, _, _ = decode_all(out)
+    assert len(images) > 0
+
+
+def test_publishes_to_an_rtsp_receiver(rtsp_receiver, clip_path):
+    proc = start_cli(clip_path, rtsp_receiver.url, "-q", "--max-frames", "25")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert rtsp_receiver.wait(30) == 0, rtsp_receiver.log()
+    images, _, _ = decode_all(rtsp_receiver.out)
+    assert len(images) >= 20
+
+
+def test_password_is_masked_in_messages(tmp_path):
+    proc = start_cli(
+        "rtsp://admin:s3cret@127.0.0.1:9/cam", tmp_path / "o.mp4", "--reconnect-timeout", "1"
+    )
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "s3cret" not in err and "admin:***@" in err
+
+
+@pytest.mark.parametrize("drop", ["--live-drop", "--no-live-drop"])
+def test_live_drop_keeps_up_with_a_fast_camera(rtsp_server, tmp_path, drop):
+    out = tmp_path / "drop.mp4"
+    proc = start_cli(rtsp_server.url, out, "--duration", "2", drop)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    written = len(decode_all(out)[0])
+    match = re.search(r"(\d+) frames dropped", err)
+    dropped = int(match.group(1)) if match else 0
+    if drop == "--live-drop":
+        assert dropped > 0, err
+        assert written + dropped >= 45, "2 s of a 25 fps camera were read"
+    else:
+        assert dropped == 0, err
