@@ -11,6 +11,7 @@ import torch
 from streamderain.batcher import Batcher
 from streamderain.decoder import Decoder
 from streamderain.encoder import Encoder, check_target, live_target_format
+from streamderain.errors import InputError
 from streamderain.pipeline import Pipeline, Stats
 from streamderain.runner import ModelRunner
 
@@ -147,6 +148,8 @@ def derain_video(
         if on_start is not None:
             on_start(pipeline, decoder)
         stats = pipeline.run()
+        if stats.frames == 0 and not stats.interrupted:
+            raise InputError(f"{decoder.name}: no video frame could be decoded")
         stats.corrupt_packets = decoder.corrupt_packets
         stats.reconnects = decoder.reconnects
         return stats

@@ -124,6 +124,9 @@ class Decoder:
         self._container = self._connect_until_deadline() if self.live else self._connect()
         stream = self._container.streams.video[0]
         ctx = stream.codec_context
+        if ctx is None:
+            self.close()
+            raise InputError(f"{self.name}: no decoder for its video stream")
         if not ctx.width or not ctx.height:
             self.close()
             raise InputError(f"{self.name}: video stream has no frame size")
@@ -164,7 +167,12 @@ class Decoder:
             fmt = "v4l2"
         try:
             container = av.open(
-                self.source, mode="r", format=fmt, options=options, timeout=self.timeouts
+                self.source,
+                mode="r",
+                format=fmt,
+                options=options,
+                timeout=self.timeouts,
+                metadata_errors="replace",  # junk tags in a damaged file are not fatal
             )
         except av.error.FFmpegError as exc:
             raise InputError(f"{self.name}: cannot open as video ({_reason(exc)})") from exc
@@ -237,12 +245,31 @@ class Decoder:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     def _decoded(self, container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
-        """Every frame that decodes; a corrupt packet is counted and skipped."""
+        """Every frame that decodes; a corrupt packet is counted and skipped.
+
+        A file whose container breaks mid-way ends there (with a warning), keeping what was
+        decoded; a live source's read errors go up to the reconnect logic.
+        """
         stream = container.streams.video[0]
-        for packet in container.demux(stream):
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets, None)
+            except av.error.FFmpegError as exc:
+                if self.live:
+                    raise
+                self.corrupt_packets += 1
+                log.warning(
+                    "%s: damaged from here on (%s); keeping what came before",
+                    self.name,
+                    _reason(exc),
+                )
+                return
+            if packet is None:
+                return
             try:
                 decoded = packet.decode()
-            except (av.error.InvalidDataError, av.error.ValueError) as exc:
+            except (av.error.InvalidDataError, ValueError) as exc:
                 self.corrupt_packets += 1
                 log.debug("skipped a bad packet: %s", exc)
                 continue

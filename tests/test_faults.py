@@ -1,0 +1,108 @@
+"""Corrupt media, a full disk: every run ends in bounded time with a playable file or a clean error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from streamderain import StreamDerainError, derain_video
+from tests.media import clean_frames, decode_all, make_clip
+
+RUN_LIMIT_S = 60
+
+
+def _corrupt_copies(clip: bytes, count: int, seed: int = 7):
+    """Seeded damage: half get random bytes written over packets, half are cut short."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        data = bytearray(clip)
+        if i % 2 == 0:
+            for _ in range(int(rng.integers(1, 20))):
+                at = int(rng.integers(len(data) // 10, len(data)))
+                n = int(rng.integers(1, 64))
+                data[at : at + n] = rng.integers(
+                    0, 256, min(n, len(data) - at), dtype=np.uint8
+                ).tobytes()
+            yield f"bytes-{i}", bytes(data)
+        else:
+            yield f"cut-{i}", bytes(data[: int(rng.integers(1, len(data)))])
+
+
+def _run_bounded(src: Path, dst: Path) -> tuple[str, object]:
+    outcome: list[tuple[str, object]] = []
+
+    def target() -> None:
+        try:
+            outcome.append(("output", derain_video(src, dst, device="cpu")))
+        except StreamDerainError as exc:
+            outcome.append(("error", str(exc)))
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            outcome.append(("crash", repr(exc)))
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(RUN_LIMIT_S)
+    return outcome[0] if outcome else ("hang", None)
+
+
+def test_fuzzed_clips_give_playable_output_or_a_clean_error(tmp_path, shared):
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, clean_frames(10, (96, 64)))
+    counts = {"output": 0, "error": 0}
+    for name, data in _corrupt_copies(clip.read_bytes(), 100):
+        src = tmp_path / f"{name}.mp4"
+        src.write_bytes(data)
+        dst = tmp_path / f"{name}-out.mp4"
+        kind, detail = _run_bounded(src, dst)
+        assert kind in ("output", "error"), f"{name}: {kind} {detail}"
+        if kind == "output":
+            images, _, _ = decode_all(dst)
+            assert len(images) == detail.frames
+        else:
+            assert "\n" not in detail and not dst.exists()
+        counts[kind] += 1
+        src.unlink()
+    print(f"fuzz: {counts['output']} playable outputs, {counts['error']} clean errors")
+    assert counts["output"] > 0 and counts["error"] > 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip()})")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_disk_full_is_a_clean_error_and_leaves_no_broken_file(tmp_path, small_disk, shared):
+    src = tmp_path / "big.mp4"
+    frames = [np.random.default_rng(i).integers(0, 256, (180, 320, 3), np.uint8) for i in range(12)]
+    make_clip(src, frames)
+    out = small_disk / "out.mp4"
+    result = subprocess.run(
+        [sys.executable, "-m", "streamderain", str(src), str(out), "--crf", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "No space left" in lines[0]
+    assert list(small_disk.iterdir()) == [] or len(decode_all(out)[0]) > 0
+    assert not [p for p in small_disk.iterdir() if p.name.startswith(".")]
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].frames == 12, "the input was touched"
