@@ -111,6 +111,7 @@ class Decoder:
         self.timeouts = (open_timeout, read_timeout)
         self.corrupt_packets = 0
         self.reconnects = 0
+        self.began: float | None = None  # monotonic time of a live source's first frame
         self._stop = threading.Event()
         self._container: av.container.InputContainer | None = None
         self._images: list[Path] | None = None
@@ -296,16 +297,16 @@ class Decoder:
 
     def _live_frames(self) -> Iterator[Frame]:
         """Frames of a live source, reconnecting when it drops or stalls."""
-        began: float | None = None
         index, last_pts = 0, -1
         while self._container is not None and not self._stop.is_set():
             session_start: tuple[float, float] | None = None  # (run seconds, source seconds)
             try:
                 for vf in self._decoded(self._container):
                     now = time.monotonic()
-                    began = now if began is None else began
+                    if self.began is None:
+                        self.began = now
                     if session_start is None or vf.time is None:
-                        session_start = (now - began, vf.time or 0.0)
+                        session_start = (now - self.began, vf.time or 0.0)
                     seconds = session_start[0] + (vf.time or 0.0) - session_start[1]
                     pts = max(round(seconds / LIVE_TIME_BASE), last_pts + 1)
                     last_pts = pts
