@@ -29,6 +29,7 @@ class Derainer:
         channel_order: channel order of the numpy frames you pass.
         precision: ``fp32``, or ``fp16``/``bf16`` where the device has it.
         tile: process frames larger than this in overlapping tiles (0: never).
+        backend: ``auto`` (the fastest exact one: OpenVINO on a CPU), ``torch`` or ``openvino``.
     """
 
     def __init__(
@@ -38,12 +39,18 @@ class Derainer:
         channel_order: str = "RGB",
         precision: str = "fp32",
         tile: int = 0,
+        backend: str = "auto",
     ) -> None:
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
         self.channel_order = channel_order
         self.runner = ModelRunner(
-            str(model) if model is not None else None, device, precision, tile, threads=None
+            str(model) if model is not None else None,
+            device,
+            precision,
+            tile,
+            threads=None,
+            backend=backend,
         )
 
     def __call__(self, frames: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
@@ -89,6 +96,7 @@ def derain_video(
     batch: int = 1,
     precision: str = "fp32",
     tile: int = 0,
+    backend: str = "auto",
     codec: str | None = None,
     crf: int | None = None,
     preset: str | None = None,
@@ -126,6 +134,7 @@ def derain_video(
             precision,
             tile,
             keep_original=compare is not None,
+            backend=backend,
         )
         is_file = Path(str(src)).is_file() and live_target_format(dst) is None
         encoder = Encoder(

@@ -86,6 +86,13 @@ def main() -> None:
 )
 @click.option("--preset", default=None, help="x264 preset (default: fast).")
 @click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "openvino"]),
+    default="auto",
+    show_default=True,
+    help="Inference backend; auto: OpenVINO for fp32 on a CPU (exact, faster), else PyTorch.",
+)
+@click.option(
     "--encoder",
     type=click.Choice(["pyav", "ffmpeg"]),
     default="pyav",
@@ -147,6 +154,7 @@ def run(
     codec: str | None,
     crf: int | None,
     preset: str | None,
+    backend: str,
     encoder: str,
     overwrite: bool,
     compare: str | None,
@@ -185,6 +193,7 @@ def run(
             codec=codec,
             crf=crf,
             preset=preset,
+            backend=backend,
             encoder=encoder,
             compare=compare,
             start=start,
@@ -294,3 +303,8 @@ def sample(path: str, rain: str, seed: int, overwrite: bool) -> None:
     except StreamDerainError as exc:
         _fail(str(exc), False)
     click.echo(f"streamderain: wrote {path} ({n} frames of {rain} rain)", err=True)
+
+
+from streamderain.batch import batch  # noqa: E402
+
+main.add_command(batch)

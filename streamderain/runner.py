@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
+from streamderain.backends import BACKENDS, OpenVINOBackend, openvino_available
 from streamderain.errors import StreamDerainError
 from streamderain.frames import Batch
 from training import DerainModel, load_model
@@ -43,9 +44,8 @@ def pick_device(name: str = "auto") -> torch.device:
 TILE_CONTEXT = 96
 
 
-def min_tile(model: DerainModel) -> int:
+def min_tile(stride: int) -> int:
     """The smallest tile worth its context: a core of 4 strides between the context bands."""
-    stride = model.net.min_size
     return 2 * _round_up(TILE_CONTEXT, stride) + 4 * stride
 
 
@@ -53,10 +53,12 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def tiled(model: DerainModel, x: torch.Tensor, tile: int) -> torch.Tensor:
-    """The model over tiles of at most ``tile`` pixels, each with context around its core.
+def tiled(
+    run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, stride: int
+) -> torch.Tensor:
+    """``run`` over tiles of at most ``tile`` pixels, each with context around its core.
 
-    Tiles start on the network's pooling grid (its stride, 32 for 4 scales) so that every
+    Tiles start on the network's pooling grid (``stride``, 32 for 4 scales) so that every
     tile pools the same pixels as the whole frame would, and each tile keeps only its core,
     with :data:`TILE_CONTEXT` pixels of context cut away. On frames whose sides are multiples of
     the stride the result is within 1e-3 of the untiled one; other frames are padded to such a
@@ -64,12 +66,11 @@ def tiled(model: DerainModel, x: torch.Tensor, tile: int) -> torch.Tensor:
     """
     h, w = x.shape[-2:]
     if h <= tile and w <= tile:
-        return model(x)
-    stride = model.net.min_size
+        return run(x)
     context = _round_up(TILE_CONTEXT, stride)
     core = (tile - 2 * context) // stride * stride
-    if tile < min_tile(model):
-        raise StreamDerainError(f"--tile must be at least {min_tile(model)} for this model")
+    if tile < min_tile(stride):
+        raise StreamDerainError(f"--tile must be at least {min_tile(stride)} for this model")
     ph, pw = _round_up(h, stride), _round_up(w, stride)
     padded = F.pad(x, (0, pw - w, 0, ph - h), mode="replicate") if (ph, pw) != (h, w) else x
     out = torch.empty_like(padded)
@@ -77,7 +78,7 @@ def tiled(model: DerainModel, x: torch.Tensor, tile: int) -> torch.Tensor:
         for cx in range(0, pw, core):
             y0, x0 = max(cy - context, 0), max(cx - context, 0)
             y1, x1 = min(cy + core + context, ph), min(cx + core + context, pw)
-            piece = model(padded[..., y0:y1, x0:x1])
+            piece = run(padded[..., y0:y1, x0:x1])
             ey, ex = min(cy + core, ph), min(cx + core, pw)
             out[..., cy:ey, cx:ex] = piece[..., cy - y0 : ey - y0, cx - x0 : ex - x0]
     return out[..., :h, :w]
@@ -91,6 +92,8 @@ class ModelRunner:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``; ``fp16``/``bf16`` on CUDA (``bf16`` also on CPUs that have it).
         tile: run frames larger than this in overlapping tiles of this size (0: never).
+        backend: ``auto`` (OpenVINO for fp32 on a CPU when installed, else PyTorch),
+            ``torch`` or ``openvino``.
         threads: CPU threads for the model (default: every core).
         keep_original: keep each source picture beside its result (for before/after output).
     """
@@ -103,6 +106,7 @@ class ModelRunner:
         tile: int = 0,
         threads: int | None = None,
         keep_original: bool = False,
+        backend: str = "auto",
     ) -> None:
         if precision not in PRECISIONS:
             raise StreamDerainError(f"unknown precision {precision!r} (use fp32, fp16 or bf16)")
@@ -112,18 +116,37 @@ class ModelRunner:
         self.dtype = PRECISIONS[precision]
         self.tile = tile
         self.keep_original = keep_original
+        threads = threads or len(os.sched_getaffinity(0))
         if self.device.type == "cpu":
-            torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+            torch.set_num_threads(threads)
         self.model: DerainModel = load_model(model, device=self.device)
         self.model = self.model.to(memory_format=torch.channels_last, dtype=self.dtype)
-        if tile and tile < min_tile(self.model):
-            raise StreamDerainError(f"--tile must be 0 (off) or at least {min_tile(self.model)}")
+        self.stride = self.model.net.min_size
+        if tile and tile < min_tile(self.stride):
+            raise StreamDerainError(f"--tile must be 0 (off) or at least {min_tile(self.stride)}")
+        self.backend = self._pick_backend(backend, precision)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
+            OpenVINOBackend(self.model, threads) if self.backend == "openvino" else self.model
+        )
         self.bgr = self.model.channel_order == "BGR"
         self._cuda = self.device.type == "cuda"
         if self._cuda:
             self._upload = torch.cuda.Stream(self.device)
             self._compute = torch.cuda.Stream(self.device)
             self._pending: tuple[Batch, torch.Tensor, torch.cuda.Event] | None = None
+
+    def _pick_backend(self, backend: str, precision: str) -> str:
+        if backend not in BACKENDS:
+            raise StreamDerainError(f"unknown backend {backend!r} (use {', '.join(BACKENDS)})")
+        exact_cpu = self.device.type == "cpu" and precision == "fp32"
+        if backend == "openvino":
+            if not exact_cpu:
+                raise StreamDerainError("the openvino backend runs fp32 on a CPU only")
+            if not openvino_available():
+                raise StreamDerainError("the openvino backend needs: pip install openvino")
+        if backend == "auto":
+            return "openvino" if exact_cpu and openvino_available() else "torch"
+        return backend
 
     @torch.inference_mode()
     def infer(self, images: torch.Tensor) -> torch.Tensor:
@@ -132,7 +155,7 @@ class ModelRunner:
         if self.bgr:
             x = x.flip(1)
         x = x.contiguous(memory_format=torch.channels_last)
-        y = tiled(self.model, x, self.tile) if self.tile else self.model(x)
+        y = tiled(self.forward, x, self.tile, self.stride) if self.tile else self.forward(x)
         if self.bgr:
             y = y.flip(1)
         return y.clamp_(0, 1).mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1)

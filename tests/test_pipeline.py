@@ -194,8 +194,9 @@ def test_tiles_match_the_whole_frame(shared):
     x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
     with torch.inference_mode():
         whole = model(x)
-        pieces = tiled(model, x, 320)
-        odd = tiled(model, x[..., :345, :601], min_tile(model))
+        stride = model.net.min_size
+        pieces = tiled(model, x, 320, stride)
+        odd = tiled(model, x[..., :345, :601], min_tile(stride), stride)
     assert (pieces - whole).abs().max().item() <= 1e-3
     assert odd.shape[-2:] == (345, 601)
 
@@ -214,3 +215,29 @@ def test_ffmpeg_encoder_backend_keeps_time_and_audio(vfr_clip, tmp_path):
     assert max(abs(t - p / 1000) for t, p in zip(times, pts_ms[:10], strict=True)) <= 0.002
     assert stream.codec_context.name == "h264"
     assert len(packets(out, "audio")) > 0
+
+
+def test_openvino_backend_matches_pytorch_on_real_frames(shared):
+    import cv2
+    import torch
+
+    from streamderain.backends import openvino_available
+    from streamderain.runner import ModelRunner
+    from tests.conftest import DATA
+
+    if not openvino_available():
+        pytest.skip("openvino is not installed")
+    frames = np.stack(
+        [
+            cv2.imread(str(DATA / "real-rain" / "nturain-rb2" / f"0000{i}.jpg"))[..., ::-1]
+            for i in (1, 2)
+        ]
+    )
+    fast = ModelRunner(device="cpu", backend="openvino")
+    exact = ModelRunner(device="cpu", backend="torch")
+    assert fast.backend == "openvino" and ModelRunner(device="cpu").backend == "openvino"
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        assert (fast.forward(x) - exact.forward(x)).abs().max().item() <= 1e-3
+    small = torch.rand(1, 3, 20, 30)
+    assert fast.forward(small).shape == small.shape
