@@ -108,6 +108,7 @@ def derain_video(
     rtsp_transport: str = "tcp",
     reconnect_timeout: float = 30.0,
     live_drop: bool | None = None,
+    runner: ModelRunner | None = None,
     on_frame: Callable[[int], None] | None = None,
     on_start: Callable[[Pipeline, Decoder], None] | None = None,
 ) -> Stats:
@@ -117,7 +118,9 @@ def derain_video(
     ``dst`` is replaced only by a finished (or cleanly interrupted) output. ``dst`` may also be a
     live URL to publish to. A live source reconnects for up to ``reconnect_timeout`` seconds
     (0: forever) and, with ``live_drop`` (default for live sources), drops its oldest waiting
-    frame when the model falls behind, so the delay stays bounded.
+    frame when the model falls behind, so the delay stays bounded. ``runner`` reuses a loaded
+    model across calls; ``model``, ``device``, ``precision``, ``tile`` and ``backend`` are then
+    the runner's.
     """
     check_target(dst)
     with Decoder(
@@ -128,14 +131,17 @@ def derain_video(
         rtsp_transport=rtsp_transport,
         reconnect_timeout=reconnect_timeout,
     ) as decoder:
-        runner = ModelRunner(
-            str(model) if model is not None else None,
-            device,
-            precision,
-            tile,
-            keep_original=compare is not None,
-            backend=backend,
-        )
+        if runner is None:
+            runner = ModelRunner(
+                str(model) if model is not None else None,
+                device,
+                precision,
+                tile,
+                keep_original=compare is not None,
+                backend=backend,
+            )
+        elif runner.keep_original != (compare is not None):
+            raise ValueError("runner.keep_original must be True exactly when compare is set")
         is_file = Path(str(src)).is_file() and live_target_format(dst) is None
         encoder = Encoder(
             dst,

@@ -9,7 +9,7 @@ their streak direction from frame to frame instead of being redrawn.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -70,6 +70,9 @@ PRESETS: dict[str, RainStyle] = {
         speed=(0.6, 1.2),
     ),
 }
+# Heavy streaks without the veil, for training: a network taught to lift haze learns to darken
+# every bright picture (measured: up to -38 grey levels on Rain100L, PSNR-Y below the input's).
+PRESETS["heavy-streaks"] = replace(PRESETS["heavy"], haze=(0.0, 0.0))
 
 
 def _uniform(rng: np.random.Generator, r: Range) -> float:

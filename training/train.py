@@ -64,7 +64,9 @@ class TrainConfig:
     lr: float = 5e-4
     milestones: tuple[float, ...] = (0.6, 0.8)
     real_fraction: float = 0.3
-    rain_presets: dict[str, float] = field(default_factory=lambda: {"light": 0.7, "heavy": 0.3})
+    rain_presets: dict[str, float] = field(
+        default_factory=lambda: {"light": 0.7, "heavy-streaks": 0.3}
+    )
     real_dirs: tuple[str, ...] = ()
     clean_dirs: tuple[str, ...] = ()
     val_dir: str = ""

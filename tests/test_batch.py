@@ -1,0 +1,171 @@
+"""``streamderain batch``: many clips, a bad one among them, resuming, and the same run on Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from streamderain import api, runner
+from streamderain.batch import (
+    MANIFEST,
+    PIPELINE_OPTIONS,
+    RUNNER_OPTIONS,
+    Job,
+    Result,
+    Worker,
+    expand_inputs,
+    plan,
+    summary_table,
+)
+from streamderain.errors import StreamDerainError
+from tests.media import clean_frames, decode_all, make_clip
+
+FRAMES = 6
+GOOD = ("a.mp4", "b.mkv", "c.mp4")
+
+
+def batch(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
+    """The real command, in its own process (its workers are spawned processes or Ray actors)."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamderain", "batch", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
+    """Three good clips, a folder of images, and a file of random bytes named like a video."""
+    root = tmp_path_factory.mktemp("batch")
+    src = root / "in"
+    src.mkdir()
+    frames = clean_frames(FRAMES, (96, 64))
+    for name in GOOD:
+        make_clip(src / name, frames)
+    (src / "stills").mkdir()
+    for i, f in enumerate(frames[:3]):
+        cv2.imwrite(str(src / "stills" / f"{i:03d}.png"), f[..., ::-1])
+    (src / "bad.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_run(inputs: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    out = inputs / "out-local"
+    run = batch(
+        "in/*.m*", "in/stills", "--out-dir", out, "--workers", "2", "--threads", "1", cwd=inputs
+    )
+    return run, out
+
+
+def test_batch_reports_the_bad_file_and_derains_the_rest(local_run) -> None:
+    run, out = local_run
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    records = {Path(r["input"]).name: r for r in manifest(out)}
+    assert sorted(records) == sorted([*GOOD, "bad.mp4", "stills"])
+    bad = records.pop("bad.mp4")
+    assert bad["status"] == "failed" and "bad.mp4: cannot open as video" in bad["reason"]
+    assert "\n" not in bad["reason"]
+    for name, r in records.items():
+        assert r["status"] == "done" and r["reason"] == "", r
+        assert r["output"] == str(out / name) and r["seconds"] > 0 and r["fps"] > 0
+    for name in GOOD:
+        assert records[name]["frames"] == FRAMES
+        assert len(decode_all(out / name)[0]) == FRAMES
+    assert records["stills"]["frames"] == 3 and len(list((out / "stills").glob("*.png"))) == 3
+    table = run.stderr.splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("input"))
+    rows = {line.split()[0]: line for line in table[header + 1 :]}
+    assert "failed" in rows["in/bad.mp4"] and "cannot open as video" in rows["in/bad.mp4"]
+    assert rows["in/a.mp4"].split()[1:3] == ["done", str(FRAMES)]
+
+
+def test_rerun_skips_what_is_done(local_run, inputs: Path) -> None:
+    _, out = local_run
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    listing = inputs / "inputs.txt"
+    listing.write_text("# one per line\n" + "".join(f"in/{n}\n" for n in [*GOOD, "bad.mp4"]))
+    again = batch("--list", listing, "in/stills", "--out-dir", out, "--workers", "2", cwd=inputs)
+    assert again.returncode == 1, again.stderr
+    assert "4 input(s) done in an earlier run: skipped" in again.stderr
+    records = manifest(out)
+    assert len(records) == 6  # the first run's five, and bad.mp4 once more
+    assert Path(records[-1]["input"]).name == "bad.mp4" and records[-1]["status"] == "failed"
+    after = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != MANIFEST}
+    assert after == {k: v for k, v in before.items() if k != MANIFEST}
+
+
+def test_ray_gives_the_same_outputs(local_run, inputs: Path) -> None:
+    pytest.importorskip("ray")
+    _, local = local_run
+    out = inputs / "out-ray"
+    args = ("in/*.m*", "in/stills", "--out-dir", out, "--threads", "1", "--ray", "local")
+    run = batch(*args, "--workers", "2", cwd=inputs)
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    status = sorted((Path(r["input"]).name, r["status"]) for r in manifest(out))
+    assert status == sorted([*((n, "done") for n in [*GOOD, "stills"]), ("bad.mp4", "failed")])
+    for name in GOOD:
+        ours, theirs = decode_all(out / name)[0], decode_all(local / name)[0]
+        assert len(ours) == FRAMES and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+    for png in (local / "stills").glob("*.png"):
+        assert np.array_equal(cv2.imread(str(png)), cv2.imread(str(out / "stills" / png.name)))
+
+
+def test_a_worker_loads_the_model_once(
+    inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads = []
+    load = runner.load_model
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: loads.append(a) or load(*a, **k))
+    options = {
+        **dict.fromkeys((*RUNNER_OPTIONS, *PIPELINE_OPTIONS)),
+        "batch": 1,
+        "tile": 0,
+        "encoder": "pyav",
+    }
+    worker = Worker(
+        {**options, "device": "cpu", "precision": "fp32", "backend": "auto"}, "cpu", threads=1
+    )
+    made = api.ModelRunner
+    results = [worker.derain(Job(str(inputs / "in" / n), str(tmp_path / n))) for n in GOOD]
+    assert [(r.status, r.frames) for r in results] == [("done", FRAMES)] * len(GOOD), results
+    assert len(loads) == 1 and api.ModelRunner is made
+    bad = worker.derain(Job(str(inputs / "in" / "bad.mp4"), str(tmp_path / "bad.mp4")))
+    assert bad.status == "failed" and "cannot open as video" in bad.reason
+
+
+def test_a_model_that_cannot_load_stops_the_batch_in_one_line(inputs: Path) -> None:
+    run = batch("in/a.mp4", "--out-dir", inputs / "out-nomodel", "--model", "nope.pt", cwd=inputs)
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and "error: " in run.stderr and "nope.pt" in run.stderr
+
+
+def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("x/a.mp4", "y/a.mp4", "y/b.mp4", "out/old.mp4"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).touch()
+    with pytest.raises(StreamDerainError, match="would both write"):
+        plan(expand_inputs(["*/a.mp4"]), tmp_path / "out")
+    # The outputs folder is never an input; an output nobody recorded needs -y.
+    (tmp_path / "out" / "b.mp4").touch()
+    jobs, known = plan(expand_inputs(["y/b.mp4", "out/*"]), tmp_path / "out")
+    assert jobs == [] and known[str(tmp_path / "y/b.mp4")].reason.endswith("(pass -y to overwrite)")
+    jobs, known = plan(expand_inputs(["y/b.mp4"]), tmp_path / "out", overwrite=True)
+    assert [j.output for j in jobs] == [str(tmp_path / "out/b.mp4")] and known == {}
+    table = summary_table([Result("/a.mp4", "/o/a.mp4", "failed", "no such file")])
+    assert table.splitlines()[1].split() == ["/a.mp4", "failed", "no", "such", "file"]
