@@ -107,6 +107,29 @@ def model_only(config_name: str, repeats: int, size=(360, 640)) -> list[dict]:
             f"  model {config_name} {dtype} {fmt} threads={threads} batch={batch}: {batch / s:.2f} fps",
             flush=True,
         )
+    if config_name == "lite":
+        from streamderain.backends import OpenVINOBackend, openvino_available
+
+        if openvino_available():
+            runner = OpenVINOBackend(load_model(), threads=2)
+            for batch in (1, 2):
+                x = torch.rand(batch, 3, *size)
+                s = time_model(runner, x, repeats)
+                rows.append(
+                    {
+                        "config": config_name,
+                        "dtype": "fp32",
+                        "format": "openvino",
+                        "threads": 2,
+                        "batch": batch,
+                        "s_per_frame": s / batch,
+                        "fps": batch / s,
+                    }
+                )
+                print(
+                    f"  model {config_name} fp32 openvino batch={batch}: {batch / s:.2f} fps",
+                    flush=True,
+                )
     torch.set_num_threads(os.cpu_count() or 1)
     return rows
 

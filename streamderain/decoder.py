@@ -164,6 +164,9 @@ class Decoder:
         options, fmt = {}, None
         if self.source.lower().startswith(("rtsp://", "rtsps://")):
             options["rtsp_transport"] = self.rtsp_transport
+        if self.live:
+            # Probe 0.1 s instead of FFmpeg's default (~1 s buffered before the first frame).
+            options["analyzeduration"] = "100000"
         if self.source.startswith("/dev/video"):
             fmt = "v4l2"
         try:
@@ -305,9 +308,12 @@ class Decoder:
                     now = time.monotonic()
                     if self.began is None:
                         self.began = now
-                    if session_start is None or vf.time is None:
-                        session_start = (now - self.began, vf.time or 0.0)
-                    seconds = session_start[0] + (vf.time or 0.0) - session_start[1]
+                    if vf.time is None:  # e.g. RTSP's first frame: arrival time it is
+                        seconds = now - self.began
+                    else:
+                        if session_start is None:
+                            session_start = (now - self.began, vf.time)
+                        seconds = session_start[0] + vf.time - session_start[1]
                     pts = max(round(seconds / LIVE_TIME_BASE), last_pts + 1)
                     last_pts = pts
                     if self.end is not None and seconds >= self.end - self.start:
