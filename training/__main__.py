@@ -131,5 +131,42 @@ def export(config_path: str, run_dir: Path, out_path: Path, eval_data: str | Non
     click.echo(f"wrote {out_path} (step {trainer.step})")
 
 
+@main.command("rain-samples")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--data-root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=DEFAULT_DATA_ROOT,
+    show_default=True,
+)
+@click.option("--rows", default=4, show_default=True, help="Pictures in the grid.")
+@click.option("--seed", default=0, show_default=True)
+def rain_samples(out_path: Path, data_root: Path, rows: int, seed: int) -> None:
+    """A PNG grid to compare synthetic rain with real pairs.
+
+    Each row: a real light rainy picture (RainTrainL), then one clean picture with each preset.
+    """
+    import cv2
+    import numpy as np
+
+    from training.data import find_clean_images, find_pairs, read_pair, read_rgb
+    from training.evaluate import write_sheet
+    from training.rain import PRESETS, add_rain
+
+    rng = np.random.default_rng(seed)
+    real = find_pairs(data_root / "train-pairs" / "RainTrainL")
+    clean = find_clean_images(data_root / "clean" / "images" / "urban100")
+    size = (320, 240)
+    sheet = []
+    for i in range(rows):
+        rainy = cv2.resize(read_pair(real[i % len(real)])[0], size, interpolation=cv2.INTER_AREA)
+        picture = cv2.resize(
+            read_rgb(clean[i * 7 % len(clean)]), size, interpolation=cv2.INTER_AREA
+        )
+        sheet.append(np.concatenate([rainy, *(add_rain(picture, p, rng) for p in PRESETS)], 1))
+    write_sheet(out_path, sheet, width=320 * (1 + len(PRESETS)))
+    click.echo(f"wrote {out_path}: real | {' | '.join(PRESETS)}")
+
+
 if __name__ == "__main__":
     main()
