@@ -93,3 +93,18 @@ def test_live_drop_keeps_up_with_a_fast_camera(rtsp_server, tmp_path, drop):
         assert written + dropped >= 45, "2 s of a 25 fps camera were read"
     else:
         assert dropped == 0, err
+
+
+def test_a_stalled_source_times_out_and_stops_cleanly(rtsp_server, tmp_path):
+    """A camera that stops sending but keeps its connection open must not hang the run."""
+    out = tmp_path / "stalled.mp4"
+    proc = start_cli(rtsp_server.url, out, "--reconnect-timeout", "2")
+    time.sleep(5)
+    rtsp_server.pause()
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        rtsp_server.resume()
+    assert proc.returncode == 1, err
+    assert "source lost" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert len(decode_all(out)[0]) > 0
