@@ -498,12 +498,12 @@ def batch(
     a re-run skips the inputs done. One bad input is reported and skipped; the exit status is
     1 if any failed. Ctrl-C: the files in progress are finished (again: stop at once).
     """
-    from streamderain.cli import _fail, _setup_logging, _validate
+    from streamderain.cli import _setup_logging, _validate, one_line_errors
 
     quiet, verbose = options.pop("quiet"), options.pop("verbose")
     overwrite = options.pop("overwrite")
     _setup_logging(verbose, quiet)
-    try:
+    with one_line_errors(verbose):
         o = options
         _validate(o["batch"], o["crf"], o["start"], o["duration"], o["max_frames"], o["tile"], 0)
         if ray_address is not None and Path(ray_address).exists():
@@ -516,14 +516,6 @@ def batch(
         out_dir.mkdir(parents=True, exist_ok=True)
         jobs, results = plan(srcs, out_dir, overwrite)
         interrupted = _run(jobs, results, out_dir, options, quiet, workers, threads, ray_address)
-    except KeyboardInterrupt:
-        _fail("aborted", verbose, 130)
-    except Exception as exc:  # every failure is one line; -v shows the traceback
-        from training import ModelLoadError
-
-        if isinstance(exc, StreamDerainError | ModelLoadError):
-            _fail(str(exc), verbose)
-        _fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for details)", verbose, 2)
     failed = any(r.status == "failed" for r in results.values())
     if not quiet or failed:
         shown = [results[s] for s in srcs if s in results]

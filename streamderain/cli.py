@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -36,6 +38,21 @@ def _fail(message: str, verbose: bool, code: int = 1) -> None:
         log.exception("details")
     click.echo(f"streamderain: error: {message}", err=True)
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def one_line_errors(verbose: bool) -> Iterator[None]:
+    """Every failure inside ends the command with one line on stderr (``-v``: a traceback)."""
+    from training import ModelLoadError
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        _fail("aborted", verbose, 130)
+    except (StreamDerainError, ModelLoadError) as exc:
+        _fail(str(exc), verbose)
+    except Exception as exc:  # noqa: BLE001 - reported, not swallowed
+        _fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for details)", verbose, 2)
 
 
 def _check_paths(src: str, dst: str, overwrite: bool) -> None:
@@ -177,7 +194,7 @@ def run(
     _setup_logging(verbose, quiet)
     if camera is not None:
         dst, src = (src if dst is None else dst), f"/dev/video{camera}"
-    try:
+    with one_line_errors(verbose):
         if src is None or dst is None:
             raise StreamDerainError("give INPUT and OUTPUT (or --camera N and OUTPUT)")
         _validate(batch, crf, start, duration, max_frames, tile, reconnect_timeout)
@@ -204,14 +221,6 @@ def run(
             reconnect_timeout=reconnect_timeout,
             live_drop=live_drop,
         )
-    except KeyboardInterrupt:
-        _fail("aborted", verbose, 130)
-    except Exception as exc:  # every failure is one line; -v shows the traceback
-        from training import ModelLoadError
-
-        if isinstance(exc, StreamDerainError | ModelLoadError):
-            _fail(str(exc), verbose)
-        _fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for details)", verbose, 2)
     if stats.interrupted:
         click.echo(
             f"streamderain: interrupted: {dst} holds the {stats.frames} frames done", err=True
