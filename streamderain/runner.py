@@ -41,7 +41,7 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-TILE_CONTEXT = 96
+TILE_CONTEXT = 128
 
 
 def min_tile(stride: int) -> int:
