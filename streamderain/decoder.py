@@ -20,7 +20,7 @@ import av
 import cv2
 import numpy as np
 
-from streamderain.errors import InputError
+from streamderain.errors import InputError, reason
 from streamderain.frames import Frame
 from training.data import IMAGE_SUFFIXES, list_images
 
@@ -179,7 +179,7 @@ class Decoder:
                 metadata_errors="replace",  # junk tags in a damaged file are not fatal
             )
         except av.error.FFmpegError as exc:
-            raise InputError(f"{self.name}: cannot open as video ({_reason(exc)})") from exc
+            raise InputError(f"{self.name}: cannot open as video ({reason(exc)})") from exc
         if not container.streams.video:
             container.close()
             raise InputError(f"{self.name}: no video stream")
@@ -200,7 +200,7 @@ class Decoder:
                 if self.reconnect_timeout and waited >= self.reconnect_timeout:
                     raise InputError(
                         f"{self.name}: source lost; no connection within "
-                        f"{self.reconnect_timeout:g} s ({_reason(exc.__cause__ or exc)})"
+                        f"{self.reconnect_timeout:g} s ({reason(exc.__cause__ or exc)})"
                     ) from None
                 log.debug("%s: connect failed (%s); retrying in %.1f s", self.name, exc, delay)
                 if self._stop.wait(delay):
@@ -266,7 +266,7 @@ class Decoder:
                 log.warning(
                     "%s: damaged from here on (%s); keeping what came before",
                     self.name,
-                    _reason(exc),
+                    reason(exc),
                 )
                 return
             if packet is None:
@@ -321,13 +321,13 @@ class Decoder:
                     image = vf.to_ndarray(format="rgb24")
                     yield Frame(index, pts, LIVE_TIME_BASE, image)
                     index += 1
-                reason = "the stream ended"
+                why = "the stream ended"
             except (av.error.FFmpegError, OSError) as exc:
-                reason = _reason(exc)
+                why = reason(exc)
             self.close()
             if self._stop.is_set():
                 return
-            log.warning("%s: lost (%s); reconnecting", self.name, reason)
+            log.warning("%s: lost (%s); reconnecting", self.name, why)
             lost = time.monotonic()
             self._container = self._connect_until_deadline()
             if self._container is not None:
@@ -344,8 +344,3 @@ class Decoder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -23,7 +23,7 @@ import ffmpeg
 import numpy as np
 
 from streamderain.decoder import VideoInfo
-from streamderain.errors import OutputError
+from streamderain.errors import OutputError, reason
 from streamderain.frames import Batch, Frame
 
 log = logging.getLogger(__name__)
@@ -490,7 +490,7 @@ class Encoder:
             )
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             self._discard()
-            raise OutputError(f"{self.name}: cannot create output ({_reason(exc)})") from None
+            raise OutputError(f"{self.name}: cannot create output ({reason(exc)})") from None
 
     def finish(self) -> list[Batch]:
         """Flush, close and move the output into place; with no frame at all, leave nothing."""
@@ -536,8 +536,3 @@ class Encoder:
             shutil.rmtree(self._tmp)
         elif self._tmp.exists():
             self._tmp.unlink()
-
-
-def _reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -17,3 +17,9 @@ class OutputError(StreamDerainError):
 
 class Interrupted(StreamDerainError):
     """The run was stopped by the user; the partial output was kept."""
+
+
+def reason(exc: BaseException) -> str:
+    """The first line of what a library said went wrong (an OS error's text, if it has one)."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
