@@ -249,7 +249,7 @@ class Decoder:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     def _decoded(self, container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
-        """Every frame that decodes; a corrupt packet is counted and skipped.
+        """Every frame that decodes; a corrupt packet is counted, then skipped or concealed.
 
         A file whose container breaks mid-way ends there (with a warning), keeping what was
         decoded; a live source's read errors go up to the reconnect logic.
@@ -271,6 +271,8 @@ class Decoder:
                 return
             if packet is None:
                 return
+            if packet.is_corrupt:  # flagged by the demuxer; the decoder conceals what it can
+                self.corrupt_packets += 1
             try:
                 decoded = packet.decode()
             except (av.error.InvalidDataError, ValueError) as exc:

@@ -55,7 +55,7 @@ class Stats:
             f"busy: {shares}; peak memory {self.peak_rss_mb:.0f} MB"
         )
         if self.corrupt_packets:
-            text += f"; {self.corrupt_packets} corrupt packets skipped"
+            text += f"; {self.corrupt_packets} corrupt packets skipped or concealed"
         if self.dropped:
             text += f"; {self.dropped} frames dropped to keep up with the live source"
         if self.reconnects:

@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -321,3 +322,85 @@ def rtsp_receiver(tmp_path) -> Iterator[RtspReceiver]:
     rx = RtspReceiver(tmp_path / "received.mkv").start()
     yield rx
     rx.close()
+
+
+class TcpStreamServer:
+    """A camera that serves MPEG-TS over plain TCP (``tcp://127.0.0.1:PORT``), in a thread.
+
+    Every connection gets ``payload`` again and again at about the clip's real-time pace, so a
+    test can hand it a stream that turns to garbage part way, or garbage from the start.
+    """
+
+    def __init__(self, payload: bytes, seconds_per_payload: float) -> None:
+        self.payload = payload
+        self.rate = len(payload) / seconds_per_payload  # bytes per second
+        self._sock = socket.create_server((HOST, 0))
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"tcp://{HOST}:{self.port}"
+        self.connections = 0
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._send, args=(conn,), daemon=True).start()
+
+    def _send(self, conn: socket.socket) -> None:
+        chunk = 188 * 7
+        began, sent = time.monotonic(), 0
+        with conn:
+            while not self._closed.is_set():
+                for at in range(0, len(self.payload), chunk):
+                    if self._closed.is_set():
+                        return
+                    try:
+                        conn.sendall(self.payload[at : at + chunk])
+                    except OSError:
+                        return
+                    sent += chunk
+                    ahead = sent / self.rate - (time.monotonic() - began)
+                    if ahead > 0:
+                        time.sleep(ahead)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._sock.close()
+        self._thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def ts_bytes(clip_path, tmp_path_factory) -> bytes:
+    """clip_path remuxed (not re-encoded) to MPEG-TS, as a network camera would send it."""
+    import av
+
+    out = tmp_path_factory.mktemp("ts") / "clip.ts"
+    with av.open(str(clip_path)) as src, av.open(str(out), "w", format="mpegts") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return out.read_bytes()
+
+
+@pytest.fixture
+def make_tcp_stream_server() -> Iterator:
+    """Factory: make_tcp_stream_server(payload, seconds_per_payload) -> serving server."""
+    servers: list[TcpStreamServer] = []
+
+    def make(payload: bytes, seconds_per_payload: float = CLIP_SECONDS) -> TcpStreamServer:
+        servers.append(TcpStreamServer(payload, seconds_per_payload))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests.media import decode_all
@@ -108,3 +109,38 @@ def test_a_stalled_source_times_out_and_stops_cleanly(rtsp_server, tmp_path):
     assert proc.returncode == 1, err
     assert "source lost" in err.strip().splitlines()[-1] and "Traceback" not in err
     assert len(decode_all(out)[0]) > 0
+
+
+def test_a_camera_sending_garbage_part_way_is_skipped_and_the_run_goes_on(
+    ts_bytes, make_tcp_stream_server, tmp_path
+):
+    """A quarter of every pass of the stream replaced by random bytes: the run keeps going."""
+    rng = np.random.default_rng(0)
+    stream = bytearray(ts_bytes)
+    at, size = len(stream) * 2 // 5, len(stream) // 4
+    stream[at : at + size] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    server = make_tcp_stream_server(bytes(stream))
+    out = tmp_path / "garbled.mp4"
+    proc = start_cli(server.url, out, "--max-frames", "120", "--no-live-drop")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert re.search(r"\d+ corrupt packets skipped or concealed", err), err
+    images, times, _ = decode_all(out)
+    assert len(images) == 120, "frames past the garbage (in every pass of the clip) are kept"
+    assert all(b > a for a, b in zip(times, times[1:], strict=False))
+
+
+def test_a_camera_sending_only_garbage_is_a_clean_error(make_tcp_stream_server, tmp_path):
+    noise = np.random.default_rng(1).integers(0, 256, 2_000_000, dtype=np.uint8).tobytes()
+    server = make_tcp_stream_server(noise, seconds_per_payload=2)
+    out = tmp_path / "noise.mp4"
+    began = time.monotonic()
+    proc = start_cli(server.url, out, "--reconnect-timeout", "5")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "source lost" in lines[0], lines[0]
+    assert time.monotonic() - began < 60
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
