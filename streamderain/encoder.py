@@ -36,13 +36,27 @@ CONTAINERS: dict[str, tuple[str, str]] = {
     ".mkv": ("matroska", "libx264"),
     ".webm": ("webm", "libvpx-vp9"),
 }
-# Audio/subtitle codecs each container takes as they are (others are left out, with a warning).
+# Audio/subtitle codecs each container takes as they are (None: all of them).
 COPYABLE: dict[str, set[str] | None] = {
     "mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac", "mov_text"},
     "mov": {"aac", "mp3", "ac3", "alac", "pcm_s16le", "pcm_s24le", "mov_text"},
     "matroska": None,
     "webm": {"opus", "vorbis", "webvtt"},
 }
+# Audio a container cannot take is re-encoded to its usual codec at a transparent bit rate;
+# subtitles it cannot take are left out, with a warning.
+AUDIO_FALLBACK: dict[str, tuple[str, int]] = {
+    "mp4": ("aac", 256_000),
+    "mov": ("aac", 256_000),
+    "webm": ("libopus", 192_000),
+}
+
+
+def copies_as_is(fmt: str, codec: str) -> bool:
+    allowed = COPYABLE.get(fmt, set())
+    return allowed is None or codec in allowed
+
+
 # Visually lossless defaults: CRF 18 for H.264, 30 for VP9 (constant quality mode).
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 30}
 DEFAULT_PRESET = "fast"
@@ -85,8 +99,38 @@ def compose(original: np.ndarray, derained: np.ndarray, mode: str) -> np.ndarray
     return np.concatenate([original, derained], axis=axis)
 
 
+class _AudioReencoder:
+    """Decodes one source audio stream and encodes it again for a container that cannot take it."""
+
+    def __init__(
+        self, source: av.audio.stream.AudioStream, output: av.container.OutputContainer, fmt: str
+    ) -> None:
+        codec, bit_rate = AUDIO_FALLBACK[fmt]
+        rates = av.Codec(codec, "w").audio_rates
+        rate = source.rate if not rates or source.rate in rates else max(rates)
+        self.stream = output.add_stream(codec, rate=rate)
+        self.stream.layout = source.layout.name
+        self.stream.bit_rate = bit_rate
+        self.decoder = source.codec_context
+
+    def packets(self, packet: av.Packet | None, shift: float) -> list[av.Packet]:
+        """Encoded packets for one source packet (None: flush), ``shift`` seconds earlier."""
+        out = []
+        for frame in self.decoder.decode(packet):
+            if frame.pts is not None:
+                frame.pts -= round(shift / frame.time_base)
+            out += self.stream.encode(frame)
+        if packet is None:
+            out += self.stream.encode(None)
+        return out
+
+
 class _StreamCopier:
-    """Copies a source file's audio and subtitle packets into the output, in time with the video."""
+    """Brings a source file's audio and subtitles into the output, in time with the video.
+
+    Packets are copied as they are where the container takes their codec; audio it cannot take
+    is re-encoded (``AUDIO_FALLBACK``), subtitles it cannot take are left out with a warning.
+    """
 
     def __init__(
         self,
@@ -99,19 +143,21 @@ class _StreamCopier:
     ) -> None:
         self.input = av.open(source)
         self.start, self.end, self.offset = start, end, offset
-        allowed = COPYABLE[fmt]
         self.map: dict[int, av.stream.Stream] = {}
+        self.reencoders: dict[int, _AudioReencoder] = {}
         for s in [*self.input.streams.audio, *self.input.streams.subtitles]:
             name = s.codec_context.name if s.codec_context else "unknown"
-            if allowed is not None and name not in allowed:
+            if copies_as_is(fmt, name):
+                self.map[s.index] = output.add_stream_from_template(s)
+            elif s.type == "audio" and fmt in AUDIO_FALLBACK:
+                self.reencoders[s.index] = _AudioReencoder(s, output, fmt)
+                log.info("audio stream %d (%s) re-encoded for %s", s.index, name, fmt)
+            else:
                 log.warning(
                     "%s stream %d (%s) does not fit %s: left out", s.type, s.index, name, fmt
                 )
-                continue
-            self.map[s.index] = output.add_stream_from_template(s)
-        self._packets = (
-            self.input.demux(*[self.input.streams[i] for i in self.map]) if self.map else iter(())
-        )
+        wanted = [self.input.streams[i] for i in [*self.map, *self.reencoders]]
+        self._packets = self.input.demux(*wanted) if wanted else iter(())
         self._held: av.Packet | None = None
         self.output = output
 
@@ -121,7 +167,7 @@ class _StreamCopier:
             packet = self._held or next(self._packets, None)
             self._held = None
             if packet is None:
-                return
+                break
             if packet.dts is None or packet.pts is None:
                 continue
             t = float(packet.pts * packet.time_base)
@@ -132,11 +178,18 @@ class _StreamCopier:
             if seconds is not None and t - self.offset > seconds:
                 self._held = packet
                 return
+            reencoder = self.reencoders.get(packet.stream.index)
+            if reencoder is not None:
+                self.output.mux(reencoder.packets(packet, self.offset))
+                continue
             shift = round(self.offset / packet.time_base)
             packet.pts -= shift
             packet.dts -= shift
             packet.stream = self.map[packet.stream.index]
             self.output.mux(packet)
+        if seconds is None:
+            for reencoder in self.reencoders.values():
+                self.output.mux(reencoder.packets(None, self.offset))
 
     def close(self) -> None:
         self.input.close()
@@ -258,7 +311,9 @@ class _FFmpegWriter:
     """Pipes frames, with their timestamps, to an ``ffmpeg`` binary that encodes them.
 
     For encoders PyAV's own FFmpeg lacks (NVENC, VAAPI, ...). Frames travel as raw video in
-    NUT, which keeps every timestamp; ffmpeg copies audio and subtitles from the source.
+    NUT, which keeps every timestamp; ffmpeg copies audio and subtitles from the source (audio
+    the container cannot take is re-encoded, as with PyAV). NUT carries no display rotation and
+    ffmpeg before 6.0 has no ``-display_rotation``, so a rotation is stamped on afterwards.
     """
 
     def __init__(
@@ -283,6 +338,9 @@ class _FFmpegWriter:
                 timing["t"] = end - start
             source = ffmpeg.input(copy_from, **timing)
             streams += [source["a?"], source["s?"]]
+            audio = _audio_args(copy_from, settings.fmt)
+        else:
+            audio = {}
         info = settings.info
         tags = {
             "color_range": info.color_range,
@@ -296,16 +354,17 @@ class _FFmpegWriter:
             format=settings.fmt,
             vcodec=settings.codec,
             pix_fmt=pixel_format(settings.codec, w, h),
-            acodec="copy",
             scodec="copy",
             fps_mode="passthrough",
             enc_time_base="-1",
             **{k: v for k, v in tags.items() if v},
+            **audio,
             **settings.options,
         )
         args = ffmpeg.compile(
             out.global_args("-nostdin", "-loglevel", "error"), cmd=binary, overwrite_output=True
         )
+        self.path, self.fmt, self.rotation = path, settings.fmt, first.rotation
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=self.log)
         self.container = av.open(self.proc.stdin, mode="w", format="nut")
@@ -341,6 +400,35 @@ class _FFmpegWriter:
             if code != 0:
                 raise OutputError(f"ffmpeg failed: {self._error()}")
             self.log.close()
+        if self.rotation:
+            _stamp_rotation(Path(self.path), self.fmt, self.rotation)
+
+
+def _audio_args(source: str, fmt: str) -> dict[str, str | int]:
+    """ffmpeg's audio options: copy if the container takes every audio stream, else re-encode."""
+    with av.open(source) as src:
+        codecs = [s.codec_context.name for s in src.streams.audio if s.codec_context]
+    if all(copies_as_is(fmt, c) for c in codecs) or fmt not in AUDIO_FALLBACK:
+        return {"acodec": "copy"}
+    codec, bit_rate = AUDIO_FALLBACK[fmt]
+    return {"acodec": codec, "audio_bitrate": bit_rate}
+
+
+def _stamp_rotation(path: Path, fmt: str, degrees: int) -> None:
+    """Give a finished file's video a display rotation by remuxing it (packets copied)."""
+    stamped = path.with_name(f"{path.name}.rotated")
+    try:
+        with av.open(str(path)) as src, av.open(str(stamped), "w", format=fmt) as dst:
+            out = {s.index: dst.add_stream_from_template(s) for s in src.streams}
+            out[src.streams.video[0].index].set_display_rotation(degrees)
+            for packet in src.demux():
+                if packet.dts is not None:
+                    packet.stream = out[packet.stream.index]
+                    dst.mux(packet)
+    except (av.error.FFmpegError, OSError) as exc:
+        stamped.unlink(missing_ok=True)
+        raise OutputError(f"cannot set the display rotation ({reason(exc)})") from None
+    os.replace(stamped, path)
 
 
 class _FolderWriter:

@@ -8,6 +8,7 @@ import sys
 import time
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 
@@ -222,6 +223,32 @@ def test_ffmpeg_encoder_backend_keeps_time_and_audio(vfr_clip, tmp_path):
     assert max(abs(t - p / 1000) for t, p in zip(times, pts_ms[:10], strict=True)) <= 0.002
     assert stream.codec_context.name == "h264"
     assert len(packets(out, "audio")) > 0
+    assert display_rotation(out) == 90
+
+
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_audio_the_container_cannot_take_is_re_encoded_in_sync(vfr_clip, tmp_path, encoder):
+    """AAC does not fit WebM: it becomes Opus, as long as the source's audio and in time."""
+    import shutil
+
+    if encoder == "ffmpeg" and shutil.which("ffmpeg") is None:
+        pytest.skip("no ffmpeg binary (Debian package ffmpeg)")
+    src = vfr_clip[0]
+    out = tmp_path / "out.webm"
+    result = run_cli(src, out, "-q", "--encoder", encoder)
+    assert result.returncode == 0, result.stderr
+    assert "left out" not in result.stderr
+    with av.open(str(out)) as c:
+        assert c.streams.audio[0].codec_context.name == "opus"
+        frames = list(c.decode(audio=0))
+    src_audio = packets(src, "audio")
+    start, end = frames[0].time, frames[-1].time + frames[-1].samples / frames[-1].sample_rate
+    src_end = src_audio[-1][0] + 1024 / 48000
+    assert abs(start - max(0.0, src_audio[0][0])) <= 0.04, "audio starts with the video"
+    assert abs(end - src_end) <= 0.04, "same duration within one video frame"
+    tone = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+    spectrum = np.abs(np.fft.rfft(tone[: 48000 // 2]))
+    assert abs(np.argmax(spectrum) * 2 - 440) <= 4, "the 440 Hz tone survived"
 
 
 def test_openvino_backend_matches_pytorch_on_real_frames(shared):
