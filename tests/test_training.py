@@ -61,6 +61,8 @@ def test_synthetic_rain_is_seeded_and_brightens_like_rain():
     assert (a.astype(int) >= clean).all()  # streaks only add light
     heavy = add_rain(clean, "heavy", np.random.default_rng(3))
     assert heavy.mean() > a.mean()
+    long = add_rain(clean, "light-long", np.random.default_rng(3))
+    assert (long.astype(int) >= clean).all() and long.mean() > clean.mean()
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -139,6 +141,22 @@ def test_resume_continues_exactly(shared, tmp_path):
     assert resumed.sched.get_last_lr() == straight.sched.get_last_lr()
 
 
+def test_a_second_stage_starts_from_the_first_stages_weights(shared, tmp_path):
+    torch.set_num_threads(2)
+    first = Trainer(TINY, _tiny_train(steps=3), DATA, tmp_path / "a")
+    first.run(progress=False)
+    weights = first.snapshot(None)
+    second = Trainer(TINY, _tiny_train(steps=3, init_from=str(weights)), DATA, tmp_path / "b")
+    for (name, a), (_, b) in zip(
+        first.net.state_dict().items(), second.net.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert second.metadata(None)["training_data"]["started_from"] == str(weights)
+    other = replace(TINY, channels=8)
+    with pytest.raises(ValueError, match="another model config"):
+        Trainer(other, _tiny_train(init_from=str(weights)), DATA, tmp_path / "c")
+
+
 def test_eval_scores_a_handful_of_pairs_and_writes_csv_and_sheet(shared, tmp_path):
     model = load_model()
     pairs = find_pairs(DATA / "rain100L-test")[:3]
@@ -155,6 +173,8 @@ def test_train_config_rejects_unknown_options():
         TrainConfig.from_dict({"stepz": 3})
     with pytest.raises(ValueError, match="unknown rain preset"):
         TrainConfig.from_dict({"rain_presets": {"drizzle": 1.0}})
+    with pytest.raises(ValueError, match="unknown rain preset"):
+        TrainConfig.from_dict({"val_preset": "drizzle"})
 
 
 def test_shipped_configs_parse():

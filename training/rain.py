@@ -70,6 +70,21 @@ PRESETS: dict[str, RainStyle] = {
         speed=(0.6, 1.2),
     ),
 }
+# Long thin streaks of one direction, mostly added on: the Photoshop-style recipe (noise, motion
+# blur, add) of the published light synthetic sets such as Rain100L; "light" is shorter, sparser
+# and varies more, like rain seen by a camera.
+PRESETS["light-long"] = RainStyle(
+    density=(0.0006, 0.002),
+    length=(20.0, 60.0),
+    angle=(-20.0, 20.0),
+    angle_spread=2.0,
+    width=(0.3, 0.7),
+    brightness=(0.15, 0.5),
+    layers=(1, 2),
+    haze=(0.0, 0.0),
+    speed=(0.6, 1.2),
+    screen_blend=0.3,
+)
 # Heavy streaks without the veil, for training: a network taught to lift haze learns to darken
 # every bright picture (measured: up to -38 grey levels on Rain100L, PSNR-Y below the input's).
 PRESETS["heavy-streaks"] = replace(PRESETS["heavy"], haze=(0.0, 0.0))

@@ -31,7 +31,7 @@ from training.data import (
 from training.evaluate import derain_rgb
 from training.metrics import luma, psnr, ssim
 from training.rain import PRESETS, RainField, add_rain
-from training.weights import save_model
+from training.weights import load_model, save_model
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class TrainConfig:
         clean_dirs: folders of clean pictures and video frames for synthetic rain.
         val_dir: held-out clean pictures, rained on with a fixed seed, to watch progress.
         val_images: how many of them.
+        val_preset: the rain preset drawn on them.
+        init_from: a model file to start from instead of random weights (a second stage
+            with another data mix); relative to the working directory.
         val_every: steps between validations (and model snapshots).
         checkpoint_minutes: minutes between resumable checkpoints.
         seed: the seed of every random choice.
@@ -71,6 +74,8 @@ class TrainConfig:
     clean_dirs: tuple[str, ...] = ()
     val_dir: str = ""
     val_images: int = 12
+    val_preset: str = "light"
+    init_from: str = ""
     val_every: int = 2000
     checkpoint_minutes: float = 5.0
     seed: int = 0
@@ -85,7 +90,9 @@ class TrainConfig:
         for key in ("milestones", "real_dirs", "clean_dirs"):
             if key in values:
                 values[key] = tuple(values[key])
-        bad = sorted(set(values.get("rain_presets", {})) - set(PRESETS))
+        bad = sorted(
+            {*values.get("rain_presets", {}), values.get("val_preset", "light")} - set(PRESETS)
+        )
         if bad:
             raise ValueError(f"unknown rain preset(s): {', '.join(bad)}")
         return cls(**values)
@@ -133,7 +140,7 @@ class PatchSampler:
 
 
 def validation_set(cfg: TrainConfig, data_root: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Held-out clean pictures with seeded light rain: the same pairs on every run."""
+    """Held-out clean pictures with seeded rain: the same pairs on every run."""
     if not cfg.val_dir:
         return []
     rng = np.random.default_rng(12345)
@@ -141,7 +148,7 @@ def validation_set(cfg: TrainConfig, data_root: Path) -> list[tuple[np.ndarray, 
     out = []
     for f in files:
         clean = read_rgb(f, CLEAN_MAX_SIDE)
-        out.append((add_rain(clean, "light", rng), clean))
+        out.append((add_rain(clean, cfg.val_preset, rng), clean))
     return out
 
 
@@ -163,6 +170,11 @@ class Trainer:
         self.data_root, self.out_dir = data_root, out_dir
         torch.manual_seed(cfg.seed)
         self.net = build_network(model_cfg)
+        if cfg.init_from:
+            start = load_model(cfg.init_from)
+            if start.config != model_cfg:
+                raise ValueError(f"{cfg.init_from}: another model config than this run's")
+            self.net.load_state_dict(start.net.state_dict())
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(
             self.opt, [int(m * cfg.steps) for m in cfg.milestones], gamma=0.1
@@ -222,6 +234,7 @@ class Trainer:
                 "synthetic_rain_on": list(cfg.clean_dirs),
                 "real_fraction": cfg.real_fraction,
                 "rain_presets": dict(cfg.rain_presets),
+                "started_from": cfg.init_from or None,
             },
             "recipe": {
                 "loss": "-SSIM",
@@ -234,7 +247,7 @@ class Trainer:
             },
             "steps": self.step,
             "train_hours": round(self.wall / 3600, 2),
-            "metrics": {"val_synthetic_light_psnr_y": val_psnr_y},
+            "metrics": {f"val_synthetic_{cfg.val_preset}_psnr_y": val_psnr_y},
         }
 
     def train_step(self, rainy: torch.Tensor, clean: torch.Tensor) -> float:
