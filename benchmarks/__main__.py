@@ -55,6 +55,16 @@ def make_clip(path: Path, frames: int, size: tuple[int, int]) -> None:
         out.mux(s.encode(None))
 
 
+def machine() -> dict:
+    """What the figures were measured on, saved beside them."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
 def time_model(model, x: torch.Tensor, repeats: int) -> float:
     """Median seconds per call after one warm-up call."""
     with torch.inference_mode():
@@ -199,12 +209,7 @@ def main() -> None:
 
     result: dict = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "cuda": torch.cuda.is_available(),
-        },
+        "machine": machine(),
     }
     print("model only, 640x360:", flush=True)
     rows = model_only("lite", args.repeats)
