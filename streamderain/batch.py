@@ -430,22 +430,24 @@ def worker_devices(device: str, workers: int | None) -> list[str]:
 # The command.
 
 
-class _BatchCommand(click.Command):
-    """Takes ``streamderain run``'s options (``RUN_OPTIONS``) as they are, when first asked.
+class RunOptionsCommand(click.Command):
+    """Takes ``streamderain run``'s options named in ``borrowed`` as they are, when first asked.
 
     ``cli`` imports this module at its end, so the options are looked up only once both modules
     are loaded.
     """
 
+    borrowed: tuple[str, ...] = RUN_OPTIONS
+
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         if not any(p.name == "model" for p in self.params):
             from streamderain.cli import run
 
-            self.params += [p for p in run.params if p.name in RUN_OPTIONS]
+            self.params += [p for p in run.params if p.name in self.borrowed]
         return super().get_params(ctx)
 
 
-@click.command(cls=_BatchCommand)
+@click.command(cls=RunOptionsCommand)
 @click.argument("inputs", metavar="INPUTS...", nargs=-1)
 @click.option(
     "-o",

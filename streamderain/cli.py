@@ -315,5 +315,7 @@ def sample(path: str, rain: str, seed: int, overwrite: bool) -> None:
 
 
 from streamderain.batch import batch  # noqa: E402
+from streamderain.feeds import feeds  # noqa: E402
 
 main.add_command(batch)
+main.add_command(feeds)

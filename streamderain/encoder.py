@@ -84,6 +84,11 @@ def is_folder_target(path: str | Path) -> bool:
     return p.is_dir() or str(path).endswith(os.sep) or p.suffix == ""
 
 
+def partial_path(target: Path) -> Path:
+    """The hidden file beside ``target`` that a file output is written to until it is done."""
+    return target.with_name(f".{target.stem}.partial{target.suffix}")
+
+
 def check_target(path: str | Path) -> None:
     """Refuse an output name whose container is unknown, before any work is done."""
     if live_target_format(path) or is_folder_target(path):
@@ -508,7 +513,7 @@ class Encoder:
         elif self.folder:
             self._tmp = self.target.with_name(f".{self.target.name}.partial")
         else:
-            self._tmp = self.target.with_name(f".{self.target.stem}.partial{self.target.suffix}")
+            self._tmp = partial_path(self.target)
 
     def process(self, batch: Batch) -> list[Batch]:
         for frame in batch.frames:
