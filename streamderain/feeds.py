@@ -103,6 +103,11 @@ class FeedWorker(Worker):
         """End the feed cleanly: its segment is finalized."""
         self.interrupt()
 
+    def _started(self, pipeline, decoder) -> None:
+        super()._started(pipeline, decoder)
+        if self.stopping:  # stopped while it was still connecting
+            pipeline.request_stop()
+
 
 def run_feeds(
     feeds: list[Feed],
