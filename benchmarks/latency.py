@@ -38,7 +38,7 @@ class TimedEncoder:
         self.encoder.process(batch)
         now = time.monotonic()
         for f in batch.frames:
-            self.latencies.append(now - self.decoder.began - f.seconds)
+            self.latencies.append(now - self.decoder.clock.began - f.seconds)
         return []
 
     def finish(self):

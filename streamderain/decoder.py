@@ -2,7 +2,8 @@
 
 Live sources reconnect here, with capped exponential backoff, until ``reconnect_timeout``;
 what retrying cannot fix (not found, unauthorized, not a video) fails at once. Frame times of a
-live source are seconds since the run began, so they only ever grow: an outage is a gap.
+live source are seconds since the run began, so they only ever grow: an outage is a gap, and a
+source whose own clock jumps is followed by the wall clock from the jump.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_FOLDER_RATE = Fraction(25)
 LIVE_TIME_BASE = Fraction(1, 90_000)
+# A live source's clock that jumps back further than this, or ahead of the wall clock by more,
+# was reset (a looping restreamer, a camera reboot, MPEG-TS timestamps wrapping after 26.5 h):
+# frame times then follow the wall clock from there, instead of piling up on one instant.
+CLOCK_JUMP_BACK, CLOCK_JUMP_AHEAD = 0.5, 10.0
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "srt", "tcp")
 # Errors that another try cannot mend: fail at once instead of reconnecting.
 PERMANENT_ERRORS = (
@@ -72,6 +77,39 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
+class LiveClock:
+    """Seconds since a live run's first frame, following the source's own clock where it can.
+
+    Each connection is anchored at its first frame's arrival; when the source's clock jumps, the
+    anchor moves to the wall clock, so times only ever grow and never pile up on one instant.
+    """
+
+    def __init__(self) -> None:
+        self.began: float | None = None  # monotonic time of the first frame
+        self._anchor: tuple[float, float] | None = None  # (run seconds, source seconds)
+        self._last = 0.0
+
+    def new_session(self) -> None:
+        """A reconnect: the source's clock starts again from anything."""
+        self._anchor = None
+
+    def seconds(self, source_time: float | None) -> float:
+        now = time.monotonic()
+        if self.began is None:
+            self.began = now
+        wall = now - self.began
+        seconds = wall  # the arrival time, where the source has none (RTSP's first frame)
+        if source_time is not None and self._anchor is not None:
+            seconds = self._anchor[0] + source_time - self._anchor[1]
+            if not self._last - CLOCK_JUMP_BACK <= seconds <= wall + CLOCK_JUMP_AHEAD:
+                self._anchor = None
+        if source_time is not None and self._anchor is None:
+            seconds = max(wall, self._last)
+            self._anchor = (seconds, source_time)
+        self._last = seconds
+        return seconds
+
+
 class Decoder:
     """A source of frames: ``with Decoder(src) as d: for frame in d: ...``.
 
@@ -111,7 +149,7 @@ class Decoder:
         self.timeouts = (open_timeout, read_timeout)
         self.corrupt_packets = 0
         self.reconnects = 0
-        self.began: float | None = None  # monotonic time of a live source's first frame
+        self.clock = LiveClock()
         self._stop = threading.Event()
         self._container: av.container.InputContainer | None = None
         self._images: list[Path] | None = None
@@ -304,18 +342,10 @@ class Decoder:
         """Frames of a live source, reconnecting when it drops or stalls."""
         index, last_pts = 0, -1
         while self._container is not None and not self._stop.is_set():
-            session_start: tuple[float, float] | None = None  # (run seconds, source seconds)
+            self.clock.new_session()
             try:
                 for vf in self._decoded(self._container):
-                    now = time.monotonic()
-                    if self.began is None:
-                        self.began = now
-                    if vf.time is None:  # e.g. RTSP's first frame: arrival time it is
-                        seconds = now - self.began
-                    else:
-                        if session_start is None:
-                            session_start = (now - self.began, vf.time)
-                        seconds = session_start[0] + vf.time - session_start[1]
+                    seconds = self.clock.seconds(vf.time)
                     pts = max(round(seconds / LIVE_TIME_BASE), last_pts + 1)
                     last_pts = pts
                     if self.end is not None and seconds >= self.end - self.start:

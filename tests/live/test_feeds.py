@@ -23,7 +23,9 @@ def _wait_for(check, timeout: float, what: str, proc):
         if found:
             return found
         time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    pytest.fail(f"timed out waiting for {what}; streamderain feeds said: {err}")
 
 
 def _feed_actor_pids() -> list[int]:

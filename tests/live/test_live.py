@@ -131,6 +131,22 @@ def test_a_camera_sending_garbage_part_way_is_skipped_and_the_run_goes_on(
     assert all(b > a for a, b in zip(times, times[1:], strict=False))
 
 
+def test_a_source_whose_clock_restarts_keeps_real_frame_times(
+    ts_bytes, make_tcp_stream_server, tmp_path
+):
+    """The server loops a 4 s clip, its timestamps jumping back each pass: the output's times
+    go on at the source's pace instead of piling up on the last instant of the first pass."""
+    server = make_tcp_stream_server(ts_bytes)
+    out = tmp_path / "looped.mkv"
+    proc = start_cli(server.url, out, "--max-frames", "125", "--no-live-drop")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    _, times, _ = decode_all(out)
+    assert len(times) == 125
+    steps = np.diff(times)
+    assert steps.min() > 0.02 and times[-1] > 4.6, (steps.min(), times[-1])
+
+
 def test_a_camera_sending_only_garbage_is_a_clean_error(make_tcp_stream_server, tmp_path):
     noise = np.random.default_rng(1).integers(0, 256, 2_000_000, dtype=np.uint8).tobytes()
     server = make_tcp_stream_server(noise, seconds_per_payload=2)
