@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from streamderain.errors import InputError, reason
-from streamderain.frames import Frame
+from streamderain.frames import Frame, rgb_image
 from training.data import IMAGE_SUFFIXES, list_images
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ class Decoder:
                 return
             if keep:
                 tb = vf.time_base or stream.time_base
-                image = vf.to_ndarray(format="rgb24")
+                image = rgb_image(vf)
                 yield Frame(index, vf.pts, tb, image, rotation=round(vf.rotation or 0))
                 index += 1
 
@@ -350,7 +350,7 @@ class Decoder:
                     last_pts = pts
                     if self.end is not None and seconds >= self.end - self.start:
                         return
-                    image = vf.to_ndarray(format="rgb24")
+                    image = rgb_image(vf)
                     yield Frame(index, pts, LIVE_TIME_BASE, image)
                     index += 1
                 why = "the stream ended"

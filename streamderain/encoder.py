@@ -24,7 +24,7 @@ import numpy as np
 
 from streamderain.decoder import VideoInfo
 from streamderain.errors import OutputError, reason
-from streamderain.frames import Batch, Frame
+from streamderain.frames import Batch, Frame, video_frame
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,12 @@ class OutputSettings:
     info: VideoInfo
     keep_aspect: bool
 
+    def video_frame(self, image: np.ndarray) -> av.VideoFrame:
+        """The picture in the output's pixel format, colour matrix and range."""
+        h, w = image.shape[:2]
+        pix_fmt = pixel_format(self.codec, w, h)
+        return video_frame(image, pix_fmt, self.info.colorspace, self.info.color_range)
+
 
 class _PyAVWriter:
     """Encodes with PyAV's own FFmpeg, copying the source's audio and subtitles beside."""
@@ -252,7 +258,7 @@ class _PyAVWriter:
         start: float,
         end: float | None,
     ) -> None:
-        self.path = path
+        self.path, self.settings = path, settings
         options = {"rtsp_transport": "tcp"} if settings.fmt == "rtsp" else {}
         self.container = av.open(
             str(path), mode="w", format=settings.fmt, options=options, timeout=10.0
@@ -289,7 +295,7 @@ class _PyAVWriter:
         return stream
 
     def write(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
-        vf = av.VideoFrame.from_ndarray(image, format="rgb24")
+        vf = self.settings.video_frame(image)
         vf.pts, vf.time_base = pts, time_base
         self._mux(self.stream.encode(vf))
         if self.copier is not None:
@@ -316,7 +322,7 @@ class _FFmpegWriter:
     """Pipes frames, with their timestamps, to an ``ffmpeg`` binary that encodes them.
 
     For encoders PyAV's own FFmpeg lacks (NVENC, VAAPI, ...). Frames travel as raw video in
-    NUT, which keeps every timestamp; ffmpeg copies audio and subtitles from the source (audio
+    NUT (already in the output's pixel format and colour matrix), which keeps every timestamp; ffmpeg copies audio and subtitles from the source (audio
     the container cannot take is re-encoded, as with PyAV). NUT carries no display rotation and
     ffmpeg before 6.0 has no ``-display_rotation``, so a rotation is stamped on afterwards.
     """
@@ -369,18 +375,18 @@ class _FFmpegWriter:
         args = ffmpeg.compile(
             out.global_args("-nostdin", "-loglevel", "error"), cmd=binary, overwrite_output=True
         )
-        self.path, self.fmt, self.rotation = path, settings.fmt, first.rotation
+        self.path, self.settings, self.rotation = path, settings, first.rotation
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=self.log)
         self.container = av.open(self.proc.stdin, mode="w", format="nut")
         self.stream = self.container.add_stream("rawvideo", rate=info.rate or 25)
         self.stream.width, self.stream.height = w, h
-        self.stream.pix_fmt = "rgb24"
+        self.stream.pix_fmt = pixel_format(settings.codec, w, h)
         self.stream.time_base = first.time_base
         self.stream.codec_context.time_base = first.time_base
 
     def write(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
-        vf = av.VideoFrame.from_ndarray(image, format="rgb24")
+        vf = self.settings.video_frame(image)
         vf.pts, vf.time_base = pts, time_base
         try:
             self.container.mux(self.stream.encode(vf))
@@ -406,7 +412,7 @@ class _FFmpegWriter:
                 raise OutputError(f"ffmpeg failed: {self._error()}")
             self.log.close()
         if self.rotation:
-            _stamp_rotation(Path(self.path), self.fmt, self.rotation)
+            _stamp_rotation(Path(self.path), self.settings.fmt, self.rotation)
 
 
 def _audio_args(source: str, fmt: str) -> dict[str, str | int]:
