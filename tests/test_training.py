@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -130,10 +131,15 @@ def test_resume_continues_exactly(shared, tmp_path):
     straight.run(progress=False)
     first = Trainer(TINY, cfg, DATA, tmp_path / "b")
     first.run(until=6, progress=False)
+    at_six = first.checkpoint_path.read_bytes()
+    first.run(until=8, progress=False)
+    first.checkpoint_path.write_bytes(at_six)  # killed at step 8, last checkpoint at 6
     resumed = Trainer(TINY, cfg, DATA, tmp_path / "b")
     resumed.resume()
     assert resumed.step == 6
     resumed.run(progress=False)
+    logged = [json.loads(line)["step"] for line in resumed.log_path.read_text().splitlines()]
+    assert logged == [6, 10], "the steps after the checkpoint are logged once, as redone"
     for (name, a), (_, b) in zip(
         straight.net.state_dict().items(), resumed.net.state_dict().items(), strict=True
     ):

@@ -187,6 +187,10 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / "last.pt"
 
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / "log.jsonl"
+
     def state(self) -> dict[str, Any]:
         return {
             "step": self.step,
@@ -216,6 +220,18 @@ class Trainer:
         self.rng.bit_generator.state = json.loads(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.wall = state["step"], state["wall"]
+        self._forget_log_after(self.step)
+
+    def _forget_log_after(self, step: int) -> None:
+        """Drop log records a killed run wrote after its last checkpoint: they are redone."""
+        if not self.log_path.exists():
+            return
+        lines = self.log_path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        if len(kept) < len(lines):
+            tmp = self.log_path.with_suffix(".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.log_path)
 
     def snapshot(self, val_psnr_y: float | None) -> Path:
         """The weights now, in the shipping format, with how they were made."""
@@ -265,7 +281,6 @@ class Trainer:
         sampler = PatchSampler(self.cfg, self.data_root)
         val = validation_set(self.cfg, self.data_root)
         self.net.train()
-        log_path = self.out_dir / "log.jsonl"
         self.out_dir.mkdir(parents=True, exist_ok=True)
         last_ckpt = time.monotonic()
         window: list[float] = []
@@ -273,7 +288,7 @@ class Trainer:
         bar = tqdm(
             total=until, initial=self.step, disable=not progress, unit="step", smoothing=0.05
         )
-        with open(log_path, "a") as log_file:
+        with open(self.log_path, "a") as log_file:
             while self.step < until:
                 t0 = time.monotonic()
                 loss = self.train_step(*sampler.batch(self.rng))
