@@ -88,6 +88,20 @@ PRESETS["light-long"] = RainStyle(
 # Heavy streaks without the veil, for training: a network taught to lift haze learns to darken
 # every bright picture (measured: up to -38 grey levels on Rain100L, PSNR-Y below the input's).
 PRESETS["heavy-streaks"] = replace(PRESETS["heavy"], haze=(0.0, 0.0))
+# Everything from sparse drizzle to dense heavy streaks, no veil: for training a network that
+# meets no look of rain it has not seen (a rain set's recipe or a camera's), rather than one.
+PRESETS["varied"] = RainStyle(
+    density=(0.0003, 0.003),
+    length=(6.0, 80.0),
+    angle=(-30.0, 30.0),
+    angle_spread=5.0,
+    width=(0.25, 1.2),
+    brightness=(0.08, 0.7),
+    layers=(1, 3),
+    haze=(0.0, 0.0),
+    speed=(0.6, 1.2),
+    screen_blend=0.4,
+)
 
 
 def _uniform(rng: np.random.Generator, r: Range) -> float:
