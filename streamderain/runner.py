@@ -169,15 +169,15 @@ class ModelRunner:
     def _process_cuda(self, batch: Batch) -> list[Batch]:
         """Upload batch n+1 on one stream while batch n computes on another; copy back async.
 
-        Returns the previous batch's result (one batch of latency), so the host never waits
-        on the GPU except for a result that is already due.
+        Returns the previous batch's result (one batch of latency): this batch is queued on
+        the GPU before the host waits for that one, so the GPU never idles on the host.
         """
         host = torch.from_numpy(batch.images).pin_memory()
         with torch.cuda.stream(self._upload):
             dev = host.to(self.device, non_blocking=True)
             uploaded = torch.cuda.Event()
             uploaded.record(self._upload)
-        done = self._take_pending()
+        previous, self._pending = self._pending, None
         with torch.cuda.stream(self._compute):
             self._compute.wait_event(uploaded)
             dev.record_stream(self._compute)
@@ -187,15 +187,17 @@ class ModelRunner:
             ready = torch.cuda.Event()
             ready.record(self._compute)
         self._pending = (batch, out, ready)
-        return done
+        return self._collect(previous)
 
-    def _take_pending(self) -> list[Batch]:
-        if self._pending is None:
+    def _collect(self, pending: tuple[Batch, torch.Tensor, torch.cuda.Event] | None) -> list[Batch]:
+        if pending is None:
             return []
-        batch, out, ready = self._pending
-        self._pending = None
+        batch, out, ready = pending
         ready.synchronize()
         return [batch.with_images(out.numpy(), self.keep_original)]
 
     def finish(self) -> Iterable[Batch]:
-        return self._take_pending() if self._cuda else []
+        if not self._cuda:
+            return []
+        pending, self._pending = self._pending, None
+        return self._collect(pending)
