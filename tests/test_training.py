@@ -157,7 +157,9 @@ def test_a_second_stage_starts_from_the_first_stages_weights(shared, tmp_path):
         first.net.state_dict().items(), second.net.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
-    assert second.metadata(None)["training_data"]["started_from"] == str(weights)
+    meta = second.metadata(None)
+    assert meta["training_data"]["started_from"] == str(weights)
+    assert meta["earlier_stage"]["steps"] == 3, "the first stage's own record travels along"
     other = replace(TINY, channels=8)
     with pytest.raises(ValueError, match="another model config"):
         Trainer(other, _tiny_train(init_from=str(weights)), DATA, tmp_path / "c")

@@ -170,11 +170,13 @@ class Trainer:
         self.data_root, self.out_dir = data_root, out_dir
         torch.manual_seed(cfg.seed)
         self.net = build_network(model_cfg)
+        self.earlier_stage: dict[str, Any] | None = None  # how the starting weights were made
         if cfg.init_from:
             start = load_model(cfg.init_from)
             if start.config != model_cfg:
                 raise ValueError(f"{cfg.init_from}: another model config than this run's")
             self.net.load_state_dict(start.net.state_dict())
+            self.earlier_stage = start.info.metadata
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(
             self.opt, [int(m * cfg.steps) for m in cfg.milestones], gamma=0.1
@@ -264,6 +266,7 @@ class Trainer:
             "steps": self.step,
             "train_hours": round(self.wall / 3600, 2),
             "metrics": {f"val_synthetic_{cfg.val_preset}_psnr_y": val_psnr_y},
+            "earlier_stage": self.earlier_stage,
         }
 
     def train_step(self, rainy: torch.Tensor, clean: torch.Tensor) -> float:
