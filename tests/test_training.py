@@ -124,6 +124,18 @@ def test_short_training_lowers_the_loss(shared, tmp_path):
     assert (tmp_path / "run" / "log.jsonl").read_text().strip()
 
 
+def test_an_l1_term_joins_the_loss_when_asked(shared, tmp_path):
+    torch.set_num_threads(2)
+    cfg = _tiny_train(l1_weight=0.5)
+    rainy, clean = PatchSampler(cfg, DATA).batch(np.random.default_rng(5))
+    trainer = Trainer(TINY, cfg, DATA, tmp_path / "run")
+    with torch.no_grad():
+        out = trainer.net(rainy)
+        expected = float(-ssim(out, clean) + 0.5 * (out - clean).abs().mean())
+    assert trainer.train_step(rainy, clean) == pytest.approx(expected, abs=1e-6)
+    assert trainer.metadata(None)["recipe"]["loss"] == "-SSIM + 0.5 L1"
+
+
 def test_resume_continues_exactly(shared, tmp_path):
     torch.set_num_threads(2)
     cfg = _tiny_train(steps=10)

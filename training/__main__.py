@@ -110,25 +110,37 @@ def evaluate_cmd(
     type=click.Path(exists=True, file_okay=False),
     help="Pairs to score the weights on; the scores go into the metadata.",
 )
-def export(config_path: str, run_dir: Path, out_path: Path, eval_data: str | None) -> None:
-    """Write a run's latest weights in the shipping format, with their metadata."""
+@click.option(
+    "--step",
+    type=click.IntRange(min=1),
+    help="Export the snapshot of this step (the best on validation) instead of the latest.",
+)
+def export(
+    config_path: str, run_dir: Path, out_path: Path, eval_data: str | None, step: int | None
+) -> None:
+    """Write a run's weights in the shipping format, with their metadata."""
     from training.data import find_pairs
     from training.evaluate import evaluate
     from training.train import Trainer, load_train_config
-    from training.weights import save_model
+    from training.weights import load_model, save_model
 
     model_cfg, train_cfg = load_train_config(config_path)
     trainer = Trainer(model_cfg, train_cfg, DEFAULT_DATA_ROOT, run_dir)
     trainer.resume()
     meta = trainer.metadata(None)
+    if step:
+        snapshot = load_model(trainer.snapshot_path(step))
+        trainer.net.load_state_dict(snapshot.net.state_dict())
+        meta.update({k: snapshot.info.metadata[k] for k in ("steps", "train_hours", "metrics")})
     if eval_data:
         result = evaluate(trainer.net.eval(), find_pairs(eval_data))
         meta["metrics"] = {
-            Path(eval_data).name: {"derained": result.derained, "rainy": result.rainy}
+            **meta["metrics"],
+            Path(eval_data).name: {"derained": result.derained, "rainy": result.rainy},
         }
         click.echo(result.table())
     save_model(out_path, trainer.net, model_cfg, "RGB", meta)
-    click.echo(f"wrote {out_path} (step {trainer.step})")
+    click.echo(f"wrote {out_path} (step {meta['steps']})")
 
 
 @main.command("rain-samples")

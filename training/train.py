@@ -47,6 +47,8 @@ class TrainConfig:
         batch: patches per step.
         patch: patch side; crops are ``patch`` +- patch/4 resized to it.
         lr: Adam learning rate; x0.1 at each fraction of ``steps`` in ``milestones``.
+        l1_weight: weight of a mean absolute error term added to the paper's -SSIM (0: the
+            paper's loss). SSIM barely sees a shift of overall brightness, and PSNR does.
         real_fraction: share of patches cut from real pairs (the rest: synthetic rain).
         rain_presets: synthetic rain presets and their weights.
         real_dirs: folders of real rainy/clean pairs.
@@ -66,6 +68,7 @@ class TrainConfig:
     patch: int = 64
     lr: float = 5e-4
     milestones: tuple[float, ...] = (0.6, 0.8)
+    l1_weight: float = 0.0
     real_fraction: float = 0.3
     rain_presets: dict[str, float] = field(
         default_factory=lambda: {"light": 0.7, "heavy-streaks": 0.3}
@@ -235,9 +238,12 @@ class Trainer:
             tmp.write_text("".join(kept))
             os.replace(tmp, self.log_path)
 
+    def snapshot_path(self, step: int) -> Path:
+        return self.out_dir / "snapshots" / f"step-{step:06d}.pt"
+
     def snapshot(self, val_psnr_y: float | None) -> Path:
         """The weights now, in the shipping format, with how they were made."""
-        path = self.out_dir / "snapshots" / f"step-{self.step:06d}.pt"
+        path = self.snapshot_path(self.step)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_model(path, self.net, self.model_cfg, "RGB", self.metadata(val_psnr_y))
         return path
@@ -255,7 +261,7 @@ class Trainer:
                 "started_from": cfg.init_from or None,
             },
             "recipe": {
-                "loss": "-SSIM",
+                "loss": f"-SSIM + {cfg.l1_weight:g} L1" if cfg.l1_weight else "-SSIM",
                 "optimizer": "Adam",
                 "lr": cfg.lr,
                 "milestones": list(cfg.milestones),
@@ -270,7 +276,10 @@ class Trainer:
         }
 
     def train_step(self, rainy: torch.Tensor, clean: torch.Tensor) -> float:
-        loss = -ssim(self.net(rainy), clean)
+        out = self.net(rainy)
+        loss = -ssim(out, clean)
+        if self.cfg.l1_weight:
+            loss = loss + self.cfg.l1_weight * (out - clean).abs().mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
