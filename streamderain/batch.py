@@ -30,10 +30,12 @@ from streamderain.errors import StreamDerainError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
-# On a CPU, one worker per core with one thread each: on our 2-core machine (README, "Many
-# files") two 1-thread workers never lost much to one 2-thread worker and were up to 10x faster
-# when other processes were busy (torch's threads then wait on each other).
-CPU_THREADS = 1
+# On a CPU, one worker per CPU_THREADS cores, each with that many threads. On our 2-core machine
+# (`python -m benchmarks.batch`, nothing else running) one 2-thread worker did 0.262 files/s and
+# two 1-thread workers 0.178: every worker loads and converts its own model and they share the
+# memory bandwidth. Beyond a few threads a video-sized frame gains little from more, so bigger
+# CPUs are split into workers of CPU_THREADS cores (not measured: this machine has 2).
+CPU_THREADS = 4
 RUNNER_OPTIONS = ("model", "device", "precision", "tile", "backend")
 PIPELINE_OPTIONS = (
     *("batch", "codec", "crf", "preset", "encoder", "compare"),
@@ -268,7 +270,8 @@ def run_local(
 ) -> bool:
     """Derain ``jobs`` in local worker processes; ``report`` gets each result as it comes.
 
-    A worker per GPU, or one per core on a CPU, each with ``cores / workers`` threads. A
+    A worker per GPU, or one per ``CPU_THREADS`` cores on a CPU, each with ``cores / workers``
+    threads. A
     worker process that dies takes its pool down: the inputs in flight get one more try in a
     fresh pool, and fail if they take it down again. Returns whether Ctrl-C stopped the run.
     """
@@ -335,7 +338,8 @@ def run_ray(
 
     ``address``: ``local`` (or ``""``) starts Ray on this machine, bound to 127.0.0.1; ``auto``
     joins the cluster this machine belongs to; ``ray://host:10001`` connects a Ray client. One
-    actor per GPU (``num_gpus=1``), or on CPUs one per ``threads`` cores (default 1). Inputs and
+    actor per GPU (``num_gpus=1``), or on CPUs one per ``threads`` cores (default up to
+    ``CPU_THREADS``). Inputs and
     outputs are paths that every node must see (shared storage). Returns whether Ctrl-C stopped
     the run (at once: the files in flight are redone by the next run).
     """
@@ -353,7 +357,7 @@ def run_ray(
         gpu = device != "cpu" and resources.get("GPU", 0) >= 1
         if device.startswith("cuda") and not gpu:
             raise StreamDerainError(f"--device {device}: the Ray cluster has no GPU")
-        threads = None if gpu else threads or CPU_THREADS
+        threads = None if gpu else threads or min(CPU_THREADS, int(resources.get("CPU", 1)))
         per_actor = {"num_cpus": 1, "num_gpus": 1} if gpu else {"num_cpus": threads}
         n = workers or int(resources["GPU"] if gpu else resources.get("CPU", 1) // threads)
         log.info("%d Ray actor(s), each with %s", max(n, 1), per_actor)
@@ -466,14 +470,14 @@ class RunOptionsCommand(click.Command):
     "--workers",
     type=click.IntRange(min=1),
     default=None,
-    help="Parallel workers, each holding the model [default: one per GPU, or one per CPU core; "
-    "on Ray one actor per GPU, or per --threads CPUs].",
+    help="Parallel workers, each holding the model [default: one per GPU, or one per 4 CPU "
+    "cores; on Ray one actor per GPU, or per --threads CPUs].",
 )
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="CPU threads per worker [default: cores / workers; 1 per Ray actor].",
+    help="CPU threads per worker [default: cores / workers; up to 4 per Ray actor].",
 )
 @click.option(
     "--ray",

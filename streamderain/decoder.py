@@ -141,6 +141,7 @@ class Decoder:
         self.source = str(source)
         self.name = mask_url(self.source)
         self.live = is_live(self.source)
+        self.yields_cpu = not self.live  # a file waits; a camera's packets must be read in time
         self.start = start or 0.0
         self.end = None if duration is None else self.start + duration
         self.max_frames = max_frames

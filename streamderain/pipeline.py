@@ -7,9 +7,12 @@ every stage, keeps what was written, and re-raises the first failure.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _END = object()
 POLL = 0.05
+YIELDING_NICE = 10
 
 
 class Stage(Protocol):
@@ -61,6 +65,14 @@ class Stats:
         if self.reconnects:
             text += f"; {self.reconnects} reconnects"
         return text
+
+
+def _yield_cpu() -> None:
+    """Run this thread at a lower priority, so the model's threads get the cores first and a
+    stage that only has to keep up fills the gaps. Linux keeps a nice value per thread."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), YIELDING_NICE)
 
 
 class Pipeline:
@@ -134,6 +146,8 @@ class Pipeline:
         self.stop_event.set()
 
     def _read(self, out: queue.Queue) -> None:
+        if getattr(self.source, "yields_cpu", False):
+            _yield_cpu()
         try:
             it: Iterator[Any] = iter(self.source)
             while not self.stop_event.is_set():
@@ -154,6 +168,8 @@ class Pipeline:
         """One stage's loop. The last stage (``out`` is None) reports each item it took."""
         busy = self.stats.busy
         poll = getattr(stage, "poll", None)
+        if getattr(stage, "yields_cpu", False):
+            _yield_cpu()
 
         def timed(call: Callable[[], Iterable[Any]]) -> list[Any]:
             t0 = time.perf_counter()

@@ -164,6 +164,43 @@ def test_sigint_leaves_a_playable_partial_file(tmp_path, shared):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "temporary file left behind"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_stages_that_only_keep_up_yield_the_cpu_to_the_model():
+    """The file decoder and encoder run at a lower priority than the model's stage."""
+    import os
+    import threading
+
+    from streamderain.pipeline import YIELDING_NICE, Pipeline
+
+    seen: dict[str, int] = {}
+
+    class Source(list):
+        yields_cpu = True
+
+        def __iter__(self):
+            seen["decode"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            return super().__iter__()
+
+        def stop(self) -> None:
+            pass
+
+    class Probe:
+        def __init__(self, name: str, yields_cpu: bool) -> None:
+            self.name, self.yields_cpu = name, yields_cpu
+
+        def process(self, item):
+            seen[self.name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            return [item]
+
+        def finish(self):
+            return []
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    stages = [("model", Probe("model", False)), ("encode", Probe("encode", True))]
+    Pipeline(Source([[1], [2]]), stages).run()
+    assert seen == {"decode": YIELDING_NICE, "model": base, "encode": YIELDING_NICE}
+
+
 def test_batcher_groups_by_size_and_flushes_on_timeout():
     tb = Fraction(1, 25)
 
