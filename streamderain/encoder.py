@@ -509,8 +509,8 @@ class Encoder:
         self.options = dict(options or {})
         self.frames_written = 0
         self.folder = not self.live_format and is_folder_target(self.target)
-        # A file can wait for the model's spare CPU; a live publish must keep its pace.
-        self.yields_cpu = not self.live_format
+        # A file from a file can wait for the model's spare CPU; anything live keeps its pace.
+        self.yields_cpu = not (self.live_format or info.live)
         self._pace: tuple[float, float] | None = None  # (wall clock, source seconds) at start
         self._size: tuple[int, int] | None = None
         self._writer: _PyAVWriter | _FFmpegWriter | _FolderWriter | None = None
