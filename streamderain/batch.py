@@ -271,9 +271,9 @@ def run_local(
     """Derain ``jobs`` in local worker processes; ``report`` gets each result as it comes.
 
     A worker per GPU, or one per ``CPU_THREADS`` cores on a CPU, each with ``cores / workers``
-    threads. A
-    worker process that dies takes its pool down: the inputs in flight get one more try in a
-    fresh pool, and fail if they take it down again. Returns whether Ctrl-C stopped the run.
+    threads. A worker process that dies takes its pool down: the inputs in flight get one more
+    try in a fresh pool, and fail if they take it down again. Returns whether Ctrl-C stopped
+    the run.
     """
     devices = worker_devices(options["device"], workers)
     if devices[0] == "cpu":
@@ -339,9 +339,9 @@ def run_ray(
     ``address``: ``local`` (or ``""``) starts Ray on this machine, bound to 127.0.0.1; ``auto``
     joins the cluster this machine belongs to; ``ray://host:10001`` connects a Ray client. One
     actor per GPU (``num_gpus=1``), or on CPUs one per ``threads`` cores (default up to
-    ``CPU_THREADS``). Inputs and
-    outputs are paths that every node must see (shared storage). Returns whether Ctrl-C stopped
-    the run (at once: the files in flight are redone by the next run).
+    ``CPU_THREADS``). Inputs and outputs are paths that every node must see (shared storage).
+    Returns whether Ctrl-C stopped the run (at once: the files in flight are redone by the next
+    run).
     """
     try:
         import ray

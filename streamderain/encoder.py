@@ -322,9 +322,10 @@ class _FFmpegWriter:
     """Pipes frames, with their timestamps, to an ``ffmpeg`` binary that encodes them.
 
     For encoders PyAV's own FFmpeg lacks (NVENC, VAAPI, ...). Frames travel as raw video in
-    NUT (already in the output's pixel format and colour matrix), which keeps every timestamp; ffmpeg copies audio and subtitles from the source (audio
-    the container cannot take is re-encoded, as with PyAV). NUT carries no display rotation and
-    ffmpeg before 6.0 has no ``-display_rotation``, so a rotation is stamped on afterwards.
+    NUT, which keeps every timestamp, already in the output's pixel format and colour matrix;
+    ffmpeg copies audio and subtitles from the source (audio the container cannot take is
+    re-encoded, as with PyAV). NUT carries no display rotation and ffmpeg before 6.0 has no
+    ``-display_rotation``, so a rotation is stamped on afterwards.
     """
 
     def __init__(

@@ -9,8 +9,9 @@ import av
 import numpy as np
 from av.video.reformatter import Interpolation
 
-# swscale's defaults bias RGB -> YUV rounding (about -1 grey level) and treat chroma coarsely: a
-# decode -> encode round trip (CRF 0) came back at 45.0 dB PSNR with them, 51.5 dB with these.
+# A decode -> encode round trip of the test clip (BT.709) came back at 45.0 dB PSNR and 0.9 grey
+# levels darker with FFmpeg's defaults (BT.601 matrix, fast rounding), and at 51.5 dB with no
+# shift with the source's matrix and these flags.
 _TO_RGB = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 _TO_YUV = Interpolation.AREA | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INP
 # swscale's conversion matrix for each AVColorSpace tag; untagged video converts as BT.601.
