@@ -41,7 +41,9 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-TILE_CONTEXT = 128
+# Context each tile keeps around its core. With the stage-3 default model 128 pixels left tiles
+# 1.3e-3 from the whole frame; 160 gives 8.8e-5 (test frame of tests/test_pipeline.py).
+TILE_CONTEXT = 160
 
 
 def min_tile(stride: int) -> int:

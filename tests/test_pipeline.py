@@ -264,7 +264,7 @@ def test_tiles_match_the_whole_frame(shared):
     with torch.inference_mode():
         whole = model(x)
         stride = model.net.min_size
-        pieces = tiled(model, x, 384, stride)
+        pieces = tiled(model, x, min_tile(stride), stride)
         odd = tiled(model, x[..., :345, :601], min_tile(stride), stride)
     assert (pieces - whole).abs().max().item() <= 1e-3
     assert odd.shape[-2:] == (345, 601)

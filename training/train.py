@@ -225,10 +225,12 @@ class Trainer:
         self.rng.bit_generator.state = json.loads(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.wall = state["step"], state["wall"]
-        self._forget_log_after(self.step)
 
     def _forget_log_after(self, step: int) -> None:
-        """Drop log records a killed run wrote after its last checkpoint: they are redone."""
+        """Drop log records a killed run wrote after its last checkpoint: they are redone.
+
+        Done when training goes on, not on resume, so that exporting from a run in progress
+        leaves its log alone."""
         if not self.log_path.exists():
             return
         lines = self.log_path.read_text().splitlines(keepends=True)
@@ -294,6 +296,7 @@ class Trainer:
         val = validation_set(self.cfg, self.data_root)
         self.net.train()
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._forget_log_after(self.step)
         last_ckpt = time.monotonic()
         window: list[float] = []
         window_start = time.monotonic()
