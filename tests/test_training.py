@@ -12,11 +12,19 @@ import torch
 
 from tests.conftest import DATA
 from training import DCSFNConfig, load_model
-from training.data import DatasetError, find_clean_images, find_pairs, find_video_folders
+from training.data import DatasetError, find_clean_images, find_pairs, pixel_digest, read_pair
 from training.evaluate import evaluate
 from training.metrics import ssim
-from training.rain import PRESETS, RainField, add_rain, rain_video
-from training.train import PatchSampler, TrainConfig, Trainer
+from training.rain import (
+    PRESETS,
+    RainField,
+    RainLayers,
+    add_rain,
+    rain_layer,
+    rain_video,
+    transplant,
+)
+from training.train import PatchSampler, TrainConfig, Trainer, validation_sets
 
 
 @pytest.mark.parametrize(
@@ -39,7 +47,7 @@ def test_every_shared_pair_layout_reads(shared, folder, count):
 
 def test_clean_images_and_video_folders_read(shared):
     assert len(find_clean_images(DATA / "clean" / "images" / "kodak24")) == 24
-    assert len(find_video_folders(DATA / "clean" / "video")) == 6
+    assert len({p.parent for p in find_clean_images(DATA / "clean" / "video")}) == 6
 
 
 def test_a_pair_without_its_twin_is_an_error(tmp_path):
@@ -64,6 +72,39 @@ def test_synthetic_rain_is_seeded_and_brightens_like_rain():
     assert heavy.mean() > a.mean()
     long = add_rain(clean, "light-long", np.random.default_rng(3))
     assert (long.astype(int) >= clean).all() and long.mean() > clean.mean()
+
+
+def test_a_real_rain_layer_transplants_exactly(shared):
+    """rainy = clean + layer, clipped: the aligned pair gives back its own rainy picture."""
+    rainy, clean = read_pair(find_pairs(DATA / "train-pairs" / "jorder-small")[0])
+    layer = rain_layer(rainy, clean)
+    assert np.array_equal(transplant(clean, layer), rainy)
+    other = np.full_like(clean, 200)
+    expected = np.minimum(other.astype(int) + layer, 255)
+    assert np.array_equal(transplant(other, layer), expected)
+    assert transplant(other, layer).max() == 255, "the clip is exercised"
+    light_rainy, light_clean = read_pair(find_pairs(DATA / "train-pairs" / "RainTrainL")[0])
+    with pytest.raises(ValueError, match="not an aligned pair"):
+        rain_layer(light_rainy, light_clean)
+
+
+def test_rain_layer_patches_are_seeded_and_keep_rain_additive(shared):
+    pairs = find_pairs(DATA / "train-pairs" / "jorder-small")[:3]
+    bank = RainLayers([rain_layer(*read_pair(p)) for p in pairs], strength=(0.5, 1.0))
+    a = bank.sample(np.random.default_rng(1), 70, 90)
+    assert a.shape == (70, 90, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, bank.sample(np.random.default_rng(1), 70, 90))
+    assert not np.array_equal(a, bank.sample(np.random.default_rng(2), 70, 90))
+    assert a.mean() > 1, "a heavy layer is not empty"
+
+
+def test_heavy_preset_adds_a_veil_and_streaks():
+    clean = np.full((160, 240, 3), 40, np.uint8)
+    rainy = add_rain(clean, "jorder-heavy", np.random.default_rng(0))
+    layer = rainy.astype(int) - clean
+    assert layer.min() >= 0
+    assert np.percentile(layer, 5) > 5, "a veil lifts even the pixels between streaks"
+    assert np.percentile(layer, 99) > np.percentile(layer, 50) + 20, "streaks stand out"
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -94,8 +135,8 @@ TINY = DCSFNConfig(channels=4, num_blocks=1, scale_num=2, conv_num=1)
 
 
 def _tiny_train(**kw) -> TrainConfig:
-    return TrainConfig(
-        steps=kw.pop("steps", 10),
+    base = TrainConfig(
+        steps=10,
         batch=4,
         patch=32,
         lr=2e-3,
@@ -103,8 +144,8 @@ def _tiny_train(**kw) -> TrainConfig:
         clean_dirs=("clean/images/kodak24",),
         val_dir="",
         checkpoint_minutes=60,
-        **kw,
     )
+    return replace(base, **kw)
 
 
 def test_short_training_lowers_the_loss(shared, tmp_path):
@@ -133,7 +174,7 @@ def test_an_l1_term_joins_the_loss_when_asked(shared, tmp_path):
         out = trainer.net(rainy)
         expected = float(-ssim(out, clean) + 0.5 * (out - clean).abs().mean())
     assert trainer.train_step(rainy, clean) == pytest.approx(expected, abs=1e-6)
-    assert trainer.metadata(None)["recipe"]["loss"] == "-SSIM + 0.5 L1"
+    assert trainer.metadata({})["recipe"]["loss"] == "-SSIM + 0.5 L1"
 
 
 def test_resume_continues_exactly(shared, tmp_path):
@@ -163,18 +204,65 @@ def test_a_second_stage_starts_from_the_first_stages_weights(shared, tmp_path):
     torch.set_num_threads(2)
     first = Trainer(TINY, _tiny_train(steps=3), DATA, tmp_path / "a")
     first.run(progress=False)
-    weights = first.snapshot(None)
+    weights = first.snapshot({})
     second = Trainer(TINY, _tiny_train(steps=3, init_from=str(weights)), DATA, tmp_path / "b")
     for (name, a), (_, b) in zip(
         first.net.state_dict().items(), second.net.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
-    meta = second.metadata(None)
+    meta = second.metadata({})
     assert meta["training_data"]["started_from"] == str(weights)
     assert meta["earlier_stage"]["steps"] == 3, "the first stage's own record travels along"
     other = replace(TINY, channels=8)
     with pytest.raises(ValueError, match="another model config"):
         Trainer(other, _tiny_train(init_from=str(weights)), DATA, tmp_path / "c")
+
+
+def test_no_held_out_pair_or_its_rain_reaches_training(shared):
+    """Held-out pairs are removed by their pixels, also where another set holds a copy."""
+    cfg = _tiny_train(
+        real_fraction=0.2,
+        real_dirs=("train-pairs/RainTrainH_min", "train-pairs/jorder-small"),
+        layer_dirs=("train-pairs/jorder-small", "train-pairs/RainTrainH_min"),
+        rain_presets={"real-layers": 1.0},
+        heavy_val_dir="train-pairs/jorder-small",
+        heavy_val_names=(
+            "norain-2.png",
+            "norain-3.png",
+            "norain-15.png",
+            "norain-16.png",
+            "norain-17.png",
+        ),
+    )
+    sampler = PatchSampler(cfg, DATA)
+    held = [
+        p
+        for p in find_pairs(DATA / "train-pairs" / "jorder-small")
+        if p.rainy.name in cfg.heavy_val_names
+    ]
+    banned = {pixel_digest(p.clean) for p in held} | {pixel_digest(p.rainy) for p in held}
+    for pair in sampler.real_pairs + sampler.layer_pairs:
+        assert pixel_digest(pair.clean) not in banned and pixel_digest(pair.rainy) not in banned
+    # 12 + 18 pairs, less 5 held out and the 2 copies of them in RainTrainH_min
+    assert len(sampler.real_pairs) == len(sampler.layer_pairs) == 30 - 5 - 2
+    held_layers = [rain_layer(*read_pair(p)) for p in held]
+    for layer in sampler.layers.layers:
+        assert not any(np.array_equal(layer, h) for h in held_layers)
+    rainy, clean = sampler.batch(np.random.default_rng(0))
+    assert (rainy >= clean - 1e-6).all(), "transplanted rain only adds light"
+    sets = validation_sets(cfg, DATA)
+    assert len(sets["val_heavy"]) == 5
+
+
+def test_a_mean_colour_term_joins_the_loss_when_asked(shared, tmp_path):
+    cfg = _tiny_train(mean_weight=2.0)
+    rainy, clean = PatchSampler(cfg, DATA).batch(np.random.default_rng(5))
+    trainer = Trainer(TINY, cfg, DATA, tmp_path / "run")
+    with torch.no_grad():
+        out = trainer.net(rainy)
+        expected = float(-ssim(out, clean) + 2.0 * (out - clean).mean(dim=(2, 3)).abs().mean())
+    assert trainer.train_step(rainy, clean) == pytest.approx(expected, abs=1e-6)
+    assert trainer.metadata({})["recipe"]["loss"] == "-SSIM + 2 |mean colour error|"
 
 
 def test_eval_scores_a_handful_of_pairs_and_writes_csv_and_sheet(shared, tmp_path):

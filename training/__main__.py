@@ -127,7 +127,7 @@ def export(
     model_cfg, train_cfg = load_train_config(config_path)
     trainer = Trainer(model_cfg, train_cfg, DEFAULT_DATA_ROOT, run_dir)
     trainer.resume()
-    meta = trainer.metadata(None)
+    meta = trainer.metadata({})
     if step:
         snapshot = load_model(trainer.snapshot_path(step))
         trainer.net.load_state_dict(snapshot.net.state_dict())

@@ -6,6 +6,7 @@ image without its clean twin (or the reverse) is an error, never a silent skip.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,13 +122,27 @@ def find_clean_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def find_video_folders(folder: str | Path) -> list[Path]:
-    """Folders of consecutive frames (one clip each) under ``folder``."""
-    folder = Path(folder)
-    clips = sorted(p for p in folder.iterdir() if p.is_dir() and list_images(p))
-    if not clips:
-        raise DatasetError(f"{folder}: no frame folders")
-    return clips
+def pixel_digest(path: str | Path) -> str:
+    """A digest of an image's pixels: the same picture in two files (or formats) gives one digest."""
+    return hashlib.sha1(read_rgb(path).tobytes()).hexdigest()
+
+
+def hold_out(pairs: Sequence[Pair], names: Sequence[str]) -> tuple[list[Pair], list[Pair]]:
+    """(kept, held out): the pairs whose rainy file is named in ``names`` are held out."""
+    missing = sorted(set(names) - {p.rainy.name for p in pairs})
+    if missing:
+        raise DatasetError(f"no pair named {', '.join(missing)} to hold out")
+    held = [p for p in pairs if p.rainy.name in names]
+    return [p for p in pairs if p.rainy.name not in names], held
+
+
+def without_pictures_of(pairs: Sequence[Pair], held_out: Sequence[Pair]) -> list[Pair]:
+    """``pairs`` less any whose clean picture is one of ``held_out``'s, under any file name.
+
+    The shared sets overlap (RainTrainH_min's pairs are also in jorder-small), so a held-out
+    pair is recognised by its pixels, not its path."""
+    banned = {pixel_digest(p.clean) for p in held_out}
+    return [p for p in pairs if pixel_digest(p.clean) not in banned]
 
 
 def augment(

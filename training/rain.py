@@ -2,8 +2,12 @@
 
 Rain is built the way published rain sets are: sparse drops, blurred for width, smeared by a
 line kernel into streaks of a given length and angle, then blended onto the picture (screen or
-additive), with a veil of haze for heavy rain. Drops are particles: in video they fall along
-their streak direction from frame to frame instead of being redrawn.
+additive), seen through a veil of atmospheric light for heavy rain (JORDER's model,
+O = a (B + S) + (1 - a) A). Drops are particles: in video they fall along their streak direction
+from frame to frame instead of being redrawn.
+
+Real rain layers come from aligned published pairs, where ``rainy - clean`` is exactly the
+rain: :class:`RainLayers` cuts them up and :func:`transplant` adds them onto other pictures.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ class RainStyle:
         width: Gaussian sigma of a drop, pixels (streak thickness).
         brightness: peak streak brightness, 0 to 1.
         layers: how many layers (depths) of rain, inclusive range.
-        haze: veiling amount for heavy rain, 0 to 1.
+        haze: veiling amount for heavy rain, 0 to 1 (1 - a in JORDER's model).
         speed: fall per video frame, in streak lengths.
         screen_blend: probability of a screen blend (else additive).
+        atmosphere: brightness of the veil's atmospheric light A, 0 to 1.
     """
 
     density: Range
@@ -44,6 +49,7 @@ class RainStyle:
     haze: Range
     speed: Range
     screen_blend: float = 0.5
+    atmosphere: Range = (0.9, 0.9)
 
 
 PRESETS: dict[str, RainStyle] = {
@@ -88,6 +94,22 @@ PRESETS["light-long"] = RainStyle(
 # Heavy streaks without the veil, for training: a network taught to lift haze learns to darken
 # every bright picture (measured: up to -38 grey levels on Rain100L, PSNR-Y below the input's).
 PRESETS["heavy-streaks"] = replace(PRESETS["heavy"], haze=(0.0, 0.0))
+# The published heavy sets (JORDER's Rain100H / RainTrainH): several dense layers of wide, bright
+# streaks at different angles, added on, under a veil of accumulated rain. Fitted to the 13
+# training layers of ../shared/data/train-pairs/jorder-small (see ``python -m training rain-stats``).
+PRESETS["jorder-heavy"] = RainStyle(
+    density=(0.0005, 0.002),
+    length=(15.0, 70.0),
+    angle=(-20.0, 20.0),
+    angle_spread=5.0,
+    width=(0.5, 1.2),
+    brightness=(0.12, 0.45),
+    layers=(2, 4),
+    haze=(0.1, 0.4),
+    speed=(0.6, 1.2),
+    screen_blend=0.0,
+    atmosphere=(0.7, 1.0),
+)
 # Everything from sparse drizzle to dense heavy streaks, no veil: for training a network that
 # meets no look of rain it has not seen (a rain set's recipe or a camera's), rather than one.
 PRESETS["varied"] = RainStyle(
@@ -147,6 +169,7 @@ class RainField:
         self.style = style
         main_angle = _uniform(rng, style.angle)
         self.haze = _uniform(rng, style.haze)
+        self.atmosphere = np.float32(_uniform(rng, style.atmosphere))
         self.screen = bool(rng.random() < style.screen_blend)
         self.tint = np.float32(1.0) - rng.uniform(0.0, 0.08, 3).astype(np.float32)
         n_layers = int(rng.integers(style.layers[0], style.layers[1] + 1))
@@ -203,9 +226,9 @@ class RainField:
             raise ValueError(f"picture is {clean.shape[:2]}, rain is {(self.height, self.width)}")
         img = clean.astype(np.float32) / 255.0
         rain = self.streaks()[..., None] * self.tint
-        if self.haze > 0:
-            img = img * (1 - self.haze) + self.haze * 0.9
         out = 1 - (1 - img) * (1 - rain) if self.screen else img + rain
+        if self.haze > 0:
+            out = np.minimum(out, 1.0) * (1 - self.haze) + self.haze * self.atmosphere
         return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -226,3 +249,66 @@ def rain_video(
         out.append(field.apply(frame))
         field.advance()
     return out
+
+
+def rain_layer(rainy: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """The rain of an aligned pair as uint8 (``rainy - clean``); refuses pairs that are not aligned.
+
+    In an aligned pair rain only ever adds light, so a negative difference means the two pictures
+    are not the same scene pixel for pixel (other crops, other colours)."""
+    if rainy.shape != clean.shape:
+        raise ValueError(f"rainy {rainy.shape} and clean {clean.shape} differ in size")
+    diff = rainy.astype(np.int16) - clean.astype(np.int16)
+    if diff.min() < 0:
+        raise ValueError(f"not an aligned pair: rainy - clean goes down to {diff.min()}")
+    return diff.astype(np.uint8)
+
+
+def transplant(clean: np.ndarray, layer: np.ndarray) -> np.ndarray:
+    """``clean + layer``, clipped: a real rain layer added onto another uint8 RGB picture."""
+    if clean.shape != layer.shape:
+        raise ValueError(f"picture is {clean.shape}, rain layer is {layer.shape}")
+    return np.minimum(clean.astype(np.int16) + layer, 255).astype(np.uint8)
+
+
+class RainLayers:
+    """Real rain layers to cut patches from: scaled in size and strength, flipped, turned.
+
+    Args:
+        layers: uint8 H x W x 3 rain layers (from :func:`rain_layer`).
+        strength: range of the factor the layer's values are scaled by.
+        zoom: range of the factor a layer is resized by before cutting (streak width, length).
+    """
+
+    def __init__(
+        self,
+        layers: list[np.ndarray],
+        strength: Range = (0.3, 1.0),
+        zoom: Range = (0.6, 1.2),
+    ) -> None:
+        if not layers:
+            raise ValueError("no rain layers")
+        self.layers, self.strength, self.zoom = layers, strength, zoom
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def sample(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+        """A ``height`` x ``width`` uint8 patch of one layer, changed as the ranges allow."""
+        layer = self.layers[int(rng.integers(len(self.layers)))]
+        zoom = max(_uniform(rng, self.zoom), height / layer.shape[0], width / layer.shape[1])
+        if abs(zoom - 1.0) > 1e-3:
+            size = (
+                max(width, round(layer.shape[1] * zoom)),
+                max(height, round(layer.shape[0] * zoom)),
+            )
+            layer = cv2.resize(layer, size, interpolation=cv2.INTER_LINEAR)
+        y = int(rng.integers(0, layer.shape[0] - height + 1))
+        x = int(rng.integers(0, layer.shape[1] - width + 1))
+        patch = layer[y : y + height, x : x + width]
+        if rng.random() < 0.5:
+            patch = patch[:, ::-1]
+        if rng.random() < 0.5:
+            patch = patch[::-1, ::-1]
+        scaled = patch.astype(np.float32) * _uniform(rng, self.strength)
+        return np.ascontiguousarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8))

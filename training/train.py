@@ -20,22 +20,27 @@ from tqdm import tqdm
 
 from training.config import DCSFNConfig, build_network, read_toml
 from training.data import (
+    Pair,
     augment,
     crop_box,
     find_clean_images,
     find_pairs,
+    hold_out,
     list_images,
     read_pair,
     read_rgb,
+    without_pictures_of,
 )
 from training.evaluate import derain_rgb
 from training.metrics import luma, psnr, ssim
-from training.rain import PRESETS, RainField, add_rain
+from training.rain import PRESETS, RainField, RainLayers, add_rain, rain_layer, transplant
 from training.weights import load_model, save_model
 
 log = logging.getLogger(__name__)
 
 CLEAN_MAX_SIDE = 640
+# The name under which ``rain_presets`` weighs real rain layers cut from ``layer_dirs``.
+REAL_LAYERS = "real-layers"
 
 
 @dataclass(frozen=True)
@@ -49,13 +54,25 @@ class TrainConfig:
         lr: Adam learning rate; x0.1 at each fraction of ``steps`` in ``milestones``.
         l1_weight: weight of a mean absolute error term added to the paper's -SSIM (0: the
             paper's loss). SSIM barely sees a shift of overall brightness, and PSNR does.
+        mean_weight: weight of a term on each patch's mean colour error, per channel: keeps the
+            output's brightness unbiased (rain only adds light, so a network that leaves a
+            little of it behind is brighter than the truth).
         real_fraction: share of patches cut from real pairs (the rest: synthetic rain).
-        rain_presets: synthetic rain presets and their weights.
+        rain_presets: synthetic rain presets and their weights; ``real-layers`` weighs real
+            rain layers from ``layer_dirs`` added onto the clean pictures.
         real_dirs: folders of real rainy/clean pairs.
+        layer_dirs: folders of aligned pairs (``rainy - clean >= 0``) whose differences are
+            real rain layers.
+        layer_strength: range of the factor real rain layers are scaled by.
         clean_dirs: folders of clean pictures and video frames for synthetic rain.
         val_dir: held-out clean pictures, rained on with a fixed seed, to watch progress.
         val_images: how many of them.
         val_preset: the rain preset drawn on them.
+        heavy_val_dir: a folder of aligned heavy-rain pairs, some of which are held out.
+        heavy_val_names: the rainy file names of the held-out pairs: neither they nor their
+            rain layers, under any file name, reach training.
+        eval_dir: pairs scored at each snapshot for the record only (Rain100L): never trained
+            on and never used to pick weights.
         init_from: a model file to start from instead of random weights (a second stage
             with another data mix); relative to the working directory.
         val_every: steps between validations (and model snapshots).
@@ -69,15 +86,21 @@ class TrainConfig:
     lr: float = 5e-4
     milestones: tuple[float, ...] = (0.6, 0.8)
     l1_weight: float = 0.0
+    mean_weight: float = 0.0
     real_fraction: float = 0.3
     rain_presets: dict[str, float] = field(
         default_factory=lambda: {"light": 0.7, "heavy-streaks": 0.3}
     )
     real_dirs: tuple[str, ...] = ()
+    layer_dirs: tuple[str, ...] = ()
+    layer_strength: tuple[float, float] = (0.3, 1.0)
     clean_dirs: tuple[str, ...] = ()
     val_dir: str = ""
     val_images: int = 12
     val_preset: str = "light"
+    heavy_val_dir: str = ""
+    heavy_val_names: tuple[str, ...] = ()
+    eval_dir: str = ""
     init_from: str = ""
     val_every: int = 2000
     checkpoint_minutes: float = 5.0
@@ -90,24 +113,57 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown train option(s): {', '.join(unknown)}")
         values = dict(values)
-        for key in ("milestones", "real_dirs", "clean_dirs"):
+        for key in (
+            "milestones",
+            "real_dirs",
+            "layer_dirs",
+            "layer_strength",
+            "clean_dirs",
+            "heavy_val_names",
+        ):
             if key in values:
                 values[key] = tuple(values[key])
         bad = sorted(
-            {*values.get("rain_presets", {}), values.get("val_preset", "light")} - set(PRESETS)
+            {*values.get("rain_presets", {}), values.get("val_preset", "light")}
+            - {*PRESETS, REAL_LAYERS}
         )
         if bad:
             raise ValueError(f"unknown rain preset(s): {', '.join(bad)}")
         return cls(**values)
 
 
+def heavy_validation_pairs(cfg: TrainConfig, data_root: Path) -> list[Pair]:
+    """The held-out heavy-rain pairs (none when the recipe names none)."""
+    if not cfg.heavy_val_dir:
+        return []
+    return hold_out(find_pairs(data_root / cfg.heavy_val_dir), cfg.heavy_val_names)[1]
+
+
+def training_pairs(dirs: tuple[str, ...], data_root: Path, held_out: list[Pair]) -> list[Pair]:
+    """The pairs of ``dirs``, less every held-out picture wherever it turns up."""
+    pairs = [p for d in dirs for p in find_pairs(data_root / d)]
+    return without_pictures_of(pairs, held_out) if held_out else pairs
+
+
 class PatchSampler:
-    """Training batches: a mix of real pairs and synthetic rain, with the paper's augmentation."""
+    """Training batches: a mix of real pairs and synthetic rain, with the paper's augmentation.
+
+    Attributes:
+        real_pairs, layer_pairs: the pairs it trains on directly and those whose rain layers it
+            transplants, held-out validation pairs already removed.
+    """
 
     def __init__(self, cfg: TrainConfig, data_root: Path) -> None:
         self.cfg = cfg
-        pairs = [p for d in cfg.real_dirs for p in find_pairs(data_root / d)]
-        self.real = [read_pair(p) for p in pairs]
+        held_out = heavy_validation_pairs(cfg, data_root)
+        self.real_pairs = training_pairs(cfg.real_dirs, data_root, held_out)
+        self.layer_pairs = training_pairs(cfg.layer_dirs, data_root, held_out)
+        self.real = [read_pair(p) for p in self.real_pairs]
+        self.layers = (
+            RainLayers([rain_layer(*read_pair(p)) for p in self.layer_pairs], cfg.layer_strength)
+            if self.layer_pairs
+            else None
+        )
         clean_files = [f for d in cfg.clean_dirs for f in find_clean_images(data_root / d)]
         self.clean = [read_rgb(f, CLEAN_MAX_SIDE) for f in clean_files]
         self.presets = list(cfg.rain_presets)
@@ -117,7 +173,15 @@ class PatchSampler:
             raise ValueError("real_fraction > 0 but no real pairs were given")
         if cfg.real_fraction < 1 and not self.clean:
             raise ValueError("real_fraction < 1 but no clean images were given")
-        log.info("training data: %d real pairs, %d clean images", len(self.real), len(self.clean))
+        if REAL_LAYERS in self.presets and self.layers is None:
+            raise ValueError(f"rain preset {REAL_LAYERS!r} needs layer_dirs")
+        log.info(
+            "training data: %d real pairs, %d rain layers, %d clean images (%d pairs held out)",
+            len(self.real),
+            len(self.layer_pairs),
+            len(self.clean),
+            len(held_out),
+        )
 
     def _one(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         patch = self.cfg.patch
@@ -129,8 +193,11 @@ class PatchSampler:
             image = self.clean[int(rng.integers(len(self.clean)))]
             y, x, h, w = crop_box(rng, image.shape, patch)
             clean = image[y : y + h, x : x + w]
-            style = PRESETS[self.presets[int(rng.choice(len(self.presets), p=self.preset_p))]]
-            rainy = RainField(h, w, style, rng).apply(clean)
+            preset = self.presets[int(rng.choice(len(self.presets), p=self.preset_p))]
+            if preset == REAL_LAYERS:
+                rainy = transplant(clean, self.layers.sample(rng, h, w))
+            else:
+                rainy = RainField(h, w, PRESETS[preset], rng).apply(clean)
         return augment(rng, rainy, clean, patch)
 
     def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,25 +209,41 @@ class PatchSampler:
         return to(rainy), to(clean)
 
 
-def validation_set(cfg: TrainConfig, data_root: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Held-out clean pictures with seeded rain: the same pairs on every run."""
-    if not cfg.val_dir:
-        return []
-    rng = np.random.default_rng(12345)
-    files = list_images(data_root / cfg.val_dir)[: cfg.val_images]
-    out = []
-    for f in files:
-        clean = read_rgb(f, CLEAN_MAX_SIDE)
-        out.append((add_rain(clean, cfg.val_preset, rng), clean))
-    return out
+ImagePairs = list[tuple[np.ndarray, np.ndarray]]
 
 
-def validate(net: torch.nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+def validation_sets(cfg: TrainConfig, data_root: Path) -> dict[str, ImagePairs]:
+    """The sets scored at each snapshot, by the name their scores are logged under.
+
+    ``val``: held-out clean pictures with seeded synthetic rain, the same on every run;
+    ``val_heavy``: the held-out real heavy pairs; ``eval``: the evaluation-only pairs."""
+    sets: dict[str, ImagePairs] = {}
+    if cfg.val_dir:
+        rng = np.random.default_rng(12345)
+        files = list_images(data_root / cfg.val_dir)[: cfg.val_images]
+        clean = [read_rgb(f, CLEAN_MAX_SIDE) for f in files]
+        sets["val"] = [(add_rain(c, cfg.val_preset, rng), c) for c in clean]
+    if cfg.heavy_val_dir:
+        sets["val_heavy"] = [read_pair(p) for p in heavy_validation_pairs(cfg, data_root)]
+    if cfg.eval_dir:
+        sets["eval"] = [read_pair(p) for p in find_pairs(data_root / cfg.eval_dir)]
+    return sets
+
+
+def validate(net: torch.nn.Module, pairs: ImagePairs) -> dict[str, Any]:
+    """Mean PSNR-Y of ``net`` on ``pairs``, and its mean brightness error per RGB channel."""
     was_training = net.training
     net.eval()
-    scores = [psnr(luma(derain_rgb(net, r)), luma(c)) for r, c in pairs]
+    psnrs, biases = [], []
+    for rainy, clean in pairs:
+        out = derain_rgb(net, rainy)
+        psnrs.append(psnr(luma(out), luma(clean)))
+        biases.append(out.reshape(-1, 3).mean(0) - clean.reshape(-1, 3).mean(0))
     net.train(was_training)
-    return float(np.mean(scores))
+    return {
+        "psnr_y": round(float(np.mean(psnrs)), 3),
+        "bias_rgb": [round(float(b), 2) for b in np.mean(biases, axis=0)],
+    }
 
 
 class Trainer:
@@ -243,27 +326,38 @@ class Trainer:
     def snapshot_path(self, step: int) -> Path:
         return self.out_dir / "snapshots" / f"step-{step:06d}.pt"
 
-    def snapshot(self, val_psnr_y: float | None) -> Path:
+    def snapshot(self, scores: dict[str, Any]) -> Path:
         """The weights now, in the shipping format, with how they were made."""
         path = self.snapshot_path(self.step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_model(path, self.net, self.model_cfg, "RGB", self.metadata(val_psnr_y))
+        save_model(path, self.net, self.model_cfg, "RGB", self.metadata(scores))
         return path
 
-    def metadata(self, val_psnr_y: float | None) -> dict[str, Any]:
+    def metric_names(self) -> dict[str, str]:
+        """What each validation set's scores are called in the weights' metadata."""
+        cfg = self.cfg
+        return {
+            "val": f"val_synthetic_{cfg.val_preset}",
+            "val_heavy": f"val_heavy_{Path(cfg.heavy_val_dir).name}",
+            "eval": f"eval_only_{Path(cfg.eval_dir).name}",
+        }
+
+    def metadata(self, scores: dict[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
         return {
             "num_params": sum(p.numel() for p in self.net.parameters()),
             "value_range": [0.0, 1.0],
             "training_data": {
                 "real_pairs": list(cfg.real_dirs),
+                "real_rain_layers": list(cfg.layer_dirs),
+                "held_out": [f"{cfg.heavy_val_dir}/{n}" for n in cfg.heavy_val_names],
                 "synthetic_rain_on": list(cfg.clean_dirs),
                 "real_fraction": cfg.real_fraction,
                 "rain_presets": dict(cfg.rain_presets),
                 "started_from": cfg.init_from or None,
             },
             "recipe": {
-                "loss": f"-SSIM + {cfg.l1_weight:g} L1" if cfg.l1_weight else "-SSIM",
+                "loss": self.loss_name(),
                 "optimizer": "Adam",
                 "lr": cfg.lr,
                 "milestones": list(cfg.milestones),
@@ -273,15 +367,26 @@ class Trainer:
             },
             "steps": self.step,
             "train_hours": round(self.wall / 3600, 2),
-            "metrics": {f"val_synthetic_{cfg.val_preset}_psnr_y": val_psnr_y},
+            "metrics": {self.metric_names()[k]: v for k, v in scores.items()},
             "earlier_stage": self.earlier_stage,
         }
+
+    def loss_name(self) -> str:
+        terms = ["-SSIM"]
+        if self.cfg.l1_weight:
+            terms.append(f"{self.cfg.l1_weight:g} L1")
+        if self.cfg.mean_weight:
+            terms.append(f"{self.cfg.mean_weight:g} |mean colour error|")
+        return " + ".join(terms)
 
     def train_step(self, rainy: torch.Tensor, clean: torch.Tensor) -> float:
         out = self.net(rainy)
         loss = -ssim(out, clean)
         if self.cfg.l1_weight:
             loss = loss + self.cfg.l1_weight * (out - clean).abs().mean()
+        if self.cfg.mean_weight:
+            colour_error = (out - clean).mean(dim=(2, 3)).abs().mean()
+            loss = loss + self.cfg.mean_weight * colour_error
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -293,7 +398,7 @@ class Trainer:
         """Train to step ``until`` (default: the planned total), checkpointing as it goes."""
         until = self.cfg.steps if until is None else min(until, self.cfg.steps)
         sampler = PatchSampler(self.cfg, self.data_root)
-        val = validation_set(self.cfg, self.data_root)
+        val = validation_sets(self.cfg, self.data_root)
         self.net.train()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._forget_log_after(self.step)
@@ -323,9 +428,11 @@ class Trainer:
                     }
                     window, window_start = [], time.monotonic()
                 if val and (self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps):
-                    score = validate(self.net, val)
-                    record["val_psnr_y"] = round(score, 3)
-                    self.snapshot(score)
+                    scores = {name: validate(self.net, pairs) for name, pairs in val.items()}
+                    for name, score in scores.items():
+                        record[f"{name}_psnr_y"] = score["psnr_y"]
+                        record[f"{name}_bias_rgb"] = score["bias_rgb"]
+                    self.snapshot(scores)
                 if record:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
