@@ -23,11 +23,12 @@ from benchmarks.__main__ import ROOT, make_clip
 from streamderain.batcher import Batcher
 from streamderain.decoder import Decoder
 from streamderain.encoder import Encoder
-from streamderain.pipeline import Pipeline
+from streamderain.options import DecodeOptions, ModelOptions
+from streamderain.pipeline import Pipeline, Stage
 from streamderain.runner import ModelRunner
 
 
-class TimedEncoder:
+class TimedEncoder(Stage):
     """The real encoder, noting when each frame was written relative to when it was sent."""
 
     def __init__(self, encoder: Encoder, decoder: Decoder) -> None:
@@ -44,14 +45,18 @@ class TimedEncoder:
     def finish(self):
         return self.encoder.finish()
 
-    def abort(self) -> None:
-        self.encoder.abort()
+    def abort(self, failed: bool) -> None:
+        self.encoder.abort(failed)
 
 
 def measure(url: str, seconds: float, drop: bool, out: Path) -> dict:
-    with Decoder(url, duration=seconds) as decoder:
+    with Decoder(url, DecodeOptions(duration=seconds)) as decoder:
         timed = TimedEncoder(Encoder(out, decoder.info), decoder)
-        stages = [("batch", Batcher(1)), ("model", ModelRunner(device="cpu")), ("encode", timed)]
+        stages = [
+            ("batch", Batcher(1)),
+            ("model", ModelRunner(ModelOptions(device="cpu"))),
+            ("encode", timed),
+        ]
         pipeline = Pipeline(decoder, stages, queue_size=1 if drop else 4, drop_oldest=drop)
         stats = pipeline.run()
     lat = sorted(timed.latencies)

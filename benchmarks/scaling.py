@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from benchmarks.__main__ import CLIP_FRAMES, ROOT, machine, time_model
+from streamderain.options import ModelOptions
 from streamderain.runner import ModelRunner
 from training.rain import add_rain
 
@@ -44,7 +45,7 @@ def peak_rss_mb() -> float:
 
 def run_one(size: tuple[int, int], tile: int, batch: int, repeats: int) -> tuple[float, float, str]:
     """(median seconds per call, peak RSS MB, backend) of one setting, in a process of its own."""
-    runner = ModelRunner(tile=tile)
+    runner = ModelRunner(ModelOptions(tile=tile))
     x = rainy_frame(size).expand(batch, -1, -1, -1).contiguous()
     return time_model(runner.infer, x, repeats), peak_rss_mb(), runner.backend
 

@@ -1,8 +1,42 @@
 """streamderain: remove rain from video files and live feeds with DCSFN."""
 
-from streamderain.api import Derainer, derain_video
-from streamderain.errors import InputError, OutputError, StreamDerainError
-from streamderain.pipeline import Stats
+from __future__ import annotations
 
-__all__ = ["Derainer", "InputError", "OutputError", "Stats", "StreamDerainError", "derain_video"]
+from typing import TYPE_CHECKING, Any
+
+from streamderain.errors import InputError, OutputError, StreamDerainError
+from streamderain.options import DecodeOptions, EncodeOptions, ModelOptions, RunOptions
+
+if TYPE_CHECKING:
+    from streamderain.api import Derainer, derain_video
+    from streamderain.pipeline import Stats
+
+__all__ = [
+    "DecodeOptions",
+    "Derainer",
+    "EncodeOptions",
+    "InputError",
+    "ModelOptions",
+    "OutputError",
+    "RunOptions",
+    "Stats",
+    "StreamDerainError",
+    "derain_video",
+]
 __version__ = "0.1.0"
+
+# The API pulls in PyTorch (seconds to import): loaded on first use, so that the command line
+# starts at once (its --help, its first error, its Ctrl-C and SIGTERM handling).
+_LAZY = {
+    "Derainer": "streamderain.api",
+    "derain_video": "streamderain.api",
+    "Stats": "streamderain.pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'streamderain' has no attribute {name!r}")

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from streamderain.batcher import Batcher
+from streamderain.compare import Compose, KeepOriginals
 from streamderain.decoder import Decoder
 from streamderain.encoder import Encoder, check_target, live_target_format
 from streamderain.errors import InputError
-from streamderain.pipeline import Pipeline, Stats
+from streamderain.options import ModelOptions, RunOptions
+from streamderain.pipeline import Pipeline, Stage, Stats
 from streamderain.runner import ModelRunner
+
+log = logging.getLogger(__name__)
 
 
 class Derainer:
@@ -24,34 +32,18 @@ class Derainer:
     dtype and order; or a float tensor N x 3 x H x W in [0, 1], RGB, and returns the same.
 
     Args:
-        model: bundled model name or checkpoint path (default: the bundled lite model).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        options: the model and where it runs (or give its fields as keywords:
+            ``Derainer(device="cpu", tile=1024)``).
         channel_order: channel order of the numpy frames you pass.
-        precision: ``fp32``, or ``fp16``/``bf16`` where the device has it.
-        tile: process frames larger than this in overlapping tiles (0: never).
-        backend: ``auto`` (the fastest exact one: OpenVINO on a CPU), ``torch`` or ``openvino``.
     """
 
     def __init__(
-        self,
-        model: str | Path | None = None,
-        device: str = "auto",
-        channel_order: str = "RGB",
-        precision: str = "fp32",
-        tile: int = 0,
-        backend: str = "auto",
+        self, options: ModelOptions | None = None, channel_order: str = "RGB", **values: Any
     ) -> None:
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
         self.channel_order = channel_order
-        self.runner = ModelRunner(
-            str(model) if model is not None else None,
-            device,
-            precision,
-            tile,
-            threads=None,
-            backend=backend,
-        )
+        self.runner = ModelRunner(ModelOptions(**values) if options is None else options)
 
     def __call__(self, frames: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         if isinstance(frames, torch.Tensor):
@@ -77,93 +69,73 @@ class Derainer:
             raise ValueError(
                 f"expected a float tensor N x 3 x H x W, got {x.dtype} {tuple(x.shape)}"
             )
-        model = self.runner.model
         inp = x.to(self.runner.device, self.runner.dtype)
-        if model.channel_order == "BGR":
-            inp = inp.flip(1)
-        y = model(inp.contiguous(memory_format=torch.channels_last)).clamp(0, 1)
-        if model.channel_order == "BGR":
-            y = y.flip(1)
+        y = self.runner.model(inp.contiguous(memory_format=torch.channels_last)).clamp(0, 1)
         return y.to(x.device, x.dtype).contiguous()
 
 
 def derain_video(
     src: str | Path,
     dst: str | Path,
+    options: RunOptions | None = None,
     *,
-    model: str | Path | None = None,
-    device: str = "auto",
-    batch: int = 1,
-    precision: str = "fp32",
-    tile: int = 0,
-    backend: str = "auto",
-    codec: str | None = None,
-    crf: int | None = None,
-    preset: str | None = None,
-    encoder: str = "pyav",
-    compare: str | None = None,
-    start: float | None = None,
-    duration: float | None = None,
-    max_frames: int | None = None,
-    rtsp_transport: str = "tcp",
-    reconnect_timeout: float = 30.0,
-    live_drop: bool | None = None,
     runner: ModelRunner | None = None,
     on_frame: Callable[[int], None] | None = None,
     on_start: Callable[[Pipeline, Decoder], None] | None = None,
+    stop: threading.Event | None = None,
+    **values: Any,
 ) -> Stats:
     """Derain a whole video (file, stream, camera or image folder) into ``dst``.
 
     ``dst`` (a file) is written through a temporary file and renamed into place, so an existing
     ``dst`` is replaced only by a finished (or cleanly interrupted) output. ``dst`` may also be a
-    live URL to publish to. A live source reconnects for up to ``reconnect_timeout`` seconds
-    (0: forever) and, with ``live_drop`` (default for live sources), drops its oldest waiting
-    frame when the model falls behind, so the delay stays bounded. ``runner`` reuses a loaded
-    model across calls; ``model``, ``device``, ``precision``, ``tile`` and ``backend`` are then
-    the runner's.
+    live URL to publish to. ``options`` (or their fields as keywords: ``crf=0``) say what to
+    read, which model runs and how to write; ``runner`` reuses a loaded model across calls, and
+    its model options then stand instead of ``options.model``. Setting ``stop`` ends the run
+    as Ctrl-C does, also while a live source is still connecting.
     """
+    began = time.perf_counter()
+    options = RunOptions.of(**values) if options is None else options.replace(**values)
     check_target(dst)
-    with Decoder(
-        src,
-        start=start,
-        duration=duration,
-        max_frames=max_frames,
-        rtsp_transport=rtsp_transport,
-        reconnect_timeout=reconnect_timeout,
-    ) as decoder:
-        if runner is None:
-            runner = ModelRunner(
-                str(model) if model is not None else None,
-                device,
-                precision,
-                tile,
-                keep_original=compare is not None,
-                backend=backend,
-            )
-        elif runner.keep_original != (compare is not None):
-            raise ValueError("runner.keep_original must be True exactly when compare is set")
+    with Decoder(src, options.decode, stop=stop) as decoder:
+        runner = runner or ModelRunner(options.model)
         is_file = Path(str(src)).is_file() and live_target_format(dst) is None
         encoder = Encoder(
             dst,
             decoder.info,
-            codec=codec,
-            crf=crf,
-            preset=preset,
-            encoder=encoder,
+            options.encode,
             copy_streams_from=str(src) if is_file else None,
             start=decoder.start,
             end=decoder.end,
-            compare=compare,
         )
-        stages = [("batch", Batcher(batch)), ("model", runner), ("encode", encoder)]
+        compare = options.encode.compare
+        stages: list[tuple[str, Stage]] = [("batch", Batcher(options.model.batch))]
+        if compare:
+            stages.append(("keep", KeepOriginals()))
+        stages.append(("model", runner))
+        if compare:
+            stages.append(("compose", Compose(compare)))
+        stages.append(("encode", encoder))
+        live_drop = options.decode.live_drop
         drop = decoder.live if live_drop is None else live_drop
         pipeline = Pipeline(
             decoder, stages, queue_size=1 if drop else 4, drop_oldest=drop, on_frame=on_frame
         )
         if on_start is not None:
             on_start(pipeline, decoder)
+        log.debug("input   %s", decoder.describe())
+        log.debug("model   %s", runner.describe())
+        log.debug("output  %s", encoder.describe())
+        runner.prepare(decoder.info.height, decoder.info.width)
+        pipeline.stats.setup = time.perf_counter() - began
         stats = pipeline.run()
         if stats.frames == 0 and not stats.interrupted:
+            length = decoder.duration
+            if decoder.start > 0 and length is not None and decoder.start >= length:
+                raise InputError(
+                    f"--start {decoder.start:g} s is past the end of {decoder.name} "
+                    f"({length:.1f} s)"
+                )
             raise InputError(f"{decoder.name}: no video frame could be decoded")
         stats.corrupt_packets = decoder.corrupt_packets
         stats.reconnects = decoder.reconnects

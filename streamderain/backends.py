@@ -22,8 +22,8 @@ import torch
 from training import DerainModel
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "torch", "openvino")
+# What a user waits for, said where it happens; the command line shows it unless -q.
+notice = logging.getLogger("streamderain.notice")
 
 
 def openvino_available() -> bool:
@@ -80,7 +80,7 @@ class OpenVINOBackend:
         """Trace the PyTorch network into OpenVINO with any batch and frame size."""
         import openvino as ov
 
-        log.info("converting the model for OpenVINO (once per model, about 10 s)")
+        notice.info("preparing the model for this CPU (once per model, about 10-20 s)...")
         size = self.model.net.min_size * 2
         net = copy.deepcopy(self.model.net).float().to(memory_format=torch.contiguous_format)
         converted = ov.convert_model(
@@ -90,6 +90,11 @@ class OpenVINOBackend:
         ov.save_model(converted, tmp, compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
         os.replace(tmp, path)
+
+    def prepare(self, n: int, h: int, w: int) -> None:
+        """Compile for frames of this shape now, before the first frame waits for it."""
+        if min(h, w) >= self.model.net.min_size:
+            self._compiled_for(n, h, w)
 
     def _compiled_for(self, n: int, h: int, w: int):
         key = (n, h, w)
@@ -114,6 +119,6 @@ class OpenVINOBackend:
         if min(h, w) < self.model.net.min_size:
             return self.model(x)
         compiled = self._compiled_for(n, h, w)
-        array = x.detach().float().contiguous().numpy()
+        array = self.model.to_net_order(x).detach().float().contiguous().numpy()
         result = compiled({0: array})[0]
-        return torch.from_numpy(result.copy())
+        return self.model.to_net_order(torch.from_numpy(result.copy()))

@@ -6,9 +6,10 @@ import time
 from collections.abc import Iterable
 
 from streamderain.frames import Batch, Frame
+from streamderain.pipeline import Stage
 
 
-class Batcher:
+class Batcher(Stage):
     """Collects frames into batches of up to ``size`` frames of the same frame size.
 
     A batch goes out when it is full, when a frame of another size arrives, when the stream
@@ -45,6 +46,6 @@ class Batcher:
         return [self._flush()] if self._pending else []
 
     def _flush(self) -> Batch:
-        batch = Batch(tuple(self._pending), self._since)
+        batch = Batch(tuple(self._pending))
         self._pending = []
         return batch

@@ -1,20 +1,27 @@
-"""The ``streamderain`` command: a thin layer over :func:`streamderain.derain_video`."""
+"""The ``streamderain`` command line: the top floor, thin over the API, batch and feeds.
+
+Every command takes the same run options (one decorator), turns them into a
+:class:`~streamderain.options.RunOptions`, and reports any failure as one line.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
-from streamderain.errors import StreamDerainError
-
-log = logging.getLogger("streamderain")
+from streamderain.errors import StreamDerainError, UsageError
+from streamderain.flags import (
+    check_paths,
+    one_line_errors,
+    options_from,
+    run_options,
+    setup_logging,
+)
+from streamderain.options import RunOptions
 
 
 class _DefaultGroup(click.Group):
@@ -28,53 +35,6 @@ class _DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
-    logging.basicConfig(level=level, format="streamderain: %(levelname)s: %(message)s")
-
-
-def _fail(message: str, verbose: bool, code: int = 1) -> None:
-    if verbose:
-        log.exception("details")
-    click.echo(f"streamderain: error: {message}", err=True)
-    sys.exit(code)
-
-
-@contextlib.contextmanager
-def one_line_errors(verbose: bool) -> Iterator[None]:
-    """Every failure inside ends the command with one line on stderr (``-v``: a traceback)."""
-    from training import ModelLoadError
-
-    try:
-        yield
-    except KeyboardInterrupt:
-        _fail("aborted", verbose, 130)
-    except (StreamDerainError, ModelLoadError) as exc:
-        _fail(str(exc), verbose)
-    except Exception as exc:  # noqa: BLE001 - reported, not swallowed
-        _fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for details)", verbose, 2)
-
-
-def _check_paths(src: str, dst: str, overwrite: bool) -> None:
-    """Refuse anything that could lose the user's data, before any work starts."""
-    if "://" in dst:
-        return
-    src_path, dst_path = Path(src), Path(dst)
-    if "://" not in src and src_path.exists() and dst_path.exists():
-        if src_path.resolve() == dst_path.resolve():
-            raise StreamDerainError(f"{dst}: output is the input; choose another output name")
-    parent = dst_path.parent if dst_path.parent != Path("") else Path(".")
-    if not parent.is_dir():
-        raise StreamDerainError(f"{dst}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise StreamDerainError(f"{dst}: folder {parent} is not writable")
-    if dst_path.exists() and not overwrite:
-        if sys.stdin.isatty() and sys.stderr.isatty():
-            if click.confirm(f"{dst} exists. Overwrite?", default=False, err=True):
-                return
-        raise StreamDerainError(f"{dst} exists (pass -y to overwrite)")
-
-
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="streamderain")
 def main() -> None:
@@ -83,144 +43,51 @@ def main() -> None:
     \b
       streamderain INPUT OUTPUT [OPTIONS]   derain a video (see: streamderain run --help)
       streamderain sample PATH              write a short rainy clip to try it on
+      streamderain batch INPUTS... -o DIR   derain many files (locally or on Ray)
+      streamderain feeds FEEDS.toml         derain live feeds on Ray
+      streamderain models                   the bundled models, what each is for
     """
+    # SIGTERM (a service manager's stop, kill) is Ctrl-C from the start, also while the model
+    # loads: the same message, exit status and finished output.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 @main.command("run")
 @click.argument("src", metavar="INPUT", required=False)
 @click.argument("dst", metavar="OUTPUT", required=False)
-@click.option("--model", default=None, help="Bundled model name or checkpoint path.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Frames per model call.")
-@click.option(
-    "--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True
-)
-@click.option(
-    "--codec", default=None, help="Video codec (default: H.264 for mp4/mov/mkv, VP9 for webm)."
-)
-@click.option(
-    "--crf", type=int, default=None, help="Constant quality (default: visually lossless)."
-)
-@click.option("--preset", default=None, help="x264 preset (default: fast).")
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "torch", "openvino"]),
-    default="auto",
-    show_default=True,
-    help="Inference backend; auto: OpenVINO for fp32 on a CPU (exact, faster), else PyTorch.",
-)
-@click.option(
-    "--encoder",
-    type=click.Choice(["pyav", "ffmpeg"]),
-    default="pyav",
-    show_default=True,
-    help="pyav: PyAV's own FFmpeg; ffmpeg: an ffmpeg binary on PATH (for NVENC, VAAPI, ...).",
-)
-@click.option("-y", "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option(
-    "--compare",
-    type=click.Choice(["side-by-side", "stacked"]),
-    default=None,
-    help="Write the input and the result together.",
-)
-@click.option("--start", type=float, default=None, help="Seconds to skip.")
-@click.option("--duration", type=float, default=None, help="Seconds to process.")
-@click.option("--max-frames", type=int, default=None, help="Frames to process at most.")
-@click.option(
-    "--tile",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Process frames in tiles of at most this size (bounds memory; 0: off).",
-)
+@run_options("model", "encode", "range")
 @click.option(
     "--camera",
     type=int,
     default=None,
     help="Read local camera N (/dev/videoN, v4l2) instead of INPUT.",
 )
-@click.option(
-    "--rtsp-transport",
-    type=click.Choice(["tcp", "udp"]),
-    default="tcp",
-    show_default=True,
-    help="RTSP input transport.",
-)
-@click.option(
-    "--reconnect-timeout",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="Seconds a live source may stay lost before giving up (0: never).",
-)
-@click.option(
-    "--live-drop/--no-live-drop",
-    default=None,
-    help="Drop old frames when the model is slower than a live source "
-    "(default: on for live sources).",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging; tracebacks on errors.")
+@run_options("live", "overwrite", "verbosity")
 def run(
     src: str | None,
     dst: str | None,
-    model: str | None,
-    device: str,
-    batch: int,
-    precision: str,
-    codec: str | None,
-    crf: int | None,
-    preset: str | None,
-    backend: str,
-    encoder: str,
-    overwrite: bool,
-    compare: str | None,
-    start: float | None,
-    duration: float | None,
-    max_frames: int | None,
-    tile: int,
     camera: int | None,
-    rtsp_transport: str,
-    reconnect_timeout: float,
-    live_drop: bool | None,
+    overwrite: bool,
     quiet: bool,
     verbose: bool,
+    **params: Any,
 ) -> None:
     """Derain INPUT (video file, stream URL, camera or image folder) into OUTPUT.
 
     OUTPUT is a file (mp4, mov, mkv, webm), a folder of PNG frames, or a live URL to publish
     to (rtsp://, rtmp://, udp://, srt://).
     """
-    _setup_logging(verbose, quiet)
-    if camera is not None:
-        dst, src = (src if dst is None else dst), f"/dev/video{camera}"
+    setup_logging(verbose, quiet)
     with one_line_errors(verbose):
+        if camera is not None:
+            if dst is not None:
+                raise UsageError(f"give either INPUT or --camera {camera}, not both")
+            dst, src = src, f"/dev/video{camera}"
         if src is None or dst is None:
-            raise StreamDerainError("give INPUT and OUTPUT (or --camera N and OUTPUT)")
-        _validate(batch, crf, start, duration, max_frames, tile, reconnect_timeout)
-        _check_paths(src, dst, overwrite)
-        stats = _run(
-            src,
-            dst,
-            quiet,
-            model=model,
-            device=device,
-            batch=batch,
-            precision=precision,
-            codec=codec,
-            crf=crf,
-            preset=preset,
-            backend=backend,
-            encoder=encoder,
-            compare=compare,
-            start=start,
-            duration=duration,
-            max_frames=max_frames,
-            tile=tile,
-            rtsp_transport=rtsp_transport,
-            reconnect_timeout=reconnect_timeout,
-            live_drop=live_drop,
-        )
+            raise UsageError("give INPUT and OUTPUT (or --camera N and OUTPUT)")
+        options = options_from(params)
+        check_paths(src, dst, overwrite)
+        stats = _derain(src, dst, options, quiet)
     if stats.interrupted:
         click.echo(
             f"streamderain: interrupted: {dst} holds the {stats.frames} frames done", err=True
@@ -230,30 +97,8 @@ def run(
         click.echo(f"streamderain: {dst}: {stats.summary()}", err=True)
 
 
-def _validate(
-    batch: int,
-    crf: int | None,
-    start: float | None,
-    duration: float | None,
-    max_frames: int | None,
-    tile: int,
-    reconnect_timeout: float,
-) -> None:
-    checks = [
-        (batch < 1, f"--batch must be at least 1, got {batch}"),
-        (crf is not None and not 0 <= crf <= 63, f"--crf must be in 0..63, got {crf}"),
-        (start is not None and start < 0, f"--start must be >= 0, got {start}"),
-        (duration is not None and duration <= 0, f"--duration must be > 0, got {duration}"),
-        (max_frames is not None and max_frames < 1, f"--max-frames must be >= 1, got {max_frames}"),
-        (tile < 0, f"--tile must be 0 (off) or positive, got {tile}"),
-        (reconnect_timeout < 0, f"--reconnect-timeout must be >= 0, got {reconnect_timeout}"),
-    ]
-    for bad, message in checks:
-        if bad:
-            raise StreamDerainError(message)
-
-
-def _run(src: str, dst: str, quiet: bool, **options):
+def _derain(src: str, dst: str, options: RunOptions, quiet: bool):
+    """``derain_video`` with a progress bar, and Ctrl-C or SIGTERM finishing the output."""
     from tqdm import tqdm
 
     from streamderain.api import derain_video
@@ -262,7 +107,7 @@ def _run(src: str, dst: str, quiet: bool, **options):
 
     def on_start(pipeline, decoder) -> None:
         nonlocal bar
-        total = options["max_frames"] or decoder.info.frames
+        total = options.decode.max_frames or decoder.info.frames
         show = not quiet and sys.stderr.isatty()
         bar = tqdm(total=total, unit="frame", disable=not show, dynamic_ncols=True)
         presses = 0
@@ -286,13 +131,30 @@ def _run(src: str, dst: str, quiet: bool, **options):
         return derain_video(
             src,
             dst,
+            options,
             on_frame=lambda n: bar.update(n) if bar is not None else None,
             on_start=on_start,
-            **options,
         )
     finally:
         if bar is not None:
             bar.close()
+
+
+@main.command()
+def models() -> None:
+    """List the bundled models: size, what each is for, how it was trained and its scores."""
+    from training import DEFAULT_MODEL, bundled_models, load_model
+
+    for name in bundled_models():
+        model = load_model(name)
+        meta, config = model.info.metadata, model.config
+        default = " (default)" if name == DEFAULT_MODEL else ""
+        click.echo(
+            f"{name}{default}: DCSFN, {config.channels} channels x {config.num_blocks} blocks, "
+            f"{meta.get('num_params', 0):,} parameters"
+        )
+        for line in model.info.describe():
+            click.echo(f"  {line}")
 
 
 @main.command()
@@ -304,18 +166,203 @@ def sample(path: str, rain: str, seed: int, overwrite: bool) -> None:
     """Write a 3-second rainy street clip to PATH to try streamderain on."""
     from streamderain.sample import write_sample
 
-    _setup_logging(False, False)
-    try:
+    setup_logging(False, False)
+    with one_line_errors(False):
         if Path(path).exists() and not overwrite:
             raise StreamDerainError(f"{path} exists (pass -y to overwrite)")
         n = write_sample(path, rain, seed)
-    except StreamDerainError as exc:
-        _fail(str(exc), False)
     click.echo(f"streamderain: wrote {path} ({n} frames of {rain} rain)", err=True)
 
 
-from streamderain.batch import batch  # noqa: E402
-from streamderain.feeds import feeds  # noqa: E402
+@main.command()
+@click.argument("inputs", metavar="INPUTS...", nargs=-1)
+@click.option(
+    "-o",
+    "--out-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the outputs (named as their inputs) and manifest.jsonl.",
+)
+@click.option(
+    "--list",
+    "list_file",
+    type=click.Path(dir_okay=False),
+    help="A file naming one input per line (# comments).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parallel workers, each holding the model [default: one per GPU, or one per 4 CPU "
+    "cores; on Ray one actor per GPU, or per --threads CPUs].",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads per worker [default: cores / workers; up to 4 per Ray actor].",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run on Ray: local (default: start one here), auto, or ray://HOST:10001.",
+)
+@run_options("model", "encode", "range", "overwrite", "verbosity")
+def batch(
+    inputs: tuple[str, ...],
+    out_dir: Path,
+    list_file: str | None,
+    workers: int | None,
+    threads: int | None,
+    ray_address: str | None,
+    overwrite: bool,
+    quiet: bool,
+    verbose: bool,
+    **params: Any,
+) -> None:
+    """Derain many INPUTS (files, folders of images, globs) into --out-dir.
 
-main.add_command(batch)
-main.add_command(feeds)
+    \b
+    Outputs take their input's name; OUT_DIR/manifest.jsonl records each input's outcome, and
+    a re-run skips the inputs done. One bad input is reported and skipped; the exit status is
+    1 if any failed. Ctrl-C: the files in progress are finished (again: stop at once).
+    """
+    from streamderain.jobs import MANIFEST, expand_inputs, plan, summary_table
+
+    setup_logging(verbose, quiet)
+    with one_line_errors(verbose):
+        options = options_from(params)
+        if ray_address is not None and Path(ray_address).exists():
+            raise UsageError(
+                f"--ray {ray_address}: that is a path; put --ray after the inputs (or --ray local)"
+            )
+        srcs = expand_inputs(inputs, list_file)
+        if not srcs:
+            raise UsageError("no inputs (give paths, globs or --list FILE)")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        jobs, results = plan(srcs, out_dir, overwrite)
+        interrupted = _run_batch(
+            jobs, results, out_dir, options, quiet, workers, threads, ray_address
+        )
+    failed = any(r.status == "failed" for r in results.values())
+    if not quiet or failed:
+        shown = [results[s] for s in srcs if s in results]
+        click.echo(summary_table(shown, failed_only=quiet), err=True)
+    if interrupted:
+        click.echo(f"streamderain: interrupted; run again to finish ({MANIFEST})", err=True)
+        sys.exit(130)
+    sys.exit(1 if failed else 0)
+
+
+def _run_batch(
+    jobs: list,
+    results: dict,
+    out_dir: Path,
+    options: RunOptions,
+    quiet: bool,
+    workers: int | None,
+    threads: int | None,
+    ray_address: str | None,
+) -> bool:
+    """Run the jobs with a progress bar, recording each outcome in ``results`` and the manifest."""
+    from tqdm import tqdm
+
+    from streamderain.jobs import MANIFEST, Result, why
+
+    skipped = sum(r.status == "skipped" for r in results.values())
+    if skipped and not quiet:
+        click.echo(f"streamderain: {skipped} input(s) done in an earlier run: skipped", err=True)
+    with open(out_dir / MANIFEST, "a") as manifest:
+
+        def report(result: Result) -> None:
+            results[result.input] = result
+            manifest.write(result.to_json() + "\n")
+            manifest.flush()
+            bar.update(1)
+            if not quiet:
+                text = f"{result.status}: {result.input}"
+                text += f" ({result.frames} frames, {result.fps:.2f} fps)" if result.frames else ""
+                text += f": {why(result)}" if result.reason else ""
+                bar.write(f"streamderain: {text}", file=sys.stderr)
+
+        for result in results.values():
+            if result.status == "failed":
+                manifest.write(result.to_json() + "\n")
+        show = not quiet and sys.stderr.isatty()
+        with tqdm(total=len(jobs), unit="file", disable=not show, dynamic_ncols=True) as bar:
+            if not jobs:
+                return False
+            if ray_address is not None:
+                from streamderain.cluster import run_ray
+
+                return run_ray(jobs, options, report, ray_address, workers, threads)
+            from streamderain.workers import run_local
+
+            return run_local(jobs, options, report, workers, threads)
+
+
+@main.command()
+@click.argument("feeds_file", metavar="FEEDS.toml", type=click.Path(dir_okay=False))
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads per feed's actor [default: 1].",
+)
+@click.option(
+    "--per-gpu",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Feeds that share one GPU.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    default="local",
+    show_default=True,
+    metavar="ADDRESS",
+    help="local (start Ray here), auto, or ray://HOST:10001.",
+)
+@run_options("model", "encode", "range", "live", "verbosity")
+@click.pass_context
+def feeds(
+    ctx: click.Context,
+    feeds_file: str,
+    threads: int | None,
+    per_gpu: int,
+    ray_address: str,
+    quiet: bool,
+    verbose: bool,
+    **params: Any,
+) -> None:
+    """Derain the live feeds listed in FEEDS.toml, each on a Ray actor restarted if it dies.
+
+    \b
+    FEEDS.toml holds [[feed]] tables: name, source (a URL or camera) and output (a folder for
+    NAME-TIME.mkv segments, or a URL to publish to), and any run option for that feed alone
+    (reconnect_timeout = 60, rtsp_transport = "udp", ...). A feed reconnects forever unless
+    --reconnect-timeout (or its own) says otherwise. Runs until Ctrl-C, which stops every feed
+    and closes its segment.
+    """
+    from streamderain.cluster import run_feeds
+    from streamderain.feeds import read_feeds
+
+    setup_logging(verbose, quiet)
+    if ctx.get_parameter_source("reconnect_timeout") is click.core.ParameterSource.DEFAULT:
+        params["reconnect_timeout"] = 0.0  # a camera is waited for, however long it is away
+    with one_line_errors(verbose):
+        options = options_from(params)
+        try:
+            ended = run_feeds(read_feeds(feeds_file), options, ray_address, threads, per_gpu)
+        except KeyboardInterrupt:
+            click.echo("streamderain: feeds stopped", err=True)
+            sys.exit(130)
+    for outcome in ended:
+        text = outcome.get("error") or f"{outcome['frames']} frames into {outcome['output']}"
+        click.echo(f"streamderain: feed {outcome['feed']} ended: {text}", err=True)
+    sys.exit(1 if any("error" in o for o in ended) else 0)

@@ -9,11 +9,9 @@ source whose own clock jumps is followed by the wall clock from the jump.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,19 +19,16 @@ import av
 import cv2
 import numpy as np
 
-from streamderain.errors import InputError, reason
-from streamderain.frames import Frame, rgb_image
+from streamderain.errors import CannotOpen, InputError, NoVideoStream, reason
+from streamderain.frames import Frame, VideoInfo, rgb_image
+from streamderain.live import LiveClock, is_live, mask_url
+from streamderain.options import DecodeOptions
 from training.data import IMAGE_SUFFIXES, list_images
 
 log = logging.getLogger(__name__)
 
 IMAGE_FOLDER_RATE = Fraction(25)
 LIVE_TIME_BASE = Fraction(1, 90_000)
-# A live source's clock that jumps back further than this, or ahead of the wall clock by more,
-# was reset (a looping restreamer, a camera reboot, MPEG-TS timestamps wrapping after 26.5 h):
-# frame times then follow the wall clock from there, instead of piling up on one instant.
-CLOCK_JUMP_BACK, CLOCK_JUMP_AHEAD = 0.5, 10.0
-LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "srt", "tcp")
 # Errors that another try cannot mend: fail at once instead of reconnecting.
 PERMANENT_ERRORS = (
     av.error.HTTPNotFoundError,
@@ -45,69 +40,8 @@ PERMANENT_ERRORS = (
 )
 
 
-@dataclass(frozen=True)
-class VideoInfo:
-    """What the encoder needs to know of the source to keep the output faithful to it."""
-
-    width: int
-    height: int
-    time_base: Fraction
-    rate: Fraction | None
-    frames: int | None
-    color_range: int = 0
-    colorspace: int = 2
-    color_primaries: int = 2
-    color_trc: int = 2
-    sample_aspect_ratio: Fraction | None = None
-    live: bool = False
-
-
 def is_image_folder(path: str | Path) -> bool:
     return Path(path).is_dir()
-
-
-def is_live(source: str) -> bool:
-    """Network streams and cameras: sources that can drop, stall and come back."""
-    scheme = source.split("://", 1)[0].lower() if "://" in source else ""
-    return scheme in LIVE_SCHEMES or source.startswith("/dev/video")
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced, for logs and messages."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
-
-
-class LiveClock:
-    """Seconds since a live run's first frame, following the source's own clock where it can.
-
-    Each connection is anchored at its first frame's arrival; when the source's clock jumps, the
-    anchor moves to the wall clock, so times only ever grow and never pile up on one instant.
-    """
-
-    def __init__(self) -> None:
-        self.began: float | None = None  # monotonic time of the first frame
-        self._anchor: tuple[float, float] | None = None  # (run seconds, source seconds)
-        self._last = 0.0
-
-    def new_session(self) -> None:
-        """A reconnect: the source's clock starts again from anything."""
-        self._anchor = None
-
-    def seconds(self, source_time: float | None) -> float:
-        now = time.monotonic()
-        if self.began is None:
-            self.began = now
-        wall = now - self.began
-        seconds = wall  # the arrival time, where the source has none (RTSP's first frame)
-        if source_time is not None and self._anchor is not None:
-            seconds = self._anchor[0] + source_time - self._anchor[1]
-            if not self._last - CLOCK_JUMP_BACK <= seconds <= wall + CLOCK_JUMP_AHEAD:
-                self._anchor = None
-        if source_time is not None and self._anchor is None:
-            seconds = max(wall, self._last)
-            self._anchor = (seconds, source_time)
-        self._last = seconds
-        return seconds
 
 
 class Decoder:
@@ -116,42 +50,37 @@ class Decoder:
     Args:
         source: a video file, a URL FFmpeg can open, a camera (``/dev/video0``), or a folder
             of images.
-        start: seconds to skip from the start.
-        duration: seconds to read after ``start``.
-        max_frames: frames to read at most.
-        rtsp_transport: ``tcp`` (default: no losses) or ``udp`` for RTSP sources.
-        reconnect_timeout: seconds a live source may stay lost before the run fails
-            (0: never give up).
+        options: what to read, and how long a live source may stay lost.
         open_timeout, read_timeout: seconds before a connection attempt or a read gives up,
             so a dead camera never hangs the process.
+        stop: an event that ends reading when set, also while a live source is still
+            connecting (default: a new one; :meth:`stop` sets it).
     """
 
     def __init__(
         self,
         source: str | Path,
+        options: DecodeOptions | None = None,
         *,
-        start: float | None = None,
-        duration: float | None = None,
-        max_frames: int | None = None,
-        rtsp_transport: str = "tcp",
-        reconnect_timeout: float = 30.0,
         open_timeout: float = 10.0,
         read_timeout: float = 5.0,
+        stop: threading.Event | None = None,
     ) -> None:
+        options = options or DecodeOptions()
         self.source = str(source)
         self.name = mask_url(self.source)
         self.live = is_live(self.source)
         self.yields_cpu = not self.live  # a file waits; a camera's packets must be read in time
-        self.start = start or 0.0
-        self.end = None if duration is None else self.start + duration
-        self.max_frames = max_frames
-        self.rtsp_transport = rtsp_transport
-        self.reconnect_timeout = reconnect_timeout
+        self.start = options.start or 0.0
+        self.end = None if options.duration is None else self.start + options.duration
+        self.max_frames = options.max_frames
+        self.rtsp_transport = options.rtsp_transport
+        self.reconnect_timeout = options.reconnect_timeout
         self.timeouts = (open_timeout, read_timeout)
         self.corrupt_packets = 0
         self.reconnects = 0
         self.clock = LiveClock()
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._container: av.container.InputContainer | None = None
         self._images: list[Path] | None = None
         self.info = self._open()
@@ -161,7 +90,11 @@ class Decoder:
             return self._open_folder()
         if not self.live and not Path(self.source).exists():
             raise InputError(f"{self.name}: no such file")
+        if self.source.startswith("/dev/video") and not Path(self.source).exists():
+            raise InputError(f"{self.name}: no such camera (is it plugged in?)")
         self._container = self._connect_until_deadline() if self.live else self._connect()
+        if self._container is None:
+            raise InputError(f"{self.name}: stopped before the source answered")
         stream = self._container.streams.video[0]
         ctx = stream.codec_context
         if ctx is None:
@@ -198,7 +131,7 @@ class Decoder:
             frames=len(self._images),
         )
 
-    def _connect(self) -> av.container.InputContainer:
+    def _connect(self, open_timeout: float | None = None) -> av.container.InputContainer:
         """Open the source once; a source without video is an error."""
         options, fmt = {}, None
         if self.source.lower().startswith(("rtsp://", "rtsps://")):
@@ -208,43 +141,83 @@ class Decoder:
             options["analyzeduration"] = "100000"
         if self.source.startswith("/dev/video"):
             fmt = "v4l2"
+        timeouts = (open_timeout or self.timeouts[0], self.timeouts[1])
+        began = time.monotonic()
         try:
             container = av.open(
                 self.source,
                 mode="r",
                 format=fmt,
                 options=options,
-                timeout=self.timeouts,
+                timeout=timeouts,
                 metadata_errors="replace",  # junk tags in a damaged file are not fatal
             )
         except av.error.FFmpegError as exc:
-            raise InputError(f"{self.name}: cannot open as video ({reason(exc)})") from exc
+            took = time.monotonic() - began
+            # FFmpeg reports a source that never answers as whatever it was reading when the
+            # timeout cut it off ("Invalid data found ..."): say what happened instead.
+            why = f"no answer within {took:.0f} s" if took >= timeouts[0] - 0.5 else reason(exc)
+            raise CannotOpen(self.name, why) from exc
         if not container.streams.video:
             container.close()
-            raise InputError(f"{self.name}: no video stream")
+            raise NoVideoStream(f"{self.name}: no video stream")
         container.streams.video[0].thread_type = "AUTO"
         return container
 
     def _connect_until_deadline(self) -> av.container.InputContainer | None:
-        """Connect, retrying with capped backoff until the reconnect timeout; None if stopped."""
+        """Connect, retrying with capped backoff until the reconnect timeout; None if stopped.
+
+        No attempt runs past the deadline, so the time in the final message is the time waited.
+        The first failure of an outage is logged as a warning, the rest at debug level."""
         began = time.monotonic()
-        delay = 0.5
+        deadline = began + self.reconnect_timeout if self.reconnect_timeout else None
+        delay, failures = 0.5, 0
         while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 1.0)
             try:
-                return self._connect()
-            except InputError as exc:
-                if isinstance(exc.__cause__, PERMANENT_ERRORS) or "no video stream" in str(exc):
+                return self._connect(None if left is None else min(left, self.timeouts[0]))
+            except CannotOpen as exc:
+                if isinstance(exc.__cause__, PERMANENT_ERRORS):
                     raise
+                failures += 1
+                why = exc.why
                 waited = time.monotonic() - began
-                if self.reconnect_timeout and waited >= self.reconnect_timeout:
+                if deadline is not None and time.monotonic() >= deadline - 0.05:
                     raise InputError(
-                        f"{self.name}: source lost; no connection within "
-                        f"{self.reconnect_timeout:g} s ({reason(exc.__cause__ or exc)})"
+                        f"{self.name}: source lost; no connection for {waited:.1f} s "
+                        f"(--reconnect-timeout {self.reconnect_timeout:g}; last try: {why})"
                     ) from None
-                log.debug("%s: connect failed (%s); retrying in %.1f s", self.name, exc, delay)
-                if self._stop.wait(delay):
+                log_at = logging.WARNING if failures == 1 else logging.DEBUG
+                log.log(log_at, "%s: cannot connect (%s); retrying", self.name, why)
+                wait = delay if deadline is None else min(delay, deadline - time.monotonic())
+                if self._stop.wait(max(wait, 0.0)):
                     return None
                 delay = min(delay * 2, 5.0)
+
+    @property
+    def duration(self) -> float | None:
+        """The source's length in seconds, where it says (None for live sources)."""
+        if self._images is not None:
+            return float(len(self._images) / IMAGE_FOLDER_RATE)
+        if self._container is None or self.live or not self._container.duration:
+            return None
+        return self._container.duration / av.time_base
+
+    def describe(self) -> str:
+        """One line on what is read, for the banner of ``-v``."""
+        i = self.info
+        rate = f"{float(i.rate):.3g} fps" if i.rate else "no fixed rate"
+        if self._images is not None:
+            return f"{self.name}: {len(self._images)} images, {i.width}x{i.height}"
+        assert self._container is not None
+        video = self._container.streams.video[0]
+        parts = [f"{video.codec_context.name} {i.width}x{i.height}, {rate}"]
+        if i.frames:
+            parts.append(f"{i.frames} frames")
+        for a in self._container.streams.audio:
+            ctx = a.codec_context
+            parts.append(f"audio {ctx.name if ctx else '?'} {a.rate or '?'} Hz")
+        return f"{self.name}: " + ", ".join(parts) + (" (live)" if self.live else "")
 
     def stop(self) -> None:
         """End iteration at the next frame (a clean stop: what was read is kept)."""
@@ -268,7 +241,9 @@ class Decoder:
             return True
         if self.end is not None and seconds >= self.end - 1e-9:
             return None
-        return seconds >= self.start - 1e-9
+        # Without --start every frame is kept, also those a file shows before time 0 (the
+        # encoder shifts the timeline, audio with it, as FFmpeg does).
+        return self.start <= 0 or seconds >= self.start - 1e-9
 
     def _image_frames(self) -> Iterator[Frame]:
         tb = 1 / IMAGE_FOLDER_RATE

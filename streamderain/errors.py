@@ -7,19 +7,31 @@ class StreamDerainError(Exception):
     """Base of every error the command line reports as one line (no traceback)."""
 
 
+class UsageError(StreamDerainError):
+    """An option's value, or a combination of options, that cannot work."""
+
+
 class InputError(StreamDerainError):
     """The input cannot be opened or read as video."""
+
+
+class NoVideoStream(InputError):
+    """The input opened, but holds no video: retrying a live source cannot mend it."""
+
+
+class CannotOpen(InputError):
+    """The input could not be opened; ``why`` says what happened, for messages that add to it."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"{name}: cannot open as video ({why})")
+        self.why = why
 
 
 class OutputError(StreamDerainError):
     """The output cannot be created or written."""
 
 
-class Interrupted(StreamDerainError):
-    """The run was stopped by the user; the partial output was kept."""
-
-
 def reason(exc: BaseException) -> str:
     """The first line of what a library said went wrong (an OS error's text, if it has one)."""
-    text = getattr(exc, "strerror", None) or str(exc)
+    text = (getattr(exc, "strerror", None) or str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__

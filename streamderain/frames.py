@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import av
@@ -38,6 +38,23 @@ def video_frame(
 
 
 @dataclass(frozen=True)
+class VideoInfo:
+    """What the encoder needs to know of the source to keep the output faithful to it."""
+
+    width: int
+    height: int
+    time_base: Fraction
+    rate: Fraction | None
+    frames: int | None
+    color_range: int = 0
+    colorspace: int = 2
+    color_primaries: int = 2
+    color_trc: int = 2
+    sample_aspect_ratio: Fraction | None = None
+    live: bool = False
+
+
+@dataclass(frozen=True)
 class Frame:
     """One picture with its place in time.
 
@@ -46,7 +63,7 @@ class Frame:
         pts: presentation timestamp in ``time_base`` units (``None`` if the source has none).
         time_base: seconds per ``pts`` unit.
         image: H x W x 3 uint8, RGB.
-        original: the source picture, kept only when the output shows before and after.
+        original: the source picture, kept only where a later stage shows before and after.
         rotation: how a player should rotate the picture, degrees counter-clockwise.
     """
 
@@ -66,9 +83,9 @@ class Frame:
     def seconds(self) -> float | None:
         return None if self.pts is None else float(self.pts * self.time_base)
 
-    def with_image(self, image: np.ndarray, keep_original: bool = False) -> Frame:
-        original = self.image if keep_original else None
-        return replace(self, image=image, original=original)
+    def with_image(self, image: np.ndarray) -> Frame:
+        """The same frame (time, original, rotation) holding another picture."""
+        return replace(self, image=image)
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,6 @@ class Batch:
     """Frames of one size, in order, processed together."""
 
     frames: tuple[Frame, ...]
-    created: float = field(default=0.0, compare=False)
 
     def __post_init__(self) -> None:
         if not self.frames:
@@ -90,9 +106,8 @@ class Batch:
         """N x H x W x 3 uint8."""
         return np.stack([f.image for f in self.frames])
 
-    def with_images(self, images: np.ndarray, keep_original: bool = False) -> Batch:
-        frames = tuple(f.with_image(img, keep_original) for f, img in zip(self.frames, images))
-        return Batch(frames, self.created)
+    def with_images(self, images: np.ndarray) -> Batch:
+        return Batch(tuple(f.with_image(img) for f, img in zip(self.frames, images)))
 
     def __len__(self) -> int:
         return len(self.frames)

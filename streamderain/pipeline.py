@@ -28,17 +28,50 @@ POLL = 0.05
 YIELDING_NICE = 10
 
 
-class Stage(Protocol):
-    def process(self, item: Any) -> Iterable[Any]: ...
-    def finish(self) -> Iterable[Any]: ...
+JOIN_TIMEOUT = 10.0
+
+
+class Stage:
+    """One step of the pipeline, run in its own thread: items in, zero or more items out.
+
+    Subclasses implement :meth:`process` and override what else they need.
+    """
+
+    #: run this stage's thread at a lower priority, so the model gets the cores first
+    yields_cpu: bool = False
+
+    def process(self, item: Any) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def poll(self) -> Iterable[Any]:
+        """Called when no item came for a while (flush what has waited too long)."""
+        return []
+
+    def finish(self) -> Iterable[Any]:
+        """The end of the stream: what is still held back."""
+        return []
+
+    def abort(self, failed: bool) -> None:
+        """The run is stopping early: on an error (``failed``) or a second Ctrl-C."""
+
+
+class Source(Protocol):
+    """Where frames come from: the decoder."""
+
+    yields_cpu: bool
+
+    def __iter__(self) -> Iterator[Any]: ...
+    def stop(self) -> None: ...
 
 
 @dataclass
 class Stats:
-    """What a run did: frames, time, and how busy each stage was."""
+    """What a run did: frames, time (``setup`` before the first frame, ``wall`` from it), and
+    how busy each stage was."""
 
     frames: int = 0
     wall: float = 0.0
+    setup: float = 0.0
     busy: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
     corrupt_packets: int = 0
@@ -54,10 +87,10 @@ class Stats:
         shares = ", ".join(
             f"{name} {100 * t / self.wall:.0f}%" for name, t in self.busy.items() if self.wall > 0
         )
-        text = (
-            f"{self.frames} frames in {self.wall:.1f} s ({self.fps:.2f} fps); "
-            f"busy: {shares}; peak memory {self.peak_rss_mb:.0f} MB"
-        )
+        text = f"{self.frames} frames in {self.wall:.1f} s ({self.fps:.2f} fps)"
+        if self.setup >= 0.05:
+            text += f", after {self.setup:.1f} s opening the input and loading the model"
+        text += f"; busy: {shares}; peak memory {self.peak_rss_mb:.0f} MB"
         if self.corrupt_packets:
             text += f"; {self.corrupt_packets} corrupt packets skipped or concealed"
         if self.dropped:
@@ -79,7 +112,7 @@ class Pipeline:
     """Runs a frame source through stages, the last of which writes the output.
 
     Args:
-        source: an iterable of frames with a ``stop()`` method (the decoder).
+        source: the frames (the decoder).
         stages: ``(name, stage)`` in order; each turns items into zero or more items.
         queue_size: items each queue holds at most (back-pressure: files lose nothing).
         drop_oldest: when the first stage falls behind, drop the oldest waiting frame instead
@@ -89,7 +122,7 @@ class Pipeline:
 
     def __init__(
         self,
-        source: Any,
+        source: Source,
         stages: list[tuple[str, Stage]],
         queue_size: int = 4,
         drop_oldest: bool = False,
@@ -146,7 +179,7 @@ class Pipeline:
         self.stop_event.set()
 
     def _read(self, out: queue.Queue) -> None:
-        if getattr(self.source, "yields_cpu", False):
+        if self.source.yields_cpu:
             _yield_cpu()
         try:
             it: Iterator[Any] = iter(self.source)
@@ -167,8 +200,7 @@ class Pipeline:
     def _work(self, name: str, stage: Stage, inbox: queue.Queue, out: queue.Queue | None) -> None:
         """One stage's loop. The last stage (``out`` is None) reports each item it took."""
         busy = self.stats.busy
-        poll = getattr(stage, "poll", None)
-        if getattr(stage, "yields_cpu", False):
+        if stage.yields_cpu:
             _yield_cpu()
 
         def timed(call: Callable[[], Iterable[Any]]) -> list[Any]:
@@ -185,8 +217,7 @@ class Pipeline:
                 try:
                     item = inbox.get(timeout=POLL)
                 except queue.Empty:
-                    if poll is not None:
-                        emit(timed(poll))
+                    emit(timed(stage.poll))
                     continue
                 if item is _END:
                     break
@@ -200,8 +231,8 @@ class Pipeline:
         except BaseException as exc:  # noqa: BLE001 - carried to the main thread
             self._fail(exc)
         finally:
-            if self.stop_event.is_set() and hasattr(stage, "abort"):
-                stage.abort()
+            if self.stop_event.is_set():
+                stage.abort(failed=bool(self.errors))
             if out is None:
                 self._done.put(_END)
             elif not self.stop_event.is_set():
@@ -228,7 +259,10 @@ class Pipeline:
         finally:
             self.stop_event.set()
             for t in threads:
-                t.join(timeout=10)
+                t.join(timeout=JOIN_TIMEOUT)
+                if t.is_alive():
+                    log.error("stage %s did not stop within %g s", t.name, JOIN_TIMEOUT)
+                    self._fail(StreamDerainError(f"the {t.name} stage did not stop"))
             self.stats.wall = time.perf_counter() - t0
             self.stats.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if self.errors:

@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from streamderain.backends import BACKENDS, OpenVINOBackend, openvino_available
-from streamderain.errors import StreamDerainError
+from streamderain.backends import OpenVINOBackend, openvino_available
+from streamderain.errors import StreamDerainError, UsageError
 from streamderain.frames import Batch
+from streamderain.options import ModelOptions
+from streamderain.pipeline import Stage
 from training import DerainModel, load_model
 
 log = logging.getLogger(__name__)
@@ -26,9 +28,7 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise StreamDerainError(
-            f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)"
-        ) from None
+        raise UsageError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise StreamDerainError(f"device {name!r} asked for, but no CUDA GPU is available")
@@ -86,66 +86,68 @@ def tiled(
     return out[..., :h, :w]
 
 
-class ModelRunner:
+class ModelRunner(Stage):
     """Turns batches of RGB uint8 frames into batches of derained RGB uint8 frames.
 
     Args:
-        model: a bundled model name or checkpoint path (see ``training.load_model``).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``; ``fp16``/``bf16`` on CUDA (``bf16`` also on CPUs that have it).
-        tile: run frames larger than this in overlapping tiles of this size (0: never).
-        backend: ``auto`` (OpenVINO for fp32 on a CPU when installed, else PyTorch),
-            ``torch`` or ``openvino``.
+        options: the model, device, precision, backend and tiling (``options.batch`` is the
+            batcher's).
         threads: CPU threads for the model (default: every core).
-        keep_original: keep each source picture beside its result (for before/after output).
     """
 
-    def __init__(
-        self,
-        model: str | None = None,
-        device: str = "auto",
-        precision: str = "fp32",
-        tile: int = 0,
-        threads: int | None = None,
-        keep_original: bool = False,
-        backend: str = "auto",
-    ) -> None:
-        if precision not in PRECISIONS:
-            raise StreamDerainError(f"unknown precision {precision!r} (use fp32, fp16 or bf16)")
-        self.device = pick_device(device)
-        if precision == "fp16" and self.device.type == "cpu":
-            raise StreamDerainError("fp16 needs a CUDA GPU; use fp32 or bf16 on a CPU")
-        self.dtype = PRECISIONS[precision]
-        self.tile = tile
-        self.keep_original = keep_original
-        threads = threads or len(os.sched_getaffinity(0))
+    def __init__(self, options: ModelOptions | None = None, threads: int | None = None) -> None:
+        options = options or ModelOptions()
+        self.options = options
+        self.device = pick_device(options.device)
+        if options.precision == "fp16" and self.device.type == "cpu":
+            raise UsageError("fp16 needs a CUDA GPU; use fp32 or bf16 on a CPU")
+        self.dtype = PRECISIONS[options.precision]
+        self.tile = options.tile
+        self.threads = threads or len(os.sched_getaffinity(0))
         if self.device.type == "cpu":
-            torch.set_num_threads(threads)
-        self.model: DerainModel = load_model(model, device=self.device)
+            torch.set_num_threads(self.threads)
+        log.debug("loading the model (%s) on %s", options.model or "bundled default", self.device)
+        self.model: DerainModel = load_model(options.model, device=self.device)
         self.model = self.model.to(memory_format=torch.channels_last, dtype=self.dtype)
         self.stride = self.model.net.min_size
-        if tile and tile < min_tile(self.stride):
-            raise StreamDerainError(f"--tile must be 0 (off) or at least {min_tile(self.stride)}")
-        self.backend = self._pick_backend(backend, precision)
+        if self.tile and self.tile < min_tile(self.stride):
+            raise UsageError(f"--tile must be 0 (off) or at least {min_tile(self.stride)}")
+        self.backend = self._pick_backend(options.backend, options.precision)
         self.forward: Callable[[torch.Tensor], torch.Tensor] = (
-            OpenVINOBackend(self.model, threads) if self.backend == "openvino" else self.model
+            OpenVINOBackend(self.model, self.threads) if self.backend == "openvino" else self.model
         )
-        self.bgr = self.model.channel_order == "BGR"
         self._cuda = self.device.type == "cuda"
         if self._cuda:
             self._upload = torch.cuda.Stream(self.device)
             self._compute = torch.cuda.Stream(self.device)
             self._pending: tuple[Batch, torch.Tensor, torch.cuda.Event] | None = None
 
+    def prepare(self, height: int, width: int) -> None:
+        """Get ready for frames of this size (OpenVINO compiles per shape: seconds), so that
+        the time before the first frame is setup, not processing."""
+        if isinstance(self.forward, OpenVINOBackend) and not self.tile:
+            self.forward.prepare(self.options.batch, height, width)
+
+    def describe(self) -> str:
+        """One line on what runs, for the banner of ``-v``."""
+        info = self.model.info
+        name = self.options.model or "dcsfn-lite (bundled default)"
+        params = sum(p.numel() for p in self.model.parameters())
+        tile = f"tiles of {self.tile}" if self.tile else "whole frames"
+        threads = f", {self.threads} threads" if self.device.type == "cpu" else ""
+        return (
+            f"{name}: DCSFN {info.config.channels} channels x {info.config.num_blocks} blocks, "
+            f"{params:,} parameters; {self.device} {self.options.precision} with {self.backend}"
+            f"{threads}, batch {self.options.batch}, {tile}"
+        )
+
     def _pick_backend(self, backend: str, precision: str) -> str:
-        if backend not in BACKENDS:
-            raise StreamDerainError(f"unknown backend {backend!r} (use {', '.join(BACKENDS)})")
         exact_cpu = self.device.type == "cpu" and precision == "fp32"
         if backend == "openvino":
             if not exact_cpu:
-                raise StreamDerainError("the openvino backend runs fp32 on a CPU only")
+                raise UsageError("the openvino backend runs fp32 on a CPU only")
             if not openvino_available():
-                raise StreamDerainError("the openvino backend needs: pip install openvino")
+                raise UsageError("the openvino backend needs: pip install openvino")
         if backend == "auto":
             return "openvino" if exact_cpu and openvino_available() else "torch"
         return backend
@@ -154,18 +156,14 @@ class ModelRunner:
     def infer(self, images: torch.Tensor) -> torch.Tensor:
         """N x H x W x 3 uint8 RGB on the runner's device -> the same, derained."""
         x = images.permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
-        if self.bgr:
-            x = x.flip(1)
         x = x.contiguous(memory_format=torch.channels_last)
         y = tiled(self.forward, x, self.tile, self.stride) if self.tile else self.forward(x)
-        if self.bgr:
-            y = y.flip(1)
         return y.clamp_(0, 1).mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1)
 
     def process(self, batch: Batch) -> Iterable[Batch]:
         if not self._cuda:
             out = self.infer(torch.from_numpy(batch.images)).contiguous().numpy()
-            return [batch.with_images(out, self.keep_original)]
+            return [batch.with_images(out)]
         return self._process_cuda(batch)
 
     def _process_cuda(self, batch: Batch) -> list[Batch]:
@@ -196,7 +194,7 @@ class ModelRunner:
             return []
         batch, out, ready = pending
         ready.synchronize()
-        return [batch.with_images(out.numpy(), self.keep_original)]
+        return [batch.with_images(out.numpy())]
 
     def finish(self) -> Iterable[Batch]:
         if not self._cuda:

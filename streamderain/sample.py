@@ -8,6 +8,7 @@ import numpy as np
 
 from streamderain.decoder import Decoder
 from streamderain.encoder import Encoder
+from streamderain.options import EncodeOptions
 from training.rain import PRESETS, RainField
 
 CLEAN_CLIP = Path(__file__).with_name("assets") / "clean-street.mp4"
@@ -22,7 +23,7 @@ def write_sample(path: str | Path, rain: str = "light", seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     with Decoder(CLEAN_CLIP) as decoder:
         field = RainField(decoder.info.height, decoder.info.width, PRESETS[rain], rng)
-        encoder = Encoder(path, decoder.info, crf=18)
+        encoder = Encoder(path, decoder.info, EncodeOptions(crf=18))
         try:
             for frame in decoder:
                 encoder.write(frame.with_image(field.apply(frame.image)))

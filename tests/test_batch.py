@@ -12,18 +12,9 @@ import numpy as np
 import pytest
 
 from streamderain import api, runner
-from streamderain.batch import (
-    MANIFEST,
-    PIPELINE_OPTIONS,
-    RUNNER_OPTIONS,
-    Job,
-    Result,
-    Worker,
-    expand_inputs,
-    plan,
-    summary_table,
-)
-from streamderain.errors import StreamDerainError
+from streamderain.jobs import MANIFEST, Job, Result, expand_inputs, plan, summary_table
+from streamderain.options import RunOptions
+from streamderain.workers import Worker
 from tests.media import clean_frames, decode_all, make_clip
 
 FRAMES = 6
@@ -135,15 +126,7 @@ def test_a_worker_loads_the_model_once(
     loads = []
     load = runner.load_model
     monkeypatch.setattr(runner, "load_model", lambda *a, **k: loads.append(a) or load(*a, **k))
-    options = {
-        **dict.fromkeys((*RUNNER_OPTIONS, *PIPELINE_OPTIONS)),
-        "batch": 1,
-        "tile": 0,
-        "encoder": "pyav",
-    }
-    worker = Worker(
-        {**options, "device": "cpu", "precision": "fp32", "backend": "auto"}, "cpu", threads=1
-    )
+    worker = Worker(RunOptions.of(device="cpu"), "cpu", threads=1)
     made = api.ModelRunner
     results = [worker.derain(Job(str(inputs / "in" / n), str(tmp_path / n))) for n in GOOD]
     assert [(r.status, r.frames) for r in results] == [("done", FRAMES)] * len(GOOD), results
@@ -163,8 +146,9 @@ def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("x/a.mp4", "y/a.mp4", "y/b.mp4", "out/old.mp4"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).touch()
-    with pytest.raises(StreamDerainError, match="would both write"):
-        plan(expand_inputs(["*/a.mp4"]), tmp_path / "out")
+    jobs, _ = plan(expand_inputs(["*/a.mp4"]), tmp_path / "out")
+    outputs = [str(tmp_path / "out" / d / "a.mp4") for d in ("x", "y")]
+    assert [j.output for j in jobs] == outputs, "inputs of one name keep their folders"
     # The outputs folder is never an input; an output nobody recorded needs -y.
     (tmp_path / "out" / "b.mp4").touch()
     jobs, known = plan(expand_inputs(["y/b.mp4", "out/*"]), tmp_path / "out")
@@ -173,3 +157,31 @@ def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert [j.output for j in jobs] == [str(tmp_path / "out/b.mp4")] and known == {}
     table = summary_table([Result("/a.mp4", "/o/a.mp4", "failed", "no such file")])
     assert table.splitlines()[1].split() == ["/a.mp4", "failed", "no", "such", "file"]
+
+
+def test_the_manifest_keys_on_the_input_that_made_each_output(tmp_path: Path) -> None:
+    """d1/clip.mp4, then d2/clip.mp4 with -y into the same folder, then d1/clip.mp4 again: the
+    output is d2's, so d1's is redone, not skipped; so is an input changed since its run."""
+    out = tmp_path / "X"
+    out.mkdir()
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "clip.mp4").write_bytes(d.encode())
+
+    def run(src: Path, overwrite: bool = False) -> list[Job]:
+        jobs, known = plan([str(src)], out, overwrite)
+        with open(out / MANIFEST, "a") as manifest:
+            for job in jobs:
+                Path(job.output).write_bytes(Path(job.input).read_bytes())
+                manifest.write(Result.of(job, "done", frames=1).to_json() + "\n")
+        return jobs
+
+    first = tmp_path / "d1" / "clip.mp4"
+    assert len(run(first)) == 1
+    assert run(first) == [], "done: skipped"
+    assert len(run(tmp_path / "d2" / "clip.mp4", overwrite=True)) == 1
+    assert len(run(first)) == 1, "the output held d2's result: redone"
+    assert (out / "clip.mp4").read_bytes() == b"d1"
+    first.write_bytes(b"d1, edited")
+    assert len(run(first)) == 1, "the input changed since: redone"
+    assert len(run(first, overwrite=True)) == 1, "-y redoes finished inputs"

@@ -106,3 +106,27 @@ def test_disk_full_is_a_clean_error_and_leaves_no_broken_file(tmp_path, small_di
     assert not [p for p in small_disk.iterdir() if p.name.startswith(".")]
     with av.open(str(src)) as c:
         assert c.streams.video[0].frames == 12, "the input was touched"
+
+
+def test_a_failed_run_leaves_the_existing_output_exactly_as_it_was(tmp_path, shared):
+    """``-y`` replaces OUTPUT with a finished run only: a run that fails part-way (a picture of
+    another size in an image folder) keeps the old file, and leaves nothing of ours behind."""
+    import cv2
+
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for i, size in enumerate([(160, 90)] * 3 + [(200, 100)]):
+        image = np.full((size[1], size[0], 3), 40 * i, np.uint8)
+        cv2.imwrite(str(stills / f"{i:03d}.png"), image)
+    victim = tmp_path / "victim.mp4"
+    make_clip(victim, clean_frames(20, (96, 64)))
+    before = victim.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "streamderain", str(stills), str(victim), "-y"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1 and "size changes are not supported" in result.stderr
+    assert victim.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp file left"

@@ -114,3 +114,38 @@ def test_malicious_pickle_is_refused_and_runs_no_code(tmp_path, wrap):
         with pytest.raises(ModelLoadError, match="refused: not a plain tensor checkpoint"):
             load_model(path)
     assert not marker.exists()
+
+
+def _tiny_checkpoint(path, edit) -> None:
+    config = DCSFNConfig(channels=4, num_blocks=1, scale_num=2, conv_num=1)
+    net = build_network(config)
+    save_model(path, net, config)
+    payload = torch.load(path, weights_only=True)
+    edit(payload)
+    torch.save(payload, path)
+
+
+def test_weights_with_nan_or_inf_are_refused(tmp_path):
+    for value in (float("nan"), float("inf")):
+        path = tmp_path / "bad.pt"
+        _tiny_checkpoint(
+            path, lambda p, v=value: p["state_dict"]["convert.0.weight"].view(-1).__setitem__(0, v)
+        )
+        with pytest.raises(ModelLoadError, match="convert.0.weight holds NaN or infinite"):
+            load_model(path)
+
+
+def test_a_config_that_does_not_match_its_tensors_is_refused_before_building(tmp_path):
+    """10^7 channels would ask for petabytes if it were built."""
+    path = tmp_path / "huge.pt"
+    _tiny_checkpoint(path, lambda p: p["config"].update(channels=10**7))
+    with pytest.raises(ModelLoadError, match="does not match its tensors"):
+        load_model(path)
+
+
+def test_passwords_are_masked_up_to_the_last_at_sign():
+    from streamderain.live import mask_url
+
+    assert mask_url("rtsp://admin:p@ss@127.0.0.1:1/x") == "rtsp://admin:***@127.0.0.1:1/x"
+    assert mask_url("rtsp://admin:secret@cam/x") == "rtsp://admin:***@cam/x"
+    assert mask_url("rtsp://cam/x@y") == "rtsp://cam/x@y"

@@ -79,11 +79,12 @@ def test_a_round_trip_keeps_the_colours(vfr_clip, tmp_path):
     accurately: the frames come back with no shift of brightness or colour."""
     from streamderain.decoder import Decoder
     from streamderain.encoder import Encoder
+    from streamderain.options import EncodeOptions
 
     src = vfr_clip[0]
     out = tmp_path / "same.mp4"
     with Decoder(str(src)) as decoder:
-        encoder = Encoder(out, decoder.info, crf=0)
+        encoder = Encoder(out, decoder.info, EncodeOptions(crf=0))
         for frame in decoder:
             encoder.write(frame)
         encoder.finish()
@@ -171,7 +172,7 @@ def test_stages_that_only_keep_up_yield_the_cpu_to_the_model():
     import os
     import threading
 
-    from streamderain.pipeline import YIELDING_NICE, Pipeline
+    from streamderain.pipeline import YIELDING_NICE, Pipeline, Stage
 
     seen: dict[str, int] = {}
 
@@ -185,16 +186,13 @@ def test_stages_that_only_keep_up_yield_the_cpu_to_the_model():
         def stop(self) -> None:
             pass
 
-    class Probe:
+    class Probe(Stage):
         def __init__(self, name: str, yields_cpu: bool) -> None:
             self.name, self.yields_cpu = name, yields_cpu
 
         def process(self, item):
             seen[self.name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
             return [item]
-
-        def finish(self):
-            return []
 
     base = os.getpriority(os.PRIO_PROCESS, 0)
     stages = [("model", Probe("model", False)), ("encode", Probe("encode", True))]
@@ -316,6 +314,7 @@ def test_openvino_backend_matches_pytorch_on_real_frames(shared):
     import cv2
 
     from streamderain.backends import openvino_available
+    from streamderain.options import ModelOptions
     from streamderain.runner import ModelRunner
     from tests.conftest import DATA
 
@@ -327,9 +326,11 @@ def test_openvino_backend_matches_pytorch_on_real_frames(shared):
             for i in (1, 2)
         ]
     )
-    fast = ModelRunner(device="cpu", backend="openvino")
-    exact = ModelRunner(device="cpu", backend="torch")
-    assert fast.backend == "openvino" and ModelRunner(device="cpu").backend == "openvino"
+    fast = ModelRunner(ModelOptions(device="cpu", backend="openvino"))
+    exact = ModelRunner(ModelOptions(device="cpu", backend="torch"))
+    assert (
+        fast.backend == "openvino" and ModelRunner(ModelOptions(device="cpu")).backend == "openvino"
+    )
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
     with torch.inference_mode():
         assert (fast.forward(x) - exact.forward(x)).abs().max().item() <= 1e-3
@@ -346,6 +347,7 @@ def test_cuda_runner_overlaps_batches_and_matches_the_cpu(shared):
     import cv2
 
     from streamderain.frames import Batch
+    from streamderain.options import ModelOptions
     from streamderain.runner import ModelRunner
     from tests.conftest import DATA
 
@@ -355,10 +357,10 @@ def test_cuda_runner_overlaps_batches_and_matches_the_cpu(shared):
         Batch(tuple(Frame(i + j, i + j, Fraction(1, 25), images[i + j]) for j in range(2)))
         for i in range(0, 6, 2)
     ]
-    cpu = ModelRunner(device="cpu", backend="torch")
+    cpu = ModelRunner(ModelOptions(device="cpu", backend="torch"))
     expected = [b for batch in batches for b in cpu.process(batch)]
     for precision, tolerance in (("fp32", 3), ("fp16", 8)):
-        gpu = ModelRunner(device="cuda", precision=precision)
+        gpu = ModelRunner(ModelOptions(device="cuda", precision=precision))
         got = [b for batch in batches for b in gpu.process(batch)] + list(gpu.finish())
         assert [f.index for b in got for f in b.frames] == list(range(6))
         for want, have in zip(expected, got, strict=True):

@@ -268,7 +268,7 @@ def test_a_mean_colour_term_joins_the_loss_when_asked(shared, tmp_path):
 def test_eval_scores_a_handful_of_pairs_and_writes_csv_and_sheet(shared, tmp_path):
     model = load_model()
     pairs = find_pairs(DATA / "rain100L-test")[:3]
-    result = evaluate(model, pairs, model.channel_order, tmp_path)
+    result = evaluate(model, pairs, tmp_path)
     assert len(result.rows) == 3
     assert 20 < result.rainy["psnr_y"] < 40
     assert 0 < result.derained["ssim_y"] <= 1

@@ -92,8 +92,8 @@ def evaluate_cmd(
 
     model = load_model(model_source)
     pairs = find_pairs(data_dir)[:limit]
-    result = evaluate(model, pairs, model.channel_order, out_dir, sheet_images)
-    click.echo(f"{model_source} on {data_dir} ({len(pairs)} pairs, {model.channel_order}):")
+    result = evaluate(model, pairs, out_dir, sheet_images)
+    click.echo(f"{model_source} on {data_dir} ({len(pairs)} pairs):")
     click.echo(result.table())
 
 

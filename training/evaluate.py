@@ -20,14 +20,10 @@ METRICS = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
 
 
 @torch.inference_mode()
-def derain_rgb(net: torch.nn.Module, image: np.ndarray, channel_order: str = "RGB") -> np.ndarray:
-    """One RGB uint8 picture through a network expecting ``channel_order``; RGB uint8 back."""
+def derain_rgb(net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """One RGB uint8 picture through an RGB network (a model, or a bare RGB net); RGB back."""
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255.0)
-    if channel_order == "BGR":
-        x = x.flip(1)
     y = net(x)
-    if channel_order == "BGR":
-        y = y.flip(1)
     return y[0].clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).numpy()
 
 
@@ -59,7 +55,6 @@ class EvalResult:
 def evaluate(
     net: torch.nn.Module,
     pairs: list[Pair],
-    channel_order: str = "RGB",
     out_dir: Path | None = None,
     sheet_images: int = 4,
 ) -> EvalResult:
@@ -67,7 +62,7 @@ def evaluate(
     rows, sheet = [], []
     for i, pair in enumerate(pairs):
         rainy, clean = read_pair(pair)
-        derained = derain_rgb(net, rainy, channel_order)
+        derained = derain_rgb(net, rainy)
         row: dict[str, object] = {"image": pair.rainy.name}
         row.update({f"rainy_{k}": v for k, v in scores(rainy, clean).items()})
         row.update({f"derained_{k}": v for k, v in scores(derained, clean).items()})

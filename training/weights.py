@@ -43,13 +43,41 @@ class ModelInfo:
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def describe(self) -> list[str]:
+        """The metadata as a few lines a user can read: purpose, training, scores, speed."""
+        meta = self.metadata
+        lines = [f"for: {meta['purpose']}"] if meta.get("purpose") else []
+        steps, stages, stage = 0, 0, meta
+        while stage:
+            steps += stage.get("steps", 0)
+            stages += 1
+            stage = stage.get("earlier_stage")
+        lines.append(f"trained: {steps:,} steps in {stages} stage(s)")
+        presets = meta.get("training_data", {}).get("rain_presets")
+        if presets:
+            lines.append(f"last stage's rain: {', '.join(presets)}")
+        scores = []
+        for key, value in meta.get("metrics", {}).items():
+            if isinstance(value, dict):
+                value = value.get("derained", value).get("psnr_y")
+            if isinstance(value, float | int):
+                scores.append(f"{key} {value:.2f} dB")
+        if scores:
+            lines.append(f"PSNR-Y: {'; '.join(scores)}")
+        if meta.get("cpu_fps_640x360"):
+            fps = meta["cpu_fps_640x360"]
+            lines.append(f"speed: {fps} frames/s at 640x360, whole pipeline on a 2-core CPU")
+        return lines
+
 
 class DerainModel(nn.Module):
-    """A DCSFN network ready for frames of any size.
+    """A DCSFN network ready for RGB frames of any size.
 
-    Maps float tensors N x 3 x H x W in [0, 1], in :attr:`channel_order`, to the same.
-    Frames smaller than the network's minimum side are padded and cropped back. Outputs are
-    not clamped (so they match the original code exactly); clamp when converting to pixels.
+    Maps float tensors N x 3 x H x W in [0, 1], RGB, to the same, whatever channel order the
+    checkpoint's network was trained in (:attr:`channel_order`: the authors' weights expect
+    BGR, and are flipped to it here, so no caller handles channel order). Frames smaller than
+    the network's minimum side are padded and cropped back. Outputs are not clamped (so they
+    match the original code exactly); clamp when converting to pixels.
     """
 
     def __init__(self, net: nn.Module, info: ModelInfo) -> None:
@@ -59,20 +87,26 @@ class DerainModel(nn.Module):
 
     @property
     def channel_order(self) -> str:
+        """The channel order of the network inside (its checkpoint's)."""
         return self.info.channel_order
 
     @property
     def config(self) -> DCSFNConfig:
         return self.info.config
 
+    def to_net_order(self, x: Tensor) -> Tensor:
+        """RGB to the network's channel order, and back (a flip undoes itself)."""
+        return x.flip(1) if self.channel_order == "BGR" else x
+
     def forward(self, x: Tensor) -> Tensor:
+        x = self.to_net_order(x)
         h, w = x.shape[-2:]
         need = self.net.min_size
         if h >= need and w >= need:
-            return self.net(x)
+            return self.to_net_order(self.net(x))
         pad_h, pad_w = max(need - h, 0), max(need - w, 0)
         padded = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        return self.net(padded)[..., :h, :w]
+        return self.to_net_order(self.net(padded)[..., :h, :w])
 
 
 def infer_config(state_dict: dict[str, Tensor]) -> DCSFNConfig:
@@ -193,6 +227,7 @@ def load_model(source: str | Path | None = None, device: str | torch.device = "c
     """
     path = resolve_source(source)
     state, info = _unpack(_read(path), path)
+    _check_tensors(state, info.config, path)
     net = build_network(info.config)
     try:
         net.load_state_dict(state, strict=True)
@@ -201,6 +236,24 @@ def load_model(source: str | Path | None = None, device: str | torch.device = "c
         raise ModelLoadError(f"{path}: weights do not fit DCSFN {info.config} ({first})") from None
     model = DerainModel(net, info).eval().requires_grad_(False)
     return model.to(device)
+
+
+def _check_tensors(state: dict[str, Tensor], config: DCSFNConfig, path: Path) -> None:
+    """Refuse weights that cannot work before anything is built from them: a config that claims
+    another shape than its tensors (building it could ask for petabytes), or NaN/Inf values
+    (the output would be black)."""
+    try:
+        found = infer_config(state)
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ModelLoadError(f"{path}: not a DCSFN checkpoint ({exc})") from None
+    # A single sub-network has no cross-scale unit and no fusion: those two fields leave no trace.
+    shape = ("channels", "num_blocks", "scale_num", "conv_num", "single")
+    names = shape if config.single else (*shape, "unit", "cross")
+    if any(getattr(found, n) != getattr(config, n) for n in names):
+        raise ModelLoadError(f"{path}: its config {config} does not match its tensors ({found})")
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelLoadError(f"{path}: tensor {name} holds NaN or infinite values")
 
 
 def save_model(

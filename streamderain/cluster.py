@@ -1,0 +1,176 @@
+"""Ray: batch inputs on a pool of actors, and live feeds on actors that come back when they die.
+
+One connection helper, one way of sizing actors (a GPU each, or a share of one; else some CPU
+cores), used by both. Inputs and outputs are paths that every node must see (shared storage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+from streamderain.errors import StreamDerainError, reason
+from streamderain.feeds import Feed, FeedWorker
+from streamderain.jobs import Job, Result
+from streamderain.options import RunOptions
+from streamderain.workers import CPU_THREADS, Report, Worker, deliver
+
+log = logging.getLogger(__name__)
+
+# A feed told to stop ends within its source's open timeout (10 s) and a segment's close.
+FEED_STOP_WAIT = 20.0
+
+
+@contextlib.contextmanager
+def ray_session(address: str) -> Iterator[ModuleType]:
+    """Ray, started or joined for the ``with`` block (unless this process already has it).
+
+    ``address``: ``local`` (or ``""``) starts Ray on this machine, bound to 127.0.0.1; ``auto``
+    joins the cluster this machine belongs to; ``ray://host:10001`` connects a Ray client.
+    Ray's own errors come out as one-line :class:`StreamDerainError`.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise StreamDerainError("Ray is not installed (pip install 'streamderain[ray]')") from None
+    connected = False
+    if not ray.is_initialized():
+        quiet = {"logging_level": logging.WARNING, "include_dashboard": False}
+        try:
+            if address in ("", "local"):
+                cpus = len(os.sched_getaffinity(0))
+                ray.init(num_cpus=cpus, _node_ip_address="127.0.0.1", **quiet)
+            else:
+                ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise StreamDerainError(
+                f"cannot start or join Ray at {address!r}: {reason(exc)}"
+            ) from None
+        connected = True
+    try:
+        yield ray
+    except ray.exceptions.RayError as exc:
+        raise StreamDerainError(f"Ray: {reason(exc)}") from exc
+    finally:
+        if connected:
+            ray.shutdown()
+
+
+def actor_resources(
+    ray: ModuleType, device: str, threads: int | None, per_gpu: float = 1
+) -> tuple[str, int | None, dict[str, float]]:
+    """(device, CPU threads, Ray resources) of one actor: a GPU (or ``1/per_gpu`` of one) where
+    the cluster has GPUs and ``device`` allows it, else ``threads`` CPU cores."""
+    gpu = device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
+    if device.startswith("cuda") and not gpu:
+        raise StreamDerainError(f"--device {device}: the Ray cluster has no GPU")
+    if gpu:
+        return "cuda", None, {"num_cpus": 1, "num_gpus": 1 / per_gpu}
+    threads = threads or 1
+    return "cpu", threads, {"num_cpus": threads}
+
+
+def run_ray(
+    jobs: list[Job],
+    options: RunOptions,
+    report: Report,
+    address: str = "local",
+    workers: int | None = None,
+    threads: int | None = None,
+) -> bool:
+    """Derain ``jobs`` on Ray actors, each holding a model, dispatched by ``ActorPool``.
+
+    One actor per GPU, or on CPUs one per ``threads`` cores (default up to ``CPU_THREADS``).
+    Returns whether Ctrl-C stopped the run (at once: the files in flight are redone by the next
+    run).
+    """
+    with ray_session(address) as ray:
+        from ray.util import ActorPool
+
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        device, threads, per_actor = actor_resources(
+            ray, options.model.device, threads or min(CPU_THREADS, cpus)
+        )
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        n = max(workers or (gpus if device == "cuda" else cpus // threads), 1)
+        log.info("%d Ray actor(s), each with %s", n, per_actor)
+        actor = ray.remote(Worker).options(**per_actor, max_restarts=0)
+        pool = ActorPool([actor.remote(options, device, threads) for _ in range(n)])
+        for job in jobs:
+            pool.submit(lambda a, job: a.derain.remote(job), job)
+        left = {job.input: job for job in jobs}
+        try:
+            while pool.has_next():
+                try:
+                    result = pool.get_next_unordered()
+                except ray.exceptions.RayActorError as exc:
+                    log.warning("a Ray worker died: %s", reason(exc))
+                    continue
+                left.pop(result.input, None)
+                deliver(result, report)
+        except KeyboardInterrupt:
+            return True
+        for job in left.values():  # every actor died before these ran
+            report(Result.failed(job, "its Ray worker died"))
+        return False
+
+
+def run_feeds(
+    feeds: list[Feed],
+    options: RunOptions,
+    address: str = "local",
+    threads: int | None = None,
+    per_gpu: int = 1,
+) -> list[dict[str, Any]]:
+    """Run every feed on its own restartable Ray actor until they end or Ctrl-C stops them.
+
+    If an actor's process dies (a crash, the out-of-memory killer, its node going away), Ray
+    starts it again (``max_restarts=-1``) and calls ``run`` again (``max_task_retries``), so
+    the feed resumes by itself. On a cluster with GPUs, ``per_gpu`` feeds share one GPU; on
+    CPUs each feed's actor takes ``threads`` cores (default 1).
+    """
+    with ray_session(address) as ray:
+        device, threads, per_actor = actor_resources(ray, options.model.device, threads, per_gpu)
+        restartable = {"max_restarts": -1, "max_task_retries": -1, "max_concurrency": 2}
+        actor = ray.remote(FeedWorker)
+        actors = {
+            f.name: actor.options(name=f"feed:{f.name}", **per_actor, **restartable).remote(
+                options, device, threads
+            )
+            for f in feeds
+        }
+        runs = {actors[f.name].run.remote(f): f.name for f in feeds}
+        log.warning("%d feed(s) running on Ray: %s", len(feeds), ", ".join(actors))
+        return _wait_for_feeds(ray, runs, actors)
+
+
+def _wait_for_feeds(ray: ModuleType, runs: dict, actors: dict) -> list[dict[str, Any]]:
+    """Collect each feed's end; on Ctrl-C, stop every feed and wait for its segment to close."""
+    done: list[dict[str, Any]] = []
+    pending = list(runs)
+    try:
+        while pending:
+            finished, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            done += [_outcome(ray, ref, runs[ref]) for ref in finished]
+    except KeyboardInterrupt:
+        log.warning("stopping %d feed(s)", len(pending))
+        for ref in pending:
+            actors[runs[ref]].stop.remote()
+        deadline = time.monotonic() + FEED_STOP_WAIT
+        while pending and time.monotonic() < deadline:
+            finished, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            done += [_outcome(ray, ref, runs[ref]) for ref in finished]
+        raise
+    return done
+
+
+def _outcome(ray: ModuleType, ref: Any, name: str) -> dict[str, Any]:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        return {"feed": name, "error": reason(exc.cause if exc.cause else exc)}

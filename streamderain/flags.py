@@ -1,0 +1,217 @@
+"""The command line's shared parts: the flags every command takes, and one-line errors.
+
+Flags come in groups (model, encode, range, live, overwrite, verbosity); :func:`run_options`
+adds the groups a command takes, and :func:`options_from` turns what the user typed into a
+checked :class:`~streamderain.options.RunOptions`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from streamderain.errors import InputError, StreamDerainError
+from streamderain.options import (
+    BACKENDS,
+    COMPARE_MODES,
+    ENCODERS,
+    PRECISIONS,
+    RTSP_TRANSPORTS,
+    RunOptions,
+)
+
+log = logging.getLogger("streamderain")
+
+
+class _Format(logging.Formatter):
+    """``streamderain: message`` for notices, ``streamderain: WARNING: message`` otherwise."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno == logging.INFO else f"{record.levelname}: "
+        text = f"streamderain: {level}{record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    """Log to stderr (only the command line configures logging): warnings, and notices of
+    what a user waits for (``-q``: errors only; ``-v``: everything, with what runs)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Format())
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(level=level, handlers=[handler])
+    logging.getLogger("streamderain.notice").setLevel(logging.ERROR if quiet else logging.INFO)
+
+
+def fail(message: str, verbose: bool, code: int = 1) -> None:
+    if verbose:
+        log.exception("details")
+    click.echo(f"streamderain: error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def one_line_errors(verbose: bool) -> Iterator[None]:
+    """Every failure inside ends the command with one line on stderr (``-v``: a traceback)."""
+    from training import ModelLoadError
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        fail("aborted", verbose, 130)
+    except (StreamDerainError, ModelLoadError) as exc:
+        fail(str(exc), verbose)
+    except Exception as exc:  # noqa: BLE001 - reported, not swallowed
+        fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for details)", verbose, 2)
+
+
+_MODEL = [
+    click.option(
+        "--model",
+        default=None,
+        help="Bundled model name or checkpoint path [default: dcsfn-lite; all bundled models: "
+        "streamderain models].",
+    ),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    click.option("--batch", type=int, default=1, show_default=True, help="Frames per model call."),
+    click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        default="fp32",
+        show_default=True,
+        help="Number format of the model; fp16 needs a GPU, bf16 a GPU or a recent CPU.",
+    ),
+    click.option(
+        "--backend",
+        type=click.Choice(BACKENDS),
+        default="auto",
+        show_default=True,
+        help="Inference backend; auto: OpenVINO for fp32 on a CPU (exact, faster), else PyTorch.",
+    ),
+    click.option(
+        "--tile",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Process frames in tiles of at most this size (bounds memory; 0: off).",
+    ),
+]
+_ENCODE = [
+    click.option(
+        "--codec", default=None, help="Video codec (default: H.264 for mp4/mov/mkv, VP9 for webm)."
+    ),
+    click.option(
+        "--crf", type=int, default=None, help="Constant quality (default: visually lossless)."
+    ),
+    click.option("--preset", default=None, help="x264 preset (default: fast)."),
+    click.option(
+        "--encoder",
+        type=click.Choice(ENCODERS),
+        default="pyav",
+        show_default=True,
+        help="pyav: PyAV's own FFmpeg; ffmpeg: an ffmpeg binary on PATH (for NVENC, VAAPI, ...).",
+    ),
+    click.option(
+        "--compare",
+        type=click.Choice(COMPARE_MODES),
+        default=None,
+        help="Write the input and the result together.",
+    ),
+]
+_RANGE = [
+    click.option("--start", type=float, default=None, help="Seconds to skip."),
+    click.option("--duration", type=float, default=None, help="Seconds to process."),
+    click.option("--max-frames", type=int, default=None, help="Frames to process at most."),
+]
+_LIVE = [
+    click.option(
+        "--rtsp-transport",
+        type=click.Choice(RTSP_TRANSPORTS),
+        default="tcp",
+        show_default=True,
+        help="RTSP input transport.",
+    ),
+    click.option(
+        "--reconnect-timeout",
+        type=float,
+        default=30.0,
+        show_default=True,
+        help="Seconds a live source may stay lost before giving up (0: never).",
+    ),
+    click.option(
+        "--live-drop/--no-live-drop",
+        default=None,
+        help="Drop old frames when the model is slower than a live source "
+        "(default: on for live sources).",
+    ),
+]
+_OVERWRITE = [
+    click.option(
+        "-y",
+        "--overwrite",
+        is_flag=True,
+        help="Replace outputs that exist (batch: also redo inputs done before).",
+    )
+]
+_VERBOSITY = [
+    click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary."),
+    click.option("-v", "--verbose", is_flag=True, help="Debug logging; tracebacks on errors."),
+]
+_GROUPS = {
+    "model": _MODEL,
+    "encode": _ENCODE,
+    "range": _RANGE,
+    "live": _LIVE,
+    "overwrite": _OVERWRITE,
+    "verbosity": _VERBOSITY,
+}
+
+
+def run_options(*groups: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The run options every command shares, by group (``model``, ``encode``, ``range``,
+    ``live``, ``overwrite``, ``verbosity``), in ``--help`` in that order."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for group in reversed(groups):
+            for option in reversed(_GROUPS[group]):
+                command = option(command)
+        return command
+
+    return decorate
+
+
+def options_from(params: dict[str, Any]) -> RunOptions:
+    """The :class:`RunOptions` among a command's parameters (checked: a bad value is a
+    one-line :class:`UsageError`)."""
+    return RunOptions.of(**{k: v for k, v in params.items() if k in RunOptions.names()})
+
+
+def check_paths(src: str, dst: str, overwrite: bool) -> None:
+    """Refuse anything that could lose the user's data, before any work starts; a missing
+    input is named before an existing output."""
+    if "://" not in src and not src.startswith("/dev/video") and not Path(src).exists():
+        raise InputError(f"{src}: no such file")
+    if "://" in dst:
+        return
+    src_path, dst_path = Path(src), Path(dst)
+    if "://" not in src and src_path.exists() and dst_path.exists():
+        if src_path.resolve() == dst_path.resolve():
+            raise StreamDerainError(f"{dst}: output is the input; choose another output name")
+    parent = dst_path.parent if dst_path.parent != Path("") else Path(".")
+    if not parent.is_dir():
+        raise StreamDerainError(f"{dst}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise StreamDerainError(f"{dst}: folder {parent} is not writable")
+    if dst_path.exists() and not overwrite:
+        if sys.stdin.isatty() and sys.stderr.isatty():
+            if click.confirm(f"{dst} exists. Overwrite?", default=False, err=True):
+                return
+        raise StreamDerainError(f"{dst} exists (pass -y to overwrite)")

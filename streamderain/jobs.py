@@ -1,0 +1,190 @@
+"""A batch's plan: which input goes to which output, and the manifest of what is done.
+
+The driver appends each outcome to ``OUT_DIR/manifest.jsonl`` as it comes back, so a re-run
+skips what is already done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from glob import glob
+from pathlib import Path
+from typing import Any
+
+from streamderain.errors import StreamDerainError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input to derain and where its output goes (absolute paths).
+
+    ``size`` and ``mtime`` tell this input from another file later found at the same path."""
+
+    input: str
+    output: str
+    size: int = 0
+    mtime: float = 0.0
+
+    @classmethod
+    def of(cls, src: str, output: Path) -> Job:
+        stat = Path(src).stat() if "://" not in src and Path(src).exists() else None
+        return cls(src, str(output), stat.st_size if stat else 0, stat.st_mtime if stat else 0.0)
+
+
+@dataclass
+class Result:
+    """One input's outcome; ``done`` and ``failed`` ones are the lines of the manifest."""
+
+    input: str
+    output: str
+    status: str  # done, failed; skipped (done in an earlier run); internal: fatal, cancelled
+    reason: str = ""
+    frames: int = 0
+    seconds: float = 0.0
+    fps: float = 0.0
+    input_size: int = 0
+    input_mtime: float = 0.0
+
+    @classmethod
+    def of(cls, job: Job, status: str, reason: str = "", **done: Any) -> Result:
+        return cls(
+            job.input,
+            job.output,
+            status,
+            reason,
+            **done,
+            input_size=job.size,
+            input_mtime=job.mtime,
+        )
+
+    @classmethod
+    def failed(cls, job: Job, reason: str) -> Result:
+        return cls.of(job, "failed", reason)
+
+    def is_done_from(self, job: Job) -> bool:
+        """This record says ``job``'s very input (same path, size and time) made its output."""
+        return (
+            self.status == "done"
+            and (self.input, self.output) == (job.input, job.output)
+            and (self.input_size, self.input_mtime) == (job.size, job.mtime)
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def expand_inputs(items: Iterable[str], list_file: str | Path | None = None) -> list[str]:
+    """Paths and globs (``*``, ``?``, ``[...]``, ``**``), plus a list file's lines, in order,
+    each once. A list file names one input per line; blank lines and ``#`` comments are skipped."""
+    items = list(items)
+    if list_file is not None:
+        try:
+            lines = Path(list_file).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StreamDerainError(f"{list_file}: cannot read the list ({exc})") from None
+        items += [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
+    found: dict[str, str] = {}
+    for item in items:
+        if "://" not in item and any(c in item for c in "*?["):
+            matches = sorted(glob(item, recursive=True))
+            if not matches:
+                log.warning("%s matches nothing", item)
+        else:
+            matches = [item]
+        for m in matches:
+            found.setdefault(m if "://" in m else os.path.abspath(m), m)
+    return list(found)
+
+
+def read_manifest(path: Path) -> dict[str, Result]:
+    """The latest outcome recorded for each output (a torn last line is ignored)."""
+    records: dict[str, Result] = {}
+    if not path.exists():
+        return records
+    names = {f.name for f in fields(Result)}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            record = Result(**{k: v for k, v in json.loads(line).items() if k in names})
+        except (ValueError, TypeError):
+            log.warning("%s: line %d is not a record; ignored", path, n)
+            continue
+        records[record.output] = record
+    return records
+
+
+def output_paths(inputs: list[str], out_dir: Path) -> dict[str, Path]:
+    """Where each input's output goes: its path below the inputs' common folder, mirrored
+    under ``out_dir``, so ``a/clip.mp4`` and ``b/clip.mp4`` do not collide (inputs from one
+    folder land directly in ``out_dir``)."""
+    local = [Path(s) for s in inputs if "://" not in s]
+    root = Path(os.path.commonpath([str(p.parent) for p in local])) if local else None
+    return {
+        s: out_dir / (Path(s).relative_to(root) if root and "://" not in s else Path(s).name)
+        for s in inputs
+    }
+
+
+def plan(
+    inputs: list[str], out_dir: Path, overwrite: bool = False
+) -> tuple[list[Job], dict[str, Result]]:
+    """The jobs to run, and the outcome of each input that needs no run (skipped or refused).
+
+    An input whose output the manifest records as made from this very input (path, size and
+    modification time), and which exists, is skipped; ``overwrite`` redoes it. An output the
+    manifest knows of otherwise (failed, cut short, made from another input) is redone. An
+    existing output the manifest does not know is the user's: replaced only with
+    ``overwrite``.
+    """
+    out_dir = out_dir.resolve()
+    manifest = read_manifest(out_dir / MANIFEST)
+    inputs = [s for s in inputs if "://" in s or not Path(s).is_relative_to(out_dir)]
+    jobs: list[Job] = []
+    known: dict[str, Result] = {}
+    for src, output in output_paths(inputs, out_dir).items():
+        job = Job.of(src, output)
+        before = manifest.get(job.output)
+        if "://" in src:
+            known[src] = Result.failed(
+                job, "batch takes files and folders; derain a live feed with: streamderain URL OUT"
+            )
+        elif before and before.is_done_from(job) and output.exists() and not overwrite:
+            known[src] = Result(**{**asdict(before), "status": "skipped"})
+        elif output.exists() and before is None and not overwrite:
+            known[src] = Result.failed(job, f"{job.output} exists (pass -y to overwrite)")
+        else:
+            jobs.append(job)
+    return jobs, known
+
+
+def summary_table(results: list[Result], failed_only: bool = False) -> str:
+    """Input, status, frames, and fps or the reason: one row per input."""
+    rows = [("input", "status", "frames", "fps / reason")]
+    for r in results:
+        if failed_only and r.status != "failed":
+            continue
+        detail = why(r) if r.status == "failed" else f"{r.fps:.2f}"
+        rows.append((_short(r.input), r.status, str(r.frames) if r.frames else "", detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[3]]).rstrip()
+        for row in rows
+    )
+
+
+def why(result: Result) -> str:
+    """The reason, less the input's name it usually starts with."""
+    return result.reason.removeprefix(f"{result.input}: ")
+
+
+def _short(path: str) -> str:
+    """A path relative to the current folder when it is below it."""
+    relative = os.path.relpath(path) if "://" not in path else path
+    return path if relative.startswith("..") else relative

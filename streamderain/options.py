@@ -1,0 +1,170 @@
+"""A run's options as data: what to read, how to run the model, how to write.
+
+Each group is a frozen dataclass that checks itself when it is made, with the one-line message
+a user sees, so the command line, the Python API, batch workers and Ray actors all take the
+same values and refuse the same mistakes. Messages name the command-line flag, which is what
+most users typed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from streamderain.errors import UsageError
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+BACKENDS = ("auto", "torch", "openvino")
+ENCODERS = ("pyav", "ffmpeg")
+COMPARE_MODES = ("side-by-side", "stacked")
+RTSP_TRANSPORTS = ("tcp", "udp")
+
+
+def _check(rules: list[tuple[bool, str]]) -> None:
+    for bad, message in rules:
+        if bad:
+            raise UsageError(message)
+
+
+def _choice(flag: str, value: object, allowed: tuple[str, ...]) -> tuple[bool, str]:
+    return value not in allowed, f"{flag} must be one of {', '.join(allowed)}, got {value!r}"
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What to read of the source, and how a live source is kept.
+
+    Args:
+        start: seconds to skip from the start.
+        duration: seconds to read after ``start``.
+        max_frames: frames to read at most.
+        rtsp_transport: ``tcp`` (no losses) or ``udp`` for RTSP sources.
+        reconnect_timeout: seconds a live source may stay lost before the run fails (0: never).
+        live_drop: drop the oldest waiting frame when the model falls behind (None: for live
+            sources only), so the delay stays bounded.
+    """
+
+    start: float | None = None
+    duration: float | None = None
+    max_frames: int | None = None
+    rtsp_transport: str = "tcp"
+    reconnect_timeout: float = 30.0
+    live_drop: bool | None = None
+
+    def __post_init__(self) -> None:
+        s, d, n = self.start, self.duration, self.max_frames
+        _check(
+            [
+                (s is not None and s < 0, f"--start must be >= 0, got {s}"),
+                (d is not None and d <= 0, f"--duration must be > 0, got {d}"),
+                (n is not None and n < 1, f"--max-frames must be >= 1, got {n}"),
+                _choice("--rtsp-transport", self.rtsp_transport, RTSP_TRANSPORTS),
+                (
+                    self.reconnect_timeout < 0,
+                    f"--reconnect-timeout must be >= 0, got {self.reconnect_timeout}",
+                ),
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model runs, where, and how many frames per call.
+
+    Args:
+        model: a bundled model name or a checkpoint path (None: the bundled default).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``; ``fp16``/``bf16`` on CUDA (``bf16`` also on CPUs that have it).
+        backend: ``auto`` (OpenVINO for fp32 on a CPU when installed, else PyTorch),
+            ``torch`` or ``openvino``.
+        batch: frames per model call.
+        tile: run frames larger than this in overlapping tiles of this size (0: never).
+    """
+
+    model: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    backend: str = "auto"
+    batch: int = 1
+    tile: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model is not None:
+            object.__setattr__(self, "model", str(self.model))
+        _check(
+            [
+                (self.batch < 1, f"--batch must be at least 1, got {self.batch}"),
+                (self.tile < 0, f"--tile must be 0 (off) or positive, got {self.tile}"),
+                _choice("--precision", self.precision, PRECISIONS),
+                _choice("--backend", self.backend, BACKENDS),
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How the output is written.
+
+    Args:
+        codec: video codec (None: H.264 for mp4/mov/mkv, VP9 for webm).
+        crf: constant quality (None: visually lossless for the codec).
+        preset: x264 speed preset (None: ``fast``).
+        encoder: ``pyav`` (PyAV's own FFmpeg) or ``ffmpeg`` (an ffmpeg binary on PATH).
+        compare: ``side-by-side`` or ``stacked`` to write before and after together.
+    """
+
+    codec: str | None = None
+    crf: int | None = None
+    preset: str | None = None
+    encoder: str = "pyav"
+    compare: str | None = None
+
+    def __post_init__(self) -> None:
+        crf = self.crf
+        _check(
+            [
+                (crf is not None and not 0 <= crf <= 63, f"--crf must be in 0..63, got {crf}"),
+                _choice("--encoder", self.encoder, ENCODERS),
+                (
+                    self.compare is not None and self.compare not in COMPARE_MODES,
+                    f"--compare must be one of {', '.join(COMPARE_MODES)}, got {self.compare!r}",
+                ),
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything one run takes besides its input and output."""
+
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    encode: EncodeOptions = field(default_factory=EncodeOptions)
+
+    @classmethod
+    def names(cls) -> set[str]:
+        """Every option's name, across the groups (what :meth:`of` takes)."""
+        base = cls()
+        return {name for f in fields(base) for name in _names(getattr(base, f.name))}
+
+    @classmethod
+    def of(cls, **values: Any) -> RunOptions:
+        """Options from flat keyword values (``crf=0, device="cpu"``), each sent to its group."""
+        return cls().replace(**values)
+
+    def replace(self, **values: Any) -> RunOptions:
+        """A copy with some flat values changed (``options.replace(max_frames=2)``)."""
+        parts: dict[str, dict[str, Any]] = {f.name: {} for f in fields(self)}
+        for key, value in values.items():
+            group = next((g for g in parts if key in _names(getattr(self, g))), None)
+            if group is None:
+                raise TypeError(f"unknown option {key!r}")
+            parts[group][key] = value
+        return RunOptions(
+            **{g: dataclasses.replace(getattr(self, g), **v) for g, v in parts.items()}
+        )
+
+
+def _names(group: object) -> set[str]:
+    return {f.name for f in fields(group)}

@@ -1,0 +1,146 @@
+"""A source file's audio and subtitles, brought into the output in time with the video.
+
+Packets are copied as they are where the output container takes their codec; audio it cannot
+take is re-encoded to the container's usual codec at a transparent bit rate, and subtitles it
+cannot take are left out, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import av
+
+log = logging.getLogger(__name__)
+
+# Audio/subtitle codecs each container takes as they are (None: all of them).
+COPYABLE: dict[str, set[str] | None] = {
+    "mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac", "mov_text"},
+    "mov": {"aac", "mp3", "ac3", "alac", "pcm_s16le", "pcm_s24le", "mov_text"},
+    "matroska": None,
+    "webm": {"opus", "vorbis", "webvtt"},
+}
+# Audio a container cannot take is re-encoded to its usual codec at a transparent bit rate;
+# subtitles it cannot take are left out, with a warning.
+AUDIO_FALLBACK: dict[str, tuple[str, int]] = {
+    "mp4": ("aac", 256_000),
+    "mov": ("aac", 256_000),
+    "webm": ("libopus", 192_000),
+}
+
+
+def copies_as_is(fmt: str, codec: str) -> bool:
+    allowed = COPYABLE.get(fmt, set())
+    return allowed is None or codec in allowed
+
+
+class AudioReencoder:
+    """Decodes one source audio stream and encodes it again for a container that cannot take it."""
+
+    def __init__(
+        self, source: av.audio.stream.AudioStream, output: av.container.OutputContainer, fmt: str
+    ) -> None:
+        codec, bit_rate = AUDIO_FALLBACK[fmt]
+        rates = av.Codec(codec, "w").audio_rates
+        rate = source.rate if not rates or source.rate in rates else max(rates)
+        self.stream = output.add_stream(codec, rate=rate)
+        self.stream.layout = source.layout.name
+        self.stream.bit_rate = bit_rate
+        self.decoder = source.codec_context
+
+    def packets(self, packet: av.Packet | None, shift: float) -> list[av.Packet]:
+        """Encoded packets for one source packet (None: flush), ``shift`` seconds earlier."""
+        out = []
+        for frame in self.decoder.decode(packet):
+            if frame.pts is not None:
+                frame.pts -= round(shift / frame.time_base)
+            out += self.stream.encode(frame)
+        if packet is None:
+            out += self.stream.encode(None)
+        return out
+
+
+class StreamCopier:
+    """Brings a source file's audio and subtitles into the output, in time with the video.
+
+    Packets are copied as they are where the container takes their codec; audio it cannot take
+    is re-encoded (``AUDIO_FALLBACK``), subtitles it cannot take are left out with a warning.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        output: av.container.OutputContainer,
+        fmt: str,
+        start: float,
+        end: float | None,
+        offset: float,
+    ) -> None:
+        self.input = av.open(source)
+        self.start, self.end, self.offset = start, end, offset
+        self.map: dict[int, av.stream.Stream] = {}
+        self.reencoders: dict[int, AudioReencoder] = {}
+        for s in [*self.input.streams.audio, *self.input.streams.subtitles]:
+            name = s.codec_context.name if s.codec_context else "unknown"
+            if s.type == "audio" and not (s.codec_context and s.codec_context.sample_rate):
+                # A file cut short before the audio's first frame: FFmpeg knows no rate or
+                # layout for it, and no container takes such a stream.
+                log.warning(
+                    "audio stream %d (%s) has no parameters (cut short?): left out", s.index, name
+                )
+            elif copies_as_is(fmt, name):
+                self.map[s.index] = output.add_stream_from_template(s)
+            elif s.type == "audio" and fmt in AUDIO_FALLBACK:
+                self.reencoders[s.index] = AudioReencoder(s, output, fmt)
+                log.info("audio stream %d (%s) re-encoded for %s", s.index, name, fmt)
+            else:
+                log.warning(
+                    "%s stream %d (%s) does not fit %s: left out", s.type, s.index, name, fmt
+                )
+        wanted = [self.input.streams[i] for i in [*self.map, *self.reencoders]]
+        self._packets = self.input.demux(*wanted) if wanted else iter(())
+        self._held: av.Packet | None = None
+        self.output = output
+
+    def copy_until(self, seconds: float | None) -> None:
+        """Mux every packet that starts before ``seconds`` of output time (all, if None)."""
+        while True:
+            packet = self._held or next(self._packets, None)
+            self._held = None
+            if packet is None:
+                break
+            if packet.dts is None or packet.pts is None:
+                continue
+            t = float(packet.pts * packet.time_base)
+            if (self.start > 0 and t < self.start - 1e-9) or (
+                self.end is not None and t >= self.end
+            ):
+                continue
+            if seconds is not None and t - self.offset > seconds:
+                self._held = packet
+                return
+            reencoder = self.reencoders.get(packet.stream.index)
+            if reencoder is not None:
+                self.output.mux(reencoder.packets(packet, self.offset))
+                continue
+            shift = round(self.offset / packet.time_base)
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = self.map[packet.stream.index]
+            self.output.mux(packet)
+        if seconds is None:
+            for reencoder in self.reencoders.values():
+                self.output.mux(reencoder.packets(None, self.offset))
+
+    def close(self) -> None:
+        self.input.close()
+
+
+def ffmpeg_audio_args(source: str, fmt: str) -> dict[str, str | int]:
+    """ffmpeg's audio options: copy if the container takes every audio stream, else re-encode."""
+    with av.open(source) as src:
+        codecs = [s.codec_context.name for s in src.streams.audio if s.codec_context]
+    if all(copies_as_is(fmt, c) for c in codecs) or fmt not in AUDIO_FALLBACK:
+        return {"acodec": "copy"}
+    codec, bit_rate = AUDIO_FALLBACK[fmt]
+    return {"acodec": codec, "audio_bitrate": bit_rate}

@@ -1,0 +1,242 @@
+"""Batch workers: each loads the model once and derains one file after another.
+
+The same :class:`Worker` runs in a local process pool (:func:`run_local`) and as a Ray actor
+(``streamderain.cluster``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+from pathlib import Path
+
+from streamderain.errors import StreamDerainError, reason
+from streamderain.jobs import Job, Result
+from streamderain.options import RunOptions
+from streamderain.pipeline import Pipeline, Stats
+
+log = logging.getLogger(__name__)
+
+# On a CPU, one worker per CPU_THREADS cores, each with that many threads. On our 2-core machine
+# (`python -m benchmarks.batch`, nothing else running) one 2-thread worker did 0.262 files/s and
+# two 1-thread workers 0.178: every worker loads and converts its own model and they share the
+# memory bandwidth. Beyond a few threads a video-sized frame gains little from more, so bigger
+# CPUs are split into workers of CPU_THREADS cores (not measured: this machine has 2).
+CPU_THREADS = 4
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+Report = Callable[[Result], None]
+
+
+class Worker:
+    """Loads the model once, then derains one file after another.
+
+    Args:
+        options: the batch's options, the same for every file.
+        device: this worker's device (``cpu``, ``cuda``, ``cuda:N``).
+        threads: CPU threads for the model (None: every core).
+    """
+
+    def __init__(self, options: RunOptions, device: str, threads: int | None) -> None:
+        from streamderain.runner import ModelRunner
+        from training import ModelLoadError
+
+        self.options = options
+        self.pipeline: Pipeline | None = None  # the file in progress, for Ctrl-C
+        self.stopping = False
+        self.stop = threading.Event()  # stops a source that is still connecting
+        self.runner, self.setup_error = None, ""
+        try:
+            self.runner = ModelRunner(replace(options.model, device=device), threads)
+        except (StreamDerainError, ModelLoadError) as exc:
+            self.setup_error = str(exc)
+
+    def derain(self, job: Job) -> Result:
+        """Derain ``job``; every failure is a ``failed`` result with a one-line reason."""
+        from training import ModelLoadError
+
+        if self.setup_error:
+            return Result.of(job, "fatal", self.setup_error)
+        if self.stopping:
+            return Result.of(job, "cancelled")
+        t0 = time.perf_counter()
+        try:
+            Path(job.output).parent.mkdir(parents=True, exist_ok=True)
+            stats = self.derain_video(job.input, job.output)
+        except (StreamDerainError, ModelLoadError) as exc:
+            return Result.failed(job, reason(exc))
+        except KeyboardInterrupt:
+            return Result.failed(job, "interrupted")
+        except Exception as exc:  # one bad file must never stop the others
+            return Result.failed(job, f"unexpected {type(exc).__name__}: {reason(exc)}")
+        seconds = time.perf_counter() - t0
+        if stats.interrupted:
+            return Result.failed(
+                job, f"interrupted; the output holds the {stats.frames} frames done"
+            )
+        if stats.frames == 0:
+            return Result.failed(job, "no frame could be decoded")
+        fps = round(stats.frames / seconds, 3)
+        return Result.of(job, "done", frames=stats.frames, seconds=round(seconds, 3), fps=fps)
+
+    def derain_video(self, src: str, dst: str, **values: object) -> Stats:
+        """``derain_video`` with this worker's runner instead of a new model per file."""
+        from streamderain.api import derain_video
+
+        self.runner.finish()  # a file that failed on CUDA may have left one batch in flight
+        try:
+            return derain_video(
+                src,
+                dst,
+                self.options,
+                runner=self.runner,
+                on_start=self._started,
+                stop=self.stop,
+                **values,
+            )
+        finally:
+            self.pipeline = None
+
+    def _started(self, pipeline: Pipeline, decoder: object) -> None:
+        self.pipeline = pipeline
+        if self.stopping:  # stopped while it was still connecting
+            pipeline.request_stop()
+
+    def interrupt(self) -> None:
+        """Ctrl-C: finish the file in progress as a playable partial output, start no other;
+        a second time: stop at once."""
+        pipeline = self.pipeline
+        if pipeline is not None and self.stopping:
+            pipeline.abort()
+        elif pipeline is not None:
+            pipeline.request_stop()
+        self.stopping = True
+        self.stop.set()
+
+
+_worker: Worker | None = None  # a local pool process's worker
+
+
+def _start_process(options: RunOptions, devices, threads: int | None) -> None:
+    global _worker
+    _die_with_parent()
+    _worker = Worker(options, devices.get(), threads)
+    signal.signal(signal.SIGINT, lambda signum, frame: _worker.interrupt())
+
+
+def _die_with_parent() -> None:
+    """Linux: this process is killed when the driver dies, even by SIGKILL, instead of living
+    on as an orphan that finishes a file the manifest never hears of."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the driver died before the call
+            os._exit(1)
+
+
+def _derain_in_process(job: Job) -> Result:
+    return _worker.derain(job)
+
+
+def deliver(result: Result, report: Report) -> bool:
+    """Report a result; False if the worker, interrupted, refused the job.
+
+    Raises:
+        StreamDerainError: the model or device cannot work, so every input would fail.
+    """
+    if result.status == "fatal":
+        raise StreamDerainError(result.reason)
+    if result.status == "cancelled":
+        return False
+    report(result)
+    return True
+
+
+def run_local(
+    jobs: list[Job],
+    options: RunOptions,
+    report: Report,
+    workers: int | None = None,
+    threads: int | None = None,
+) -> bool:
+    """Derain ``jobs`` in local worker processes; ``report`` gets each result as it comes.
+
+    A worker per GPU, or one per ``CPU_THREADS`` cores on a CPU, each with ``cores / workers``
+    threads. A worker process that dies takes its pool down: the inputs in flight get one more
+    try in a fresh pool, and fail if they take it down again. Returns whether Ctrl-C stopped
+    the run.
+    """
+    devices = worker_devices(options.model.device, workers)
+    if devices[0] == "cpu":
+        threads = threads or max(1, len(os.sched_getaffinity(0)) // len(devices))
+    log.info("%d worker process(es) on %s", len(devices), ", ".join(sorted(set(devices))))
+    todo, crashes, stopping = deque(jobs), Counter(), False
+    context = multiprocessing.get_context("spawn")  # fork is unsafe with torch's threads
+    while todo:
+        queue = context.SimpleQueue()
+        for device in devices:
+            queue.put(device)
+        with ProcessPoolExecutor(
+            len(devices), context, initializer=_start_process, initargs=(options, queue, threads)
+        ) as pool:
+            running: dict[Future, Job] = {}
+            broken = False
+            while running or (todo and not broken):
+                while todo and not broken and len(running) < len(devices):
+                    job = todo.popleft()
+                    running[pool.submit(_derain_in_process, job)] = job
+                try:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    if stopping:
+                        for job in running.values():  # ours to replace on the next run
+                            report(Result.failed(job, "aborted; the output holds what was done"))
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        raise
+                    stopping = True
+                    todo.clear()
+                    log.warning("stopping: finishing the files in progress (Ctrl-C again to abort)")
+                    continue
+                for future in finished:
+                    job = running.pop(future)
+                    try:
+                        if not deliver(future.result(), report):
+                            stopping = True  # the worker was interrupted: stop, as on Ctrl-C
+                            todo.clear()
+                    except BrokenProcessPool:
+                        broken = True
+                        crashes[job] += 1
+                        if stopping:
+                            continue  # not recorded: the next run does it
+                        if crashes[job] < 2:
+                            todo.appendleft(job)
+                        else:
+                            report(Result.failed(job, "its worker process died on it, twice"))
+            if broken and todo:
+                log.warning("a worker process died; starting a fresh pool")
+    return stopping
+
+
+def worker_devices(device: str, workers: int | None) -> list[str]:
+    """One device per local worker: a worker per GPU, or one per ``CPU_THREADS`` cores."""
+    from streamderain.runner import pick_device
+
+    picked = pick_device(device)
+    if picked.type == "cpu":
+        return ["cpu"] * (workers or max(1, len(os.sched_getaffinity(0)) // CPU_THREADS))
+    if picked.index is not None:  # cuda:N: every worker on that GPU
+        return [str(picked)] * (workers or 1)
+    import torch
+
+    count = torch.cuda.device_count()
+    return [f"cuda:{i % count}" for i in range(workers or count)]

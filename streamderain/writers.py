@@ -1,0 +1,308 @@
+"""Writers: PyAV's own FFmpeg, an ``ffmpeg`` binary, or a folder of PNG images.
+
+Each takes pictures with their timestamps (:class:`Writer`) and knows nothing of where they
+came from; the encoder stage picks one from the output's name and options.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Protocol
+
+import av
+import cv2
+import ffmpeg
+import numpy as np
+
+from streamderain.errors import OutputError, reason
+from streamderain.frames import VideoInfo, video_frame
+from streamderain.streams import StreamCopier, ffmpeg_audio_args
+
+
+class Writer(Protocol):
+    """Takes RGB pictures in order, with their timestamps, then closes the output."""
+
+    def write(self, image: np.ndarray, pts: int, time_base: Fraction) -> None: ...
+    def close(self) -> None: ...
+
+
+# Visually lossless defaults: CRF 18 for H.264, 30 for VP9 (constant quality mode).
+DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 30}
+DEFAULT_PRESET = "fast"
+ENCODERS = ("pyav", "ffmpeg")
+
+
+def video_options(
+    codec: str, crf: int | None, preset: str | None, live_rate: float | None = None
+) -> dict[str, str]:
+    """Quality settings that add no visible loss, whichever backend writes the file.
+
+    With ``live_rate`` (a live publish): low-latency settings, no B-frames, a keyframe every
+    second so a viewer joining late waits at most that long.
+    """
+    options = {}
+    crf = crf if crf is not None else DEFAULT_CRF.get(codec)
+    if crf is not None:
+        options["crf"] = str(crf)
+    if codec in ("libx264", "libx265"):
+        options["preset"] = preset or DEFAULT_PRESET
+    if codec == "libvpx-vp9":
+        options.update({"b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"})
+    if live_rate and codec in ("libx264", "libx265"):
+        gop = str(max(1, round(live_rate)))
+        options.update({"preset": preset or "veryfast", "tune": "zerolatency", "g": gop, "bf": "0"})
+    return options
+
+
+def pixel_format(codec: str, width: int, height: int) -> str:
+    """4:2:0 plays everywhere; x264/x265 cannot subsample odd sizes, so those keep 4:4:4."""
+    odd = width % 2 or height % 2
+    return "yuv444p" if odd and codec in ("libx264", "libx265") else "yuv420p"
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """How the video is written: the same for every backend.
+
+    Args:
+        path: the file (or live URL) written.
+        fmt: FFmpeg format.
+        codec: video codec.
+        options: codec options.
+        info: the source's properties, kept in the output (colour tags, aspect ratio).
+        size: (height, width) of the pictures.
+        time_base: the first frame's, kept for every frame.
+        rotation: display rotation to stamp on the video, degrees.
+        copy_from: a source file whose audio and subtitles are brought along.
+        start, end: the source time range processed, in seconds.
+        first_seconds: the first frame's source time (the audio is shifted with it).
+    """
+
+    path: str
+    fmt: str
+    codec: str
+    options: dict[str, str]
+    info: VideoInfo
+    size: tuple[int, int]
+    time_base: Fraction
+    rotation: int = 0
+    copy_from: str | None = None
+    start: float = 0.0
+    end: float | None = None
+    first_seconds: float | None = None
+
+    @property
+    def shift(self) -> float:
+        """Seconds the video's timeline moves back (the encoder starts it at 0 when a start
+        time was asked for, or when the source starts before 0); the audio moves with it."""
+        first = self.first_seconds
+        if first is None or (self.start <= 0 and first >= 0):
+            return 0.0
+        return first
+
+    @property
+    def pix_fmt(self) -> str:
+        return pixel_format(self.codec, self.size[1], self.size[0])
+
+    def video_frame(self, image: np.ndarray, pts: int, time_base: Fraction) -> av.VideoFrame:
+        """The picture in the output's pixel format, colour matrix and range, at ``pts``."""
+        vf = video_frame(image, self.pix_fmt, self.info.colorspace, self.info.color_range)
+        vf.pts, vf.time_base = pts, time_base
+        return vf
+
+
+class PyAVWriter:
+    """Encodes with PyAV's own FFmpeg, copying the source's audio and subtitles beside."""
+
+    def __init__(self, settings: OutputSettings) -> None:
+        self.settings = settings
+        options = {"rtsp_transport": "tcp"} if settings.fmt == "rtsp" else {}
+        self.container = av.open(
+            settings.path, mode="w", format=settings.fmt, options=options, timeout=10.0
+        )
+        self.copier: StreamCopier | None = None
+        try:
+            self.stream = self._add_video(settings)
+            if settings.copy_from:
+                self.copier = StreamCopier(
+                    settings.copy_from,
+                    self.container,
+                    settings.fmt,
+                    settings.start,
+                    settings.end,
+                    settings.shift,
+                )
+        except BaseException:
+            self.container.close()
+            raise
+
+    def _add_video(self, settings: OutputSettings) -> av.video.stream.VideoStream:
+        h, w = settings.size
+        stream = self.container.add_stream(settings.codec, rate=settings.info.rate or 25)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = settings.pix_fmt
+        stream.time_base = settings.time_base
+        ctx = stream.codec_context
+        ctx.time_base = settings.time_base
+        for tag in ("color_range", "colorspace", "color_primaries", "color_trc"):
+            value = getattr(settings.info, tag)
+            if value:
+                setattr(ctx, tag, value)
+        if settings.info.sample_aspect_ratio:
+            ctx.sample_aspect_ratio = settings.info.sample_aspect_ratio
+        if settings.rotation:
+            stream.set_display_rotation(settings.rotation)
+        stream.options = settings.options
+        return stream
+
+    def write(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
+        self._mux(self.stream.encode(self.settings.video_frame(image, pts, time_base)))
+        if self.copier is not None:
+            self.copier.copy_until(float(pts * time_base))
+
+    def _mux(self, packets) -> None:
+        try:
+            self.container.mux(packets)
+        except OSError as exc:
+            raise OutputError(f"cannot write ({exc.strerror or exc})") from None
+
+    def close(self) -> None:
+        try:
+            self._mux(self.stream.encode(None))
+            if self.copier is not None:
+                self.copier.copy_until(None)
+        finally:
+            if self.copier is not None:
+                self.copier.close()
+            self.container.close()
+
+
+class FFmpegWriter:
+    """Pipes frames, with their timestamps, to an ``ffmpeg`` binary that encodes them.
+
+    For encoders PyAV's own FFmpeg lacks (NVENC, VAAPI, ...). Frames travel as raw video in
+    NUT, which keeps every timestamp, already in the output's pixel format and colour matrix;
+    ffmpeg copies audio and subtitles from the source (audio the container cannot take is
+    re-encoded, as with PyAV). NUT carries no display rotation and ffmpeg before 6.0 has no
+    ``-display_rotation``, so a rotation is stamped on afterwards.
+    """
+
+    def __init__(self, settings: OutputSettings) -> None:
+        binary = shutil.which("ffmpeg")
+        if binary is None:
+            raise OutputError("--encoder ffmpeg needs an ffmpeg binary on PATH")
+        h, w = settings.size
+        video = ffmpeg.input("pipe:", format="nut")
+        streams = [video["v"]]
+        start, end = settings.start, settings.end
+        if settings.copy_from:
+            timing: dict[str, float] = {"ss": start} if start > 0 else {}
+            if end is not None:
+                timing["t"] = end - start
+            if settings.shift < 0:  # the video starts at 0: move the audio along with it
+                timing["itsoffset"] = -settings.shift
+            source = ffmpeg.input(settings.copy_from, **timing)
+            streams += [source["a?"], source["s?"]]
+            audio = ffmpeg_audio_args(settings.copy_from, settings.fmt)
+        else:
+            audio = {}
+        info = settings.info
+        tags = {
+            "color_range": info.color_range,
+            "colorspace": info.colorspace,
+            "color_primaries": info.color_primaries,
+            "color_trc": info.color_trc,
+        }
+        out = ffmpeg.output(
+            *streams,
+            settings.path,
+            format=settings.fmt,
+            vcodec=settings.codec,
+            pix_fmt=settings.pix_fmt,
+            scodec="copy",
+            fps_mode="passthrough",
+            enc_time_base="-1",
+            **{k: v for k, v in tags.items() if v},
+            **audio,
+            **settings.options,
+        )
+        args = ffmpeg.compile(
+            out.global_args("-nostdin", "-loglevel", "error"), cmd=binary, overwrite_output=True
+        )
+        self.settings = settings
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=self.log)
+        self.container = av.open(self.proc.stdin, mode="w", format="nut")
+        self.stream = self.container.add_stream("rawvideo", rate=info.rate or 25)
+        self.stream.width, self.stream.height = w, h
+        self.stream.pix_fmt = settings.pix_fmt
+        self.stream.time_base = settings.time_base
+        self.stream.codec_context.time_base = settings.time_base
+
+    def write(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
+        try:
+            self.container.mux(self.stream.encode(self.settings.video_frame(image, pts, time_base)))
+        except OSError:
+            raise OutputError(f"ffmpeg stopped: {self._error()}") from None
+
+    def _error(self) -> str:
+        self.proc.wait(timeout=30)
+        self.log.seek(0)
+        lines = self.log.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit status {self.proc.returncode}"
+
+    def close(self) -> None:
+        try:
+            self.container.mux(self.stream.encode(None))
+            self.container.close()
+        except OSError:
+            pass
+        finally:
+            self.proc.stdin.close()
+            code = self.proc.wait(timeout=120)
+            if code != 0:
+                raise OutputError(f"ffmpeg failed: {self._error()}")
+            self.log.close()
+        if self.settings.rotation:
+            _stamp_rotation(Path(self.settings.path), self.settings.fmt, self.settings.rotation)
+
+
+def _stamp_rotation(path: Path, fmt: str, degrees: int) -> None:
+    """Give a finished file's video a display rotation by remuxing it (packets copied)."""
+    stamped = path.with_name(f"{path.name}.rotated")
+    try:
+        with av.open(str(path)) as src, av.open(str(stamped), "w", format=fmt) as dst:
+            out = {s.index: dst.add_stream_from_template(s) for s in src.streams}
+            out[src.streams.video[0].index].set_display_rotation(degrees)
+            for packet in src.demux():
+                if packet.dts is not None:
+                    packet.stream = out[packet.stream.index]
+                    dst.mux(packet)
+    except (av.error.FFmpegError, OSError) as exc:
+        stamped.unlink(missing_ok=True)
+        raise OutputError(f"cannot set the display rotation ({reason(exc)})") from None
+    os.replace(stamped, path)
+
+
+class FolderWriter:
+    """One PNG per frame, numbered from 1."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        path.mkdir(parents=True, exist_ok=True)
+
+    def write(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
+        self.count += 1
+        target = self.path / f"frame-{self.count:06d}.png"
+        if not cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise OutputError(f"{target}: cannot write image")
+
+    def close(self) -> None:
+        pass

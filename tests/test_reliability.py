@@ -1,0 +1,124 @@
+"""Defects an adversarial pass found (issue 15), each reproduced with real files and processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from tests.media import clean_frames, decode_all, make_clip
+
+CLI = [sys.executable, "-m", "streamderain"]
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg binary")
+
+
+def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def ours_left(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".partial" in p.name)
+
+
+@needs_ffmpeg
+def test_frames_before_time_zero_all_come_out(tmp_path):
+    src, out = tmp_path / "neg.mkv", tmp_path / "out.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=25"]
+        + ["-frames:v", "20", "-c:v", "ffv1", "-output_ts_offset", "-0.4"]
+        + ["-avoid_negative_ts", "disabled", str(src)],
+        check=True,
+    )
+    result = run_cli(src, out, "--crf", "0")
+    assert result.returncode == 0, result.stderr
+    images, times, _ = decode_all(out)
+    assert len(images) == 20, "every decoded frame comes out"
+    assert times[0] == pytest.approx(0.0, abs=1e-3) and times == sorted(times)
+
+
+def test_an_audio_stream_cut_before_its_first_frame_is_left_out(tmp_path, shared):
+    """A truncated MPEG-TS whose audio has no parameters yet: the video still comes out."""
+    clip, ts = tmp_path / "x.mp4", tmp_path / "x.ts"
+    make_clip(clip, clean_frames(25, (160, 96)), audio=True)
+    with av.open(str(clip)) as src, av.open(str(ts), "w", format="mpegts") as dst:
+        streams = {s.index: dst.add_stream_from_template(s) for s in src.streams}
+        for packet in src.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                dst.mux(packet)
+    cut = tmp_path / "t.ts"
+    cut.write_bytes(ts.read_bytes()[:12000])
+    with av.open(str(cut)) as probe:
+        assert probe.streams.audio and not probe.streams.audio[0].codec_context.sample_rate
+    out = tmp_path / "out.mp4"
+    result = run_cli(cut, out)
+    assert result.returncode == 0, result.stderr
+    assert "has no parameters" in result.stderr and ".partial" not in result.stderr
+    assert len(decode_all(out)[0]) > 0
+    assert ours_left(tmp_path) == []
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, shared):
+    clip = tmp_path / "in.mp4"
+    make_clip(clip, clean_frames(3, (96, 64)))
+    if Path("/dev/full").exists():
+        result = run_cli(clip, "/dev/full", "-y")
+        assert result.returncode == 1 and "not a regular file or folder" in result.stderr
+        assert not Path("/dev/.full.partial").exists()
+    long_name = tmp_path / ("x" * 250 + ".mp4")
+    t0 = time.monotonic()
+    result = run_cli(clip, long_name)
+    assert result.returncode == 1 and "output name too long" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert time.monotonic() - t0 < 60
+    assert ours_left(tmp_path) == []
+
+
+def test_sigterm_while_starting_is_a_clean_stop(tmp_path, shared):
+    clip = tmp_path / "in.mp4"
+    make_clip(clip, clean_frames(30, (256, 144)))
+    proc = subprocess.Popen(
+        [*CLI, str(clip), str(tmp_path / "out.mp4"), "-v"], stderr=subprocess.PIPE, text=True
+    )
+    seen = []
+    for line in proc.stderr:  # -v says when the model starts loading
+        seen.append(line)
+        if "loading the model" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + err
+    assert "streamderain: error: aborted" in err
+
+
+def test_a_partial_left_by_a_killed_run_is_removed_by_the_next(tmp_path, shared):
+    clip = tmp_path / "in.mp4"
+    make_clip(clip, clean_frames(3, (96, 64)))
+    stale = tmp_path / ".out.partial.mp4"
+    stale.write_bytes(b"half a file from a run that was killed")
+    result = run_cli(clip, tmp_path / "out.mp4", "--crf", "0")
+    assert result.returncode == 0, result.stderr
+    assert ours_left(tmp_path) == [] and len(decode_all(tmp_path / "out.mp4")[0]) == 3
+
+
+def test_a_missing_camera_is_an_immediate_clear_error(tmp_path):
+    missing = next(n for n in range(60, 100) if not os.path.exists(f"/dev/video{n}"))
+    t0 = time.monotonic()
+    result = run_cli("--camera", str(missing), tmp_path / "out.mp4")
+    assert result.returncode == 1 and "no such camera" in result.stderr, result.stderr
+    assert time.monotonic() - t0 < 30, "no reconnect wait for a device that does not exist"
+    both = run_cli(tmp_path / "in.mp4", "--camera", "0", tmp_path / "out.mp4")
+    assert both.returncode == 1 and "either INPUT or --camera" in both.stderr

@@ -1,0 +1,38 @@
+"""What a new user sees (issue 16): each check runs the real command and reads what it wrote."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.media import clean_frames, decode_all, display_rotation, make_clip
+from tests.test_reliability import run_cli
+
+
+def test_compare_is_composed_as_the_viewer_sees_the_video(tmp_path, shared):
+    """A phone video (stored 160x96, shown turned 90 degrees) compared side by side: the halves
+    stand side by side on screen, upright, and are labelled."""
+    frames = clean_frames(3, (160, 96))
+    src, out = tmp_path / "phone.mp4", tmp_path / "cmp.mp4"
+    make_clip(src, frames, tags=True)
+    assert display_rotation(src) == 90
+    result = run_cli(src, out, "--compare", "side-by-side", "--crf", "0")
+    assert result.returncode == 0, result.stderr
+    images, _, _ = decode_all(out)
+    assert display_rotation(out) == 0
+    assert images[0].shape == (160, 2 * 96, 3), "two upright halves side by side"
+    upright = np.rot90(frames[0], 1).astype(int)
+    left = images[0][:, :96].astype(int)
+    below_label = slice(40, None)
+    assert np.abs(left[below_label] - upright[below_label]).mean() < 6, "left: the input, upright"
+    assert np.abs(left[:40] - upright[:40]).max() > 100, "a label is drawn in the corner"
+
+
+def test_start_past_the_end_and_a_missing_input_say_so(tmp_path, shared):
+    src, out = tmp_path / "short.mp4", tmp_path / "out.mp4"
+    make_clip(src, clean_frames(25, (96, 64)))
+    result = run_cli(src, out, "--start", "10")
+    assert result.returncode == 1
+    assert "--start 10 s is past the end of" in result.stderr and "(1.0 s)" in result.stderr
+    out.write_bytes(b"the user's file")
+    missing = run_cli(tmp_path / "nothere.mp4", out)
+    assert missing.returncode == 1 and "nothere.mp4: no such file" in missing.stderr
