@@ -22,6 +22,7 @@ from streamderain.pipeline import Pipeline, Stage, Stats
 from streamderain.runner import ModelRunner
 
 log = logging.getLogger(__name__)
+notice = logging.getLogger("streamderain.notice")
 
 
 class Derainer:
@@ -128,6 +129,8 @@ def derain_video(
         log.debug("output  %s", encoder.describe())
         runner.prepare(decoder.info.height, decoder.info.width)
         pipeline.stats.setup = time.perf_counter() - began
+        if decoder.live:
+            notice.info("%s: connected, deraining (Ctrl-C stops)", decoder.name)
         stats = pipeline.run()
         if stats.frames == 0 and not stats.interrupted:
             length = decoder.duration

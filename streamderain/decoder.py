@@ -167,8 +167,7 @@ class Decoder:
     def _connect_until_deadline(self) -> av.container.InputContainer | None:
         """Connect, retrying with capped backoff until the reconnect timeout; None if stopped.
 
-        No attempt runs past the deadline, so the time in the final message is the time waited.
-        The first failure of an outage is logged as a warning, the rest at debug level."""
+        No attempt runs past the deadline, so the time in the final message is the time waited."""
         began = time.monotonic()
         deadline = began + self.reconnect_timeout if self.reconnect_timeout else None
         delay, failures = 0.5, 0
@@ -187,8 +186,16 @@ class Decoder:
                         f"{self.name}: source lost; no connection for {waited:.1f} s "
                         f"(--reconnect-timeout {self.reconnect_timeout:g}; last try: {why})"
                     ) from None
-                log_at = logging.WARNING if failures == 1 else logging.DEBUG
-                log.log(log_at, "%s: cannot connect (%s); retrying", self.name, why)
+                # Waiting with no end (feeds), the user hears of it at once and every ~50 s;
+                # with a deadline, the final error says it all.
+                loud = not self.reconnect_timeout and failures % 10 == 1
+                log.log(
+                    logging.WARNING if loud else logging.DEBUG,
+                    "%s: cannot connect (%s) for %.0f s; retrying",
+                    self.name,
+                    why,
+                    waited,
+                )
                 wait = delay if deadline is None else min(delay, deadline - time.monotonic())
                 if self._stop.wait(max(wait, 0.0)):
                     return None
@@ -253,7 +260,7 @@ class Decoder:
             if keep is None:
                 return
             if keep:
-                yield Frame(index, pts, tb, self._read_image(path))
+                yield Frame(index, pts, tb, self._read_image(path), name=path.stem)
                 index += 1
 
     def _read_image(self, path: Path) -> np.ndarray:

@@ -175,7 +175,7 @@ class Encoder(Stage):
         if self.live_format and not self.info.live:
             self._wait_for(float(pts * frame.time_base))
         try:
-            self._writer.write(np.ascontiguousarray(image), pts, frame.time_base)
+            self._writer.write(np.ascontiguousarray(image), pts, frame.time_base, frame.name)
         except OutputError as exc:
             raise OutputError(f"{self.name}: {exc}") from None
         self.frames_written += 1

@@ -65,6 +65,8 @@ class Frame:
         image: H x W x 3 uint8, RGB.
         original: the source picture, kept only where a later stage shows before and after.
         rotation: how a player should rotate the picture, degrees counter-clockwise.
+        name: the stem of the file the picture came from (image folders), for outputs that
+            keep names.
     """
 
     index: int
@@ -73,6 +75,7 @@ class Frame:
     image: np.ndarray
     original: np.ndarray | None = None
     rotation: int = 0
+    name: str | None = None
 
     @property
     def size(self) -> tuple[int, int]:

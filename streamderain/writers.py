@@ -28,7 +28,11 @@ from streamderain.streams import StreamCopier, ffmpeg_audio_args
 class Writer(Protocol):
     """Takes RGB pictures in order, with their timestamps, then closes the output."""
 
-    def write(self, image: np.ndarray, pts: int, time_base: Fraction) -> None: ...
+    def write(
+        self, image: np.ndarray, pts: int, time_base: Fraction, name: str | None = None
+    ) -> None:
+        """``name``: the stem of the picture's source file, where frames came from files."""
+
     def close(self) -> None: ...
 
 
@@ -161,7 +165,9 @@ class PyAVWriter:
         stream.options = settings.options
         return stream
 
-    def write(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
+    def write(
+        self, image: np.ndarray, pts: int, time_base: Fraction, name: str | None = None
+    ) -> None:
         self._mux(self.stream.encode(self.settings.video_frame(image, pts, time_base)))
         if self.copier is not None:
             self.copier.copy_until(float(pts * time_base))
@@ -245,7 +251,9 @@ class FFmpegWriter:
         self.stream.time_base = settings.time_base
         self.stream.codec_context.time_base = settings.time_base
 
-    def write(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
+    def write(
+        self, image: np.ndarray, pts: int, time_base: Fraction, name: str | None = None
+    ) -> None:
         try:
             self.container.mux(self.stream.encode(self.settings.video_frame(image, pts, time_base)))
         except OSError:
@@ -291,16 +299,21 @@ def _stamp_rotation(path: Path, fmt: str, degrees: int) -> None:
 
 
 class FolderWriter:
-    """One PNG per frame, numbered from 1."""
+    """One PNG per frame: named as its source picture (``001.jpg`` -> ``001.png``) where the
+    input was a folder of images, else numbered from 1."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.count = 0
         path.mkdir(parents=True, exist_ok=True)
 
-    def write(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
+    def write(
+        self, image: np.ndarray, pts: int, time_base: Fraction, name: str | None = None
+    ) -> None:
         self.count += 1
-        target = self.path / f"frame-{self.count:06d}.png"
+        target = self.path / f"{name}.png" if name else self.path / f"frame-{self.count:06d}.png"
+        if name and target.exists():  # 001.jpg and 001.png in one folder
+            target = self.path / f"{name}-{self.count}.png"
         if not cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
             raise OutputError(f"{target}: cannot write image")
 

@@ -122,3 +122,51 @@ def test_a_missing_camera_is_an_immediate_clear_error(tmp_path):
     assert time.monotonic() - t0 < 30, "no reconnect wait for a device that does not exist"
     both = run_cli(tmp_path / "in.mp4", "--camera", "0", tmp_path / "out.mp4")
     assert both.returncode == 1 and "either INPUT or --camera" in both.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_batch_whose_driver_is_killed_leaves_no_worker_and_finishes_on_rerun(
+    tmp_path, shared, sig
+):
+    from tests.test_batch import manifest
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("long1.mp4", "long2.mp4", "long3.mp4"):
+        make_clip(src / name, clean_frames(40, (192, 108)))
+    out = tmp_path / "ob"
+    args = [*CLI, "batch", *sorted(map(str, src.iterdir())), "--out-dir", str(out), "-q"]
+    driver = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (out.is_dir() and ours_left(out)) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until a worker is writing its first output
+    assert ours_left(out), "no worker started"
+    workers = [p for p in _children(driver.pid) if _alive(p)]
+    driver.send_signal(sig)
+    driver.communicate(timeout=180)
+    if sig == signal.SIGTERM:
+        assert driver.returncode == 130
+    time.sleep(3)
+    assert not [p for p in workers if _alive(p)], "a worker outlived its driver"
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    done = {r["input"] for r in manifest(out) if r["status"] == "done"}
+    assert done == {str(p) for p in src.iterdir()}
+    for name in ("long1.mp4", "long2.mp4", "long3.mp4"):
+        assert len(decode_all(out / name)[0]) == 40
+    assert ours_left(out) == []

@@ -36,3 +36,27 @@ def test_start_past_the_end_and_a_missing_input_say_so(tmp_path, shared):
     out.write_bytes(b"the user's file")
     missing = run_cli(tmp_path / "nothere.mp4", out)
     assert missing.returncode == 1 and "nothere.mp4: no such file" in missing.stderr
+
+
+def test_image_folders_keep_their_names(tmp_path, shared):
+    import cv2
+
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    names = ["001.png", "002.png", "dusk.jpg"]
+    for name, frame in zip(names, clean_frames(3, (96, 64))):
+        cv2.imwrite(str(stills / name), frame[..., ::-1])
+    result = run_cli(stills, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "001.png",
+        "002.png",
+        "dusk.png",
+    ]
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, clean_frames(2, (96, 64)))
+    assert run_cli(clip, tmp_path / "frames").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [
+        "frame-000001.png",
+        "frame-000002.png",
+    ]

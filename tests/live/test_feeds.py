@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -91,3 +92,26 @@ def test_a_feeds_file_is_checked(tmp_path):
     proc = start_cli("feeds", tmp_path / "missing.toml")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and len(err.strip().splitlines()) == 1, err
+
+
+def test_feeds_take_run_options_per_feed_and_name_what_is_wrong(tmp_path):
+    good = tmp_path / "feeds.toml"
+    good.write_text(
+        '[[feed]]\nname="a"\nsource="rtsp://x/1"\noutput="o"\nreconnect_timeout=60\n'
+        'rtsp_transport="udp"\n'
+    )
+    (feed,) = read_feeds(good)
+    assert dict(feed.options) == {"reconnect_timeout": 60, "rtsp_transport": "udp"}
+    cases = {
+        '[feed]\nname="a"\nsource="s"\noutput="o"\n': "as a [[feed]] table",
+        '[[feed]]\nname="a"\nsource="s"\noutput="o"\nreconect_timeout=3\n': "unknown option",
+        '[[feed]]\nname="a"\nsource="s"\noutput="o"\nmodel="x.pt"\n': "unknown option model",
+        '[[feed]]\nname="a"\nsource="s"\noutput="o"\nreconnect_timeout=-1\n': "must be >= 0",
+    }
+    for text, message in cases.items():
+        good.write_text(text)
+        with pytest.raises(StreamDerainError, match=re.escape(message)):
+            read_feeds(good)
+    proc = start_cli("feeds", good, "--reconnect-timeout", "5")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "must be >= 0" in err and "no such option" not in err

@@ -21,6 +21,17 @@ def start_cli(*args) -> subprocess.Popen:
     )
 
 
+def wait_until_deraining(proc: subprocess.Popen) -> str:
+    """What the run printed until it said it is connected and deraining; then a little more."""
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "connected, deraining" in line:
+            time.sleep(1)
+            return "".join(seen)
+    raise AssertionError(f"the run never connected: {''.join(seen)}")
+
+
 def test_reads_frames_from_an_rtsp_camera(rtsp_server, tmp_path):
     out = tmp_path / "live.mp4"
     proc = start_cli(rtsp_server.url, out, "-q", "--max-frames", "12", "--no-live-drop")
@@ -35,7 +46,7 @@ def test_reads_frames_from_an_rtsp_camera(rtsp_server, tmp_path):
 def test_reconnects_after_the_server_restarts(rtsp_server, tmp_path):
     out = tmp_path / "reconnect.mp4"
     proc = start_cli(rtsp_server.url, out, "--max-frames", "200", "--reconnect-timeout", "20")
-    time.sleep(4)
+    wait_until_deraining(proc)
     rtsp_server.kill()
     time.sleep(2)
     rtsp_server.restart()
@@ -52,7 +63,7 @@ def test_reconnects_after_the_server_restarts(rtsp_server, tmp_path):
 def test_a_source_that_never_returns_is_a_clean_error_with_playable_output(rtsp_server, tmp_path):
     out = tmp_path / "lost.mp4"
     proc = start_cli(rtsp_server.url, out, "--reconnect-timeout", "3")
-    time.sleep(6)
+    wait_until_deraining(proc)
     rtsp_server.kill()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
@@ -100,14 +111,18 @@ def test_a_stalled_source_times_out_and_stops_cleanly(rtsp_server, tmp_path):
     """A camera that stops sending but keeps its connection open must not hang the run."""
     out = tmp_path / "stalled.mp4"
     proc = start_cli(rtsp_server.url, out, "--reconnect-timeout", "2")
-    time.sleep(5)
+    wait_until_deraining(proc)
     rtsp_server.pause()
     try:
         _, err = proc.communicate(timeout=120)
     finally:
         rtsp_server.resume()
     assert proc.returncode == 1, err
-    assert "source lost" in err.strip().splitlines()[-1] and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "source lost" in last and "Traceback" not in err
+    waited = float(re.search(r"no connection for ([\d.]+) s", last).group(1))
+    assert waited <= 2 + 1.5, f"the time in the message is the time waited: {last}"
+    assert "Invalid data" not in last, "a stalled source is said to stall"
     assert len(decode_all(out)[0]) > 0
 
 
