@@ -156,28 +156,80 @@ def export(
 def rain_samples(out_path: Path, data_root: Path, rows: int, seed: int) -> None:
     """A PNG grid to compare synthetic rain with real pairs.
 
-    Each row: a real light rainy picture (RainTrainL), then one clean picture with each preset.
+    Each row: a real light rainy picture (RainTrainL), a real heavy one (jorder-small), then
+    one clean picture with a real heavy rain layer transplanted and with each preset.
     """
     import cv2
     import numpy as np
 
     from training.data import find_clean_images, find_pairs, read_pair, read_rgb
     from training.evaluate import write_sheet
-    from training.rain import PRESETS, add_rain
+    from training.rain import PRESETS, RainLayers, add_rain, rain_layer, transplant
 
     rng = np.random.default_rng(seed)
-    real = find_pairs(data_root / "train-pairs" / "RainTrainL")
+    light = find_pairs(data_root / "train-pairs" / "RainTrainL")
+    heavy = find_pairs(data_root / "train-pairs" / "RainTrainH_min")
+    layers = RainLayers([rain_layer(*read_pair(p)) for p in heavy], strength=(1.0, 1.0))
     clean = find_clean_images(data_root / "clean" / "images" / "urban100")
     size = (320, 240)
+
+    def fit(image: np.ndarray) -> np.ndarray:
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
     sheet = []
     for i in range(rows):
-        rainy = cv2.resize(read_pair(real[i % len(real)])[0], size, interpolation=cv2.INTER_AREA)
-        picture = cv2.resize(
-            read_rgb(clean[i * 7 % len(clean)]), size, interpolation=cv2.INTER_AREA
-        )
-        sheet.append(np.concatenate([rainy, *(add_rain(picture, p, rng) for p in PRESETS)], 1))
-    write_sheet(out_path, sheet, width=320 * (1 + len(PRESETS)))
-    click.echo(f"wrote {out_path}: real | {' | '.join(PRESETS)}")
+        picture = fit(read_rgb(clean[i * 7 % len(clean)]))
+        real = [fit(read_pair(pairs[i % len(pairs)])[0]) for pairs in (light, heavy)]
+        moved = transplant(picture, layers.sample(rng, size[1], size[0]))
+        synthetic = [add_rain(picture, p, rng) for p in PRESETS]
+        sheet.append(np.concatenate([*real, moved, *synthetic], 1))
+    write_sheet(out_path, sheet, width=size[0] * (3 + len(PRESETS)))
+    columns = ["real light", "real heavy", "real heavy layer moved", *PRESETS]
+    click.echo(f"wrote {out_path}: {' | '.join(columns)}")
+
+
+@main.command("rain-stats")
+@click.option(
+    "--data-root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=DEFAULT_DATA_ROOT,
+    show_default=True,
+)
+@click.option(
+    "--config", "config_path", default="configs/dcsfn-lite-stage4.toml", show_default=True
+)
+@click.option("--draws", default=24, show_default=True, help="Synthetic layers per preset.")
+def rain_stats(data_root: Path, config_path: str, draws: int) -> None:
+    """Synthetic rain beside the real heavy layers of the training pairs, in numbers.
+
+    Real: ``rainy - clean`` of the aligned pairs the config trains on (held-out pairs left
+    out). Each preset: drawn on clean pictures of the same size, its layer measured the same
+    way."""
+    import cv2
+    import numpy as np
+
+    from training.data import find_clean_images, read_pair, read_rgb
+    from training.rain import PRESETS, add_rain, layer_stats, rain_layer
+    from training.train import heavy_validation_pairs, load_train_config, training_pairs
+
+    _, cfg = load_train_config(config_path)
+    held = heavy_validation_pairs(cfg, data_root)
+    real = [rain_layer(*read_pair(p)) for p in training_pairs(cfg.layer_dirs, data_root, held)]
+    clean = find_clean_images(data_root / "clean" / "images" / "urban100")
+    rng = np.random.default_rng(0)
+    rows = {"real heavy layers": [layer_stats(layer) for layer in real]}
+    for name in PRESETS:
+        stats = []
+        for i in range(draws):
+            picture = cv2.resize(read_rgb(clean[i % len(clean)]), (481, 321))
+            rainy = add_rain(picture, name, rng)
+            stats.append(layer_stats(np.clip(rainy.astype(int) - picture, 0, 255).astype(np.uint8)))
+        rows[name] = stats
+    keys = list(rows["real heavy layers"][0])
+    click.echo(f"{'':20s}" + "".join(f"{k:>9s}" for k in keys))
+    for name, stats in rows.items():
+        means = [float(np.mean([s[k] for s in stats])) for k in keys]
+        click.echo(f"{name:20s}" + "".join(f"{m:9.1f}" for m in means))
 
 
 if __name__ == "__main__":
