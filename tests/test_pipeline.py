@@ -134,7 +134,8 @@ def test_compare_output_is_twice_as_wide(vfr_clip, tmp_path):
     assert result.returncode == 0, result.stderr
     images, _, _ = decode_all(out)
     assert len(images) == 3
-    assert images[0].shape == (144, 512, 3)
+    # the clip is 256x144 shown turned 90 degrees: two upright 144x256 halves, side by side
+    assert images[0].shape == (256, 288, 3) and display_rotation(out) == 0
 
 
 def test_never_overwrites_without_y(vfr_clip, tmp_path):
