@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import Counter, deque
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -44,7 +45,8 @@ def ray_session(address: str) -> Iterator[ModuleType]:
         try:
             if address in ("", "local"):
                 cpus = len(os.sched_getaffinity(0))
-                ray.init(num_cpus=cpus, _node_ip_address="127.0.0.1", **quiet)
+                # "local": a new Ray of our own, even where `ray start` left a cluster behind
+                ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1", **quiet)
             else:
                 ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -83,15 +85,14 @@ def run_ray(
     workers: int | None = None,
     threads: int | None = None,
 ) -> bool:
-    """Derain ``jobs`` on Ray actors, each holding a model, dispatched by ``ActorPool``.
+    """Derain ``jobs`` on Ray actors, each holding a model and given one file at a time.
 
     One actor per GPU, or on CPUs one per ``threads`` cores (default up to ``CPU_THREADS``).
-    Returns whether Ctrl-C stopped the run (at once: the files in flight are redone by the next
-    run).
+    An actor that dies (its process or its node lost) is dropped and its file goes to another;
+    a file whose actor dies twice fails, as do the files left when every actor is gone. Returns
+    whether Ctrl-C stopped the run (at once: the files in flight are redone by the next run).
     """
     with ray_session(address) as ray:
-        from ray.util import ActorPool
-
         cpus = int(ray.cluster_resources().get("CPU", 1))
         device, threads, per_actor = actor_resources(
             ray, options.model.device, threads or min(CPU_THREADS, cpus)
@@ -100,22 +101,31 @@ def run_ray(
         n = max(workers or (gpus if device == "cuda" else cpus // threads), 1)
         log.info("%d Ray actor(s), each with %s", n, per_actor)
         actor = ray.remote(Worker).options(**per_actor, max_restarts=0)
-        pool = ActorPool([actor.remote(options, device, threads) for _ in range(n)])
-        for job in jobs:
-            pool.submit(lambda a, job: a.derain.remote(job), job)
-        left = {job.input: job for job in jobs}
+        idle = [actor.remote(options, device, threads) for _ in range(n)]
+        todo, running, deaths = deque(jobs), {}, Counter()
         try:
-            while pool.has_next():
+            while running or (todo and idle):
+                while todo and idle:
+                    worker, job = idle.pop(), todo.popleft()
+                    running[worker.derain.remote(job)] = (worker, job)
+                [ref], _ = ray.wait(list(running), num_returns=1)
+                worker, job = running.pop(ref)
                 try:
-                    result = pool.get_next_unordered()
-                except ray.exceptions.RayActorError as exc:
-                    log.warning("a Ray worker died: %s", reason(exc))
+                    result = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:  # died, or cut off: never used again
+                    ray.kill(worker)
+                    deaths[job] += 1
+                    log.warning("a Ray worker died on %s: %s", job.input, reason(exc))
+                    if deaths[job] < 2:
+                        todo.appendleft(job)
+                    else:
+                        report(Result.failed(job, "its Ray worker died on it, twice"))
                     continue
-                left.pop(result.input, None)
+                idle.append(worker)
                 deliver(result, report)
         except KeyboardInterrupt:
             return True
-        for job in left.values():  # every actor died before these ran
+        for job in todo:  # every actor died before these ran
             report(Result.failed(job, "its Ray worker died"))
         return False
 
