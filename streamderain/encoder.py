@@ -76,6 +76,11 @@ def check_target(path: str | Path) -> None:
     target = Path(path)
     if target.exists() and not (target.is_file() or target.is_dir()):
         raise OutputError(f"{path}: not a regular file or folder; choose another output")
+    if target.is_file() and is_folder_target(target):
+        raise OutputError(
+            f"{path}: a file with no extension; a folder of frames cannot replace it "
+            "(name a video file, e.g. out.mp4, or a folder that is not a file)"
+        )
     if not is_folder_target(target) and target.suffix.lower() not in CONTAINERS:
         known = ", ".join(sorted(CONTAINERS))
         raise OutputError(f"{path}: unknown output container (use one of {known}, or a folder)")

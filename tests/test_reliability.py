@@ -78,6 +78,11 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, sh
         result = run_cli(clip, "/dev/full", "-y")
         assert result.returncode == 1 and "not a regular file or folder" in result.stderr
         assert not Path("/dev/.full.partial").exists()
+    notes = tmp_path / "notes"
+    notes.write_text("the user's notes")
+    result = run_cli(clip, notes, "-y")
+    assert result.returncode == 1 and "a file with no extension" in result.stderr
+    assert notes.read_text() == "the user's notes"
     long_name = tmp_path / ("x" * 250 + ".mp4")
     t0 = time.monotonic()
     result = run_cli(clip, long_name)
