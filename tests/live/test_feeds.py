@@ -115,3 +115,27 @@ def test_feeds_take_run_options_per_feed_and_name_what_is_wrong(tmp_path):
     proc = start_cli("feeds", good, "--reconnect-timeout", "5")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "must be >= 0" in err and "no such option" not in err
+
+
+def test_a_dead_camera_is_reported_and_ctrl_c_stops_its_feed_quickly(tmp_path):
+    """A camera that never answers: the feed says so (not silence), and Ctrl-C ends it in a
+    few seconds even while it is still trying to connect."""
+    pytest.importorskip("ray")
+    feeds = tmp_path / "feeds.toml"
+    feeds.write_text(
+        f'[[feed]]\nname = "dead"\nsource = "rtsp://127.0.0.1:9/none"\noutput = "{tmp_path}"\n'
+    )
+    proc = start_cli("feeds", feeds, "--ray", "local")
+    seen = []
+    deadline = time.monotonic() + 180
+    for line in proc.stderr:
+        seen.append(line)
+        if "cannot connect" in line or time.monotonic() > deadline:
+            break
+    assert seen and "cannot connect" in seen[-1] and "127.0.0.1:9" in seen[-1], seen
+    asked = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + err
+    assert time.monotonic() - asked < 25, "Ctrl-C stops a connecting feed in seconds"
+    assert "Traceback" not in err
