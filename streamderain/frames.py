@@ -29,12 +29,16 @@ def video_frame(
     """RGB to ``pix_fmt`` with the matrix and range the output is tagged with, so a player shows
     the colours the source had (the encoder's own conversion would always use BT.601)."""
     vf = av.VideoFrame.from_ndarray(image, format="rgb24")
-    return vf.reformat(
+    out = vf.reformat(
         format=pix_fmt,
         interpolation=_TO_YUV,
         dst_colorspace=_MATRICES.get(colorspace),
         dst_color_range=color_range or None,
     )
+    # swscale marks the frame limited range ("tv") even when the source said nothing, and
+    # encoders such as libvpx then write that tag: say nothing where the source said nothing.
+    out.color_range = color_range
+    return out
 
 
 @dataclass(frozen=True)

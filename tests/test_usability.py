@@ -60,3 +60,59 @@ def test_image_folders_keep_their_names(tmp_path, shared):
         "frame-000001.png",
         "frame-000002.png",
     ]
+
+
+def test_the_first_run_says_it_prepares_the_model_and_times_setup_apart(tmp_path, shared):
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "in.mp4"
+    make_clip(src, clean_frames(3, (96, 64)))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # a first run's empty cache
+    result = subprocess.run(
+        [sys.executable, "-m", "streamderain", str(src), str(tmp_path / "out.mp4")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    first, *_, summary = result.stderr.strip().splitlines()
+    assert "preparing the model for this CPU" in first
+    assert "3 frames in" in summary and "opening the input and loading the model" in summary
+
+
+def test_verbose_says_what_runs_and_models_lists_the_bundled_ones(tmp_path, shared):
+    src = tmp_path / "in.mp4"
+    make_clip(src, clean_frames(2, (96, 64)))
+    result = run_cli(src, tmp_path / "out.mp4", "-v")
+    assert result.returncode == 0, result.stderr
+    for words in ("input   ", "h264 96x64", "model   ", "parameters", "output  ", "libx264"):
+        assert words in result.stderr, words
+    listed = run_cli("models")
+    assert listed.returncode == 0 and "dcsfn-lite (default)" in listed.stdout
+    assert "327,943 parameters" in listed.stdout and "PSNR-Y" in listed.stdout
+    helped = " ".join(run_cli("run", "--help").stdout.split())
+    assert "streamderain models" in helped and "Number format" in helped
+    assert "redo inputs done before" in " ".join(run_cli("batch", "--help").stdout.split())
+
+
+def test_sample_aspect_ratio_and_colour_range_are_not_invented_or_lost(tmp_path, shared):
+    """SAR 1:1 stays 1:1 (not N/A); an H.264 output whose input had no colour range gets none.
+
+    (A VP9 stream always carries a range bit, so a WebM always says one: not checked there.)"""
+    import av
+
+    src = tmp_path / "in.mp4"
+    make_clip(src, clean_frames(3, (96, 64)))
+    with av.open(str(src)) as c:
+        source_range = c.streams.video[0].codec_context.color_range
+    for name in ("out.mp4", "out.webm"):
+        out = tmp_path / name
+        assert run_cli(src, out, "--crf", "30").returncode == 0
+        with av.open(str(out)) as c:
+            ctx = c.streams.video[0].codec_context
+            assert name.endswith(".webm") or ctx.color_range == source_range, name
+            sar = ctx.sample_aspect_ratio
+            assert sar is None or sar == 1, (name, sar)
