@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,11 @@ from streamderain.compare import Compose, KeepOriginals
 from streamderain.decoder import Decoder
 from streamderain.encoder import Encoder, check_target, live_target_format
 from streamderain.errors import InputError
+from streamderain.frames import Frame
 from streamderain.options import ModelOptions, RunOptions
 from streamderain.pipeline import Pipeline, Stage, Stats
 from streamderain.runner import ModelRunner
+from streamderain.temporal import TemporalFilter, TemporalStage
 
 log = logging.getLogger(__name__)
 notice = logging.getLogger("streamderain.notice")
@@ -31,6 +34,11 @@ class Derainer:
     ``derainer(frame)`` takes a H x W x 3 or N x H x W x 3 ``uint8`` array in ``channel_order``
     (``"BGR"`` for frames from OpenCV, ``"RGB"`` for PyAV/PIL) and returns the same shape,
     dtype and order; or a float tensor N x 3 x H x W in [0, 1], RGB, and returns the same.
+
+    One Derainer per stream: with ``temporal="on"`` it keeps the last frames it was given and
+    combines each new one with them where the scene holds still (past frames only, so every
+    call returns its own frame at once); ``auto`` (the default) is off here, as the frames
+    may not come from one scene.
 
     Args:
         options: the model and where it runs (or give its fields as keywords:
@@ -44,7 +52,10 @@ class Derainer:
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
         self.channel_order = channel_order
-        self.runner = ModelRunner(ModelOptions(**values) if options is None else options)
+        options = ModelOptions(**values) if options is None else options
+        self.runner = ModelRunner(options)
+        self.temporal = TemporalFilter(lookahead=0) if options.temporal == "on" else None
+        self._count = 0
 
     def __call__(self, frames: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         if isinstance(frames, torch.Tensor):
@@ -59,10 +70,18 @@ class Derainer:
             batch = batch[..., ::-1]
         images = torch.from_numpy(np.ascontiguousarray(batch)).to(self.runner.device)
         out = self.runner.infer(images).cpu().numpy()
+        if self.temporal is not None:
+            out = np.stack([self._steady(image) for image in out])
         if self.channel_order == "BGR":
             out = out[..., ::-1]
         out = np.ascontiguousarray(out)
         return out[0] if array.ndim == 3 else out
+
+    def _steady(self, image: np.ndarray) -> np.ndarray:
+        """One derained frame through the temporal filter (it returns it at once: no lookahead)."""
+        self._count += 1
+        (frame,) = self.temporal.push(Frame(self._count, self._count, Fraction(1, 25), image))
+        return frame.image
 
     @torch.inference_mode()
     def _tensor(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +92,12 @@ class Derainer:
         inp = x.to(self.runner.device, self.runner.dtype)
         y = self.runner.model(inp.contiguous(memory_format=torch.channels_last)).clamp(0, 1)
         return y.to(x.device, x.dtype).contiguous()
+
+
+def temporal_on(mode: str, decoder: Decoder) -> bool:
+    """``auto`` is on for video (files, streams, cameras), off for a folder of pictures, which
+    may not be frames of one scene."""
+    return mode == "on" or (mode == "auto" and not decoder.is_image_folder)
 
 
 def derain_video(
@@ -114,6 +139,9 @@ def derain_video(
         if compare:
             stages.append(("keep", KeepOriginals()))
         stages.append(("model", runner))
+        if temporal_on(options.model.temporal, decoder):
+            # files hold a few frames back to look ahead; live sources use past frames only
+            stages.append(("temporal", TemporalStage(lookahead=0 if decoder.live else 3)))
         if compare:
             stages.append(("compose", Compose(compare)))
         stages.append(("encode", encoder))

@@ -202,6 +202,10 @@ class Decoder:
                 delay = min(delay * 2, 5.0)
 
     @property
+    def is_image_folder(self) -> bool:
+        return self._images is not None
+
+    @property
     def duration(self) -> float | None:
         """The source's length in seconds, where it says (None for live sources)."""
         if self._images is not None:

@@ -24,6 +24,7 @@ from streamderain.options import (
     ENCODERS,
     PRECISIONS,
     RTSP_TRANSPORTS,
+    TEMPORAL_MODES,
     RunOptions,
 )
 
@@ -95,6 +96,14 @@ _MODEL = [
         default="auto",
         show_default=True,
         help="Inference backend; auto: OpenVINO for fp32 on a CPU (exact, faster), else PyTorch.",
+    ),
+    click.option(
+        "--temporal",
+        type=click.Choice(TEMPORAL_MODES),
+        default="auto",
+        show_default=True,
+        help="Use the neighbouring frames where the scene holds still (steadier, fewer streaks "
+        "left); auto: on for video, off for a folder of pictures.",
     ),
     click.option(
         "--tile",

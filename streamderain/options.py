@@ -19,6 +19,7 @@ BACKENDS = ("auto", "torch", "openvino")
 ENCODERS = ("pyav", "ffmpeg")
 COMPARE_MODES = ("side-by-side", "stacked")
 RTSP_TRANSPORTS = ("tcp", "udp")
+TEMPORAL_MODES = ("auto", "on", "off")
 
 
 def _check(rules: list[tuple[bool, str]]) -> None:
@@ -80,6 +81,8 @@ class ModelOptions:
             ``torch`` or ``openvino``.
         batch: frames per model call.
         tile: run frames larger than this in overlapping tiles of this size (0: never).
+        temporal: combine each derained frame with its neighbours where the scene holds still
+            (``on``; ``auto``: on for video, off for a folder of unrelated pictures; ``off``).
     """
 
     model: str | None = None
@@ -88,6 +91,7 @@ class ModelOptions:
     backend: str = "auto"
     batch: int = 1
     tile: int = 0
+    temporal: str = "auto"
 
     def __post_init__(self) -> None:
         if self.model is not None:
@@ -98,6 +102,7 @@ class ModelOptions:
                 (self.tile < 0, f"--tile must be 0 (off) or positive, got {self.tile}"),
                 _choice("--precision", self.precision, PRECISIONS),
                 _choice("--backend", self.backend, BACKENDS),
+                _choice("--temporal", self.temporal, TEMPORAL_MODES),
             ]
         )
 

@@ -1,4 +1,5 @@
-"""``python -m training train|eval|rain-samples``: the training package's command line."""
+"""``python -m training train|eval|export|rain-samples|rain-stats|eval-video``: the training
+package's command line."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import click
 import torch
+
+from training import video_eval
 
 DEFAULT_DATA_ROOT = Path("../shared/data")
 
@@ -231,6 +234,9 @@ def rain_stats(data_root: Path, config_path: str, draws: int) -> None:
         means = [float(np.mean([s[k] for s in stats])) for k in keys]
         click.echo(f"{name:20s}" + "".join(f"{m:9.1f}" for m in means))
 
+
+# Video evaluation (per-frame model against the temporal stage): python -m training eval-video
+main.add_command(video_eval.main, "eval-video")
 
 if __name__ == "__main__":
     main()

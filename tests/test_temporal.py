@@ -1,0 +1,222 @@
+"""The temporal stage: every frame back in order with its time, and less rain where the scene
+holds still, without smearing what moves. Synthetic clips only (no model)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import cv2
+import numpy as np
+import pytest
+
+from streamderain.frames import Batch, Frame
+from streamderain.temporal import TemporalFilter, TemporalStage
+
+H, W = 96, 160
+OBJECT = 24  # side of the moving square, pixels
+STEP = (3, 1)  # its motion, pixels per frame
+
+
+def background(seed: int, h: int = H, w: int = W) -> np.ndarray:
+    """A textured still picture, uint8 RGB."""
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.uniform(0, 255, (h, w, 3)).astype(np.float32), (0, 0), 2.0)
+    noise = (noise - noise.min()) / (noise.max() - noise.min())
+    return (40 + 160 * noise).astype(np.uint8)
+
+
+def scene(n: int, seed: int = 0, pan: float = 0.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Clean frames with a textured square moving across, and its mask in each frame.
+
+    ``pan``: the camera's motion, pixels per frame to the left.
+    """
+    wide = background(seed, H, W + int(abs(pan) * n) + 1)
+    patch = cv2.resize(
+        background(seed + 1, 12, 12), (OBJECT, OBJECT), interpolation=cv2.INTER_NEAREST
+    )
+    frames, masks = [], []
+    for t in range(n):
+        shift = np.float32([[1, 0, -pan * t], [0, 1, 0]])
+        frame = cv2.warpAffine(wide, shift, (W, H), flags=cv2.INTER_LINEAR)
+        x, y = 10 + STEP[0] * t, 30 + STEP[1] * t
+        frame[y : y + OBJECT, x : x + OBJECT] = patch
+        mask = np.zeros((H, W), bool)
+        mask[y : y + OBJECT, x : x + OBJECT] = True
+        frames.append(frame)
+        masks.append(mask)
+    return frames, masks
+
+
+def rain(clean: list[np.ndarray], seed: int = 0) -> list[np.ndarray]:
+    """What a per-frame model leaves: bright streaks in new places every frame, and some noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for frame in clean:
+        streaks = np.zeros((H, W), np.float32)
+        for _ in range(25):
+            x, y = int(rng.integers(0, W)), int(rng.integers(0, H))
+            cv2.line(streaks, (x, y), (x + 2, y + 9), float(rng.uniform(25, 50)), 1)
+        noisy = frame + streaks[..., None] + rng.normal(0, 1.5, frame.shape)
+        out.append(np.clip(noisy, 0, 255).astype(np.uint8))
+    return out
+
+
+def frames_of(images: list[np.ndarray], start: int = 0) -> list[Frame]:
+    """Frames with uneven timestamps (variable frame rate), a rotation and an original."""
+    pts = np.cumsum([0, *[3000 + 7 * (i % 3) for i in range(len(images) - 1)]])
+    return [
+        Frame(start + i, int(pts[i]) + 90000, Fraction(1, 90000), image, image, 90)
+        for i, image in enumerate(images)
+    ]
+
+
+def run_filter(images: list[np.ndarray], lookahead: int) -> list[np.ndarray]:
+    f = TemporalFilter(lookahead)
+    out = [o for frame in frames_of(images) for o in f.push(frame)] + f.flush()
+    return [o.image for o in out]
+
+
+def error(images: list[np.ndarray], clean: list[np.ndarray], masks: list[np.ndarray]) -> float:
+    """Mean absolute error over the masked pixels of every frame."""
+    diffs = [np.abs(a.astype(float) - c)[m] for a, c, m in zip(images, clean, masks)]
+    return float(np.mean(np.concatenate(diffs)))
+
+
+def batches_of(frames: list[Frame], sizes: list[int]) -> list[Batch]:
+    out, i = [], 0
+    for n in sizes:
+        out.append(Batch(tuple(frames[i : i + n])))
+        i += n
+    assert i == len(frames)
+    return out
+
+
+@pytest.mark.parametrize("lookahead", [0, 1, 3])
+def test_every_frame_comes_back_in_order_with_its_time(lookahead: int) -> None:
+    clean, _ = scene(23)
+    frames = frames_of(rain(clean))
+    stage = TemporalStage(lookahead)
+    out = []
+    for batch in batches_of(frames, [1, 4, 2, 7, 1, 5, 3]):
+        got = list(stage.process(batch))
+        if lookahead == 0:  # live: nothing is held back
+            assert [f.index for b in got for f in b.frames] == [f.index for f in batch.frames]
+        out += got
+    out += stage.finish()
+    assert all(isinstance(b, Batch) for b in out)
+    got = [f for b in out for f in b.frames]
+    assert [f.index for f in got] == [f.index for f in frames]
+    for a, b in zip(got, frames):
+        assert (a.pts, a.time_base, a.rotation) == (b.pts, b.time_base, b.rotation)
+        assert a.original is b.original
+        assert a.image.shape == b.image.shape and a.image.dtype == np.uint8
+    assert list(stage.finish()) == []
+
+
+def test_files_hold_back_the_look_ahead_and_give_it_back_at_finish() -> None:
+    clean, _ = scene(6)
+    f = TemporalFilter(lookahead=3)
+    returned = [o for frame in frames_of(clean) for o in f.push(frame)]
+    assert [o.index for o in returned] == [0, 1, 2]
+    assert f.pending == 3
+    assert [o.index for o in f.flush()] == [3, 4, 5]
+    assert f.pending == 0
+
+
+def test_frames_without_timestamps_and_a_size_change_start_a_new_window() -> None:
+    small = [cv2.resize(img, (128, 80)) for img in rain(scene(8)[0], seed=1)]
+    images = rain(scene(8)[0]) + small
+    frames = [Frame(i, None, Fraction(1, 25), img) for i, img in enumerate(images)]
+    stage = TemporalStage(lookahead=0)
+    out = [f for b in stage.process(Batch(tuple(frames[:8]))) for f in b.frames]
+    for frame in frames[8:]:
+        out += [f for b in stage.process(Batch((frame,))) for f in b.frames]
+    assert [f.index for f in out] == list(range(16)) and all(f.pts is None for f in out)
+    assert [f.size for f in out] == [(H, W)] * 8 + [(80, 128)] * 8
+    # the new size starts with no history: its first frame is passed on as it came
+    assert np.array_equal(out[8].image, frames[8].image)
+
+
+def test_abort_drops_what_is_held() -> None:
+    stage = TemporalStage(lookahead=3)
+    stage.process(Batch(tuple(frames_of(scene(2)[0]))))
+    stage.abort(failed=True)
+    assert list(stage.finish()) == []
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(ValueError):
+        TemporalFilter(lookahead=-1)
+    with pytest.raises(ValueError):
+        TemporalFilter(lookahead=2, history=0)
+
+
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_a_still_camera_loses_most_of_the_rain(lookahead: int) -> None:
+    clean, masks = scene(30)
+    noisy = rain(clean)
+    background_px = [~np.any(masks, axis=0)] * len(clean)
+    before = error(noisy, clean, background_px)
+    after = error(run_filter(noisy, lookahead), clean, background_px)
+    assert after < 0.6 * before, (before, after)
+
+
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_a_moving_object_is_not_smeared_nor_left_behind(lookahead: int) -> None:
+    clean, masks = scene(30)
+    noisy = rain(clean)
+    out = run_filter(noisy, lookahead)
+    assert error(out, clean, masks) <= error(noisy, clean, masks) + 0.5
+    # where the object was in the last frames and is no more: no ghost of it
+    trail = [
+        np.any(masks[max(0, t - 4) : t], axis=0) & ~m if t else np.zeros_like(m)
+        for t, m in enumerate(masks)
+    ]
+    assert error(out, clean, trail) <= error(noisy, clean, trail) + 0.5
+
+
+def test_a_panning_camera_is_never_made_worse() -> None:
+    clean, masks = scene(24, pan=2.5)
+    noisy = rain(clean)
+    everywhere = [np.ones((H, W), bool)] * len(clean)
+    for lookahead in (0, 3):
+        out = run_filter(noisy, lookahead)
+        assert error(out, clean, everywhere) <= error(noisy, clean, everywhere) + 0.1
+        assert error(out, clean, masks) <= error(noisy, clean, masks) + 0.5
+
+
+def test_the_command_keeps_every_frame_and_time_with_the_stage_on(tmp_path, shared) -> None:
+    """A variable-frame-rate file through the real command, the stage on and off: the same
+    frames at the same times; the stage is on by default for video."""
+    from tests.media import clean_frames, decode_all, make_clip
+    from tests.test_reliability import run_cli
+
+    src = tmp_path / "vfr.mp4"
+    make_clip(src, clean_frames(12, (96, 64)), vfr=True)
+    times = {}
+    for mode in ("on", "off"):
+        out = tmp_path / f"{mode}.mp4"
+        result = run_cli(src, out, "--temporal", mode, "--crf", "0", "-v")
+        assert result.returncode == 0, result.stderr
+        assert ("temporal" in result.stderr.split("busy:")[-1]) == (mode == "on")
+        images, times[mode], _ = decode_all(out)
+        assert len(images) == 12
+    assert times["on"] == times["off"]
+    default = run_cli(src, tmp_path / "auto.mp4")
+    assert "temporal" in default.stderr.split("busy:")[-1], "auto is on for a video file"
+
+
+def test_a_derainer_with_the_stage_on_steadies_a_still_scene(shared) -> None:
+    """The per-stream Python API: frames from a fixed camera come back with less of the rain
+    the model leaves, each at once (past frames only)."""
+    from streamderain import Derainer
+
+    clean, _ = scene(16)
+    noisy = rain(clean)
+    plain = Derainer(device="cpu", temporal="off")
+    steady = Derainer(device="cpu", temporal="on")
+    still = [np.ones((H, W), bool)] * len(clean)
+    per_frame = [plain(image) for image in noisy]
+    combined = [steady(image) for image in noisy]
+    assert all(a.shape == b.shape for a, b in zip(per_frame, combined))
+    assert error(combined[6:], clean[6:], still[6:]) < error(per_frame[6:], clean[6:], still[6:])
