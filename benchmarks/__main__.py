@@ -173,7 +173,9 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def pipeline_run(src: Path, dst: Path, batch: int, marks: tuple[int, ...] = ()) -> dict:
+def pipeline_run(
+    src: Path, dst: Path, batch: int, marks: tuple[int, ...] = (), temporal: str = "auto"
+) -> dict:
     """The real pipeline; RSS is read when the frame count passes each of ``marks``."""
     seen, rss = 0, {}
 
@@ -184,7 +186,7 @@ def pipeline_run(src: Path, dst: Path, batch: int, marks: tuple[int, ...] = ()) 
                 rss[m] = rss_mb()
         seen += n
 
-    stats = derain_video(src, dst, batch=batch, device="cpu", on_frame=on_frame)
+    stats = derain_video(src, dst, batch=batch, device="cpu", temporal=temporal, on_frame=on_frame)
     return {
         "frames": stats.frames,
         "fps": stats.fps,
@@ -227,14 +229,21 @@ def main() -> None:
         print("naive loop (OpenCV VideoCapture -> model -> VideoWriter):", flush=True)
         naive = naive_loop(clip, tmp / "naive.mp4")
         print(f"  {naive:.2f} fps", flush=True)
-        print("pipeline:", flush=True)
-        pipe = pipeline_run(clip, tmp / "out.mp4", batch=1)
-        print(f"  {pipe['fps']:.2f} fps, busy {pipe['busy']}", flush=True)
+        print("pipeline, temporal stage on (the default) and off, interleaved:", flush=True)
+        runs: dict[str, list[dict]] = {"on": [], "off": []}
+        for _ in range(3):
+            for mode in runs:
+                run = pipeline_run(clip, tmp / f"out-{mode}.mp4", batch=1, temporal=mode)
+                runs[mode].append(run)
+                print(f"  temporal {mode}: {run['fps']:.2f} fps, busy {run['busy']}", flush=True)
+        pipe, plain = (sorted(runs[m], key=lambda r: r["fps"])[1] for m in ("on", "off"))
         result["naive_fps"] = naive
         result["pipeline"] = pipe
+        result["pipeline_temporal_off"] = plain
         result["ratios"] = {
             "pipeline_vs_naive": pipe["fps"] / naive,
             "pipeline_vs_model_only": pipe["fps"] / best["fps"],
+            "temporal_on_vs_off": pipe["fps"] / plain["fps"],
         }
         if not args.skip_soak:
             small = tmp / "small.mp4"
@@ -254,7 +263,9 @@ def main() -> None:
         print(
             f"{r['config']:7s} {r['dtype']:5s} {r['format']:14s} {r['threads']:3d} {r['batch']:5d} {r['fps']:7.2f}"
         )
-    print(f"pipeline (640x360, default model): {pipe['fps']:.2f} fps")
+    print(f"pipeline (640x360, default model): {pipe['fps']:.2f} fps (median of 3)")
+    print(f"  the same, temporal stage off:    {plain['fps']:.2f} fps")
+    print(f"temporal on / off:                 {result['ratios']['temporal_on_vs_off']:.2f}x")
     print(f"naive OpenCV loop:                 {naive:.2f} fps")
     print(f"pipeline / naive:                  {result['ratios']['pipeline_vs_naive']:.2f}x")
     print(f"pipeline / best model-only fp32:   {result['ratios']['pipeline_vs_model_only']:.2f}x")
