@@ -152,9 +152,10 @@ def derain_video(
         )
         if on_start is not None:
             on_start(pipeline, decoder)
-        log.debug("input   %s", decoder.describe())
-        log.debug("model   %s", runner.describe())
-        log.debug("output  %s", encoder.describe())
+        if log.isEnabledFor(logging.DEBUG):  # the -v banner; describing costs a little
+            log.debug("input   %s", decoder.describe())
+            log.debug("model   %s", runner.describe())
+            log.debug("output  %s", encoder.describe())
         runner.prepare(decoder.info.height, decoder.info.width)
         pipeline.stats.setup = time.perf_counter() - began
         if decoder.live:

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from streamderain.errors import InputError, StreamDerainError
+from streamderain.live import is_live
 from streamderain.options import (
     BACKENDS,
     COMPARE_MODES,
@@ -200,13 +201,14 @@ def run_options(*groups: str) -> Callable[[Callable[..., Any]], Callable[..., An
 def options_from(params: dict[str, Any]) -> RunOptions:
     """The :class:`RunOptions` among a command's parameters (checked: a bad value is a
     one-line :class:`UsageError`)."""
-    return RunOptions.of(**{k: v for k, v in params.items() if k in RunOptions.names()})
+    names = RunOptions.names()
+    return RunOptions.of(**{k: v for k, v in params.items() if k in names})
 
 
 def check_paths(src: str, dst: str, overwrite: bool) -> None:
     """Refuse anything that could lose the user's data, before any work starts; a missing
     input is named before an existing output."""
-    if "://" not in src and not src.startswith("/dev/video") and not Path(src).exists():
+    if not is_live(src) and not Path(src).exists():
         raise InputError(f"{src}: no such file")
     if "://" in dst:
         return
