@@ -148,10 +148,11 @@ def _tiny_train(**kw) -> TrainConfig:
     return replace(base, **kw)
 
 
-def test_short_training_lowers_the_loss(shared, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_short_training_lowers_the_loss(shared, tmp_path, precision):
     torch.set_num_threads(2)
     cfg = _tiny_train(steps=80)
-    trainer = Trainer(TINY, cfg, DATA, tmp_path / "run")
+    trainer = Trainer(TINY, cfg, DATA, tmp_path / "run", precision)
     held_out = PatchSampler(replace(cfg, batch=32), DATA).batch(np.random.default_rng(99))
 
     def loss() -> float:
@@ -162,7 +163,10 @@ def test_short_training_lowers_the_loss(shared, tmp_path):
     trainer.run(progress=False)
     assert loss() < before - 0.01
     assert (tmp_path / "run" / "last.pt").exists()
-    assert (tmp_path / "run" / "log.jsonl").read_text().strip()
+    assert (
+        json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["precision"]
+        == precision
+    )
 
 
 def test_an_l1_term_joins_the_loss_when_asked(shared, tmp_path):

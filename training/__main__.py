@@ -10,6 +10,7 @@ import click
 import torch
 
 from training import video_eval
+from training.train import PRECISIONS
 
 DEFAULT_DATA_ROOT = Path("../shared/data")
 
@@ -40,6 +41,13 @@ def main(verbose: bool) -> None:
 )
 @click.option("--steps", type=click.IntRange(min=1), help="Override the planned total of steps.")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads.")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="bf16 autocast: about 1.3-1.8x faster on CPUs with AVX512-BF16 or AMX.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def train(
     config_path: str,
@@ -49,6 +57,7 @@ def train(
     until: int | None,
     steps: int | None,
     threads: int | None,
+    precision: str,
     no_progress: bool,
 ) -> None:
     """Train a model from a config file (see configs/)."""
@@ -61,7 +70,7 @@ def train(
     model_cfg, train_cfg = load_train_config(config_path)
     if steps:
         train_cfg = replace(train_cfg, steps=steps)
-    trainer = Trainer(model_cfg, train_cfg, data_root, out_dir)
+    trainer = Trainer(model_cfg, train_cfg, data_root, out_dir, precision)
     if resume:
         if not trainer.checkpoint_path.exists():
             raise click.ClickException(f"{trainer.checkpoint_path}: nothing to resume")

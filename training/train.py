@@ -132,6 +132,9 @@ class TrainConfig:
         return cls(**values)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def heavy_validation_pairs(cfg: TrainConfig, data_root: Path) -> list[Pair]:
     """The held-out heavy-rain pairs (none when the recipe names none)."""
     if not cfg.heavy_val_dir:
@@ -250,10 +253,18 @@ class Trainer:
     """Owns the network, optimizer, schedule and RNG of one run, and its folder on disk."""
 
     def __init__(
-        self, model_cfg: DCSFNConfig, cfg: TrainConfig, data_root: Path, out_dir: Path
+        self,
+        model_cfg: DCSFNConfig,
+        cfg: TrainConfig,
+        data_root: Path,
+        out_dir: Path,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         self.model_cfg, self.cfg = model_cfg, cfg
         self.data_root, self.out_dir = data_root, out_dir
+        self.precision = precision
         torch.manual_seed(cfg.seed)
         self.net = build_network(model_cfg)
         self.earlier_stage: dict[str, Any] | None = None  # how the starting weights were made
@@ -263,6 +274,8 @@ class Trainer:
                 raise ValueError(f"{cfg.init_from}: another model config than this run's")
             self.net.load_state_dict(start.net.state_dict())
             self.earlier_stage = start.info.metadata
+        # Channels-last convolutions run 1.2-1.5x faster on this CPU's oneDNN, bf16 more still.
+        self.net.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(
             self.opt, [int(m * cfg.steps) for m in cfg.milestones], gamma=0.1
@@ -364,6 +377,7 @@ class Trainer:
                 "batch": cfg.batch,
                 "patch": cfg.patch,
                 "planned_steps": cfg.steps,
+                "precision": self.precision,
             },
             "steps": self.step,
             "train_hours": round(self.wall / 3600, 2),
@@ -380,7 +394,10 @@ class Trainer:
         return " + ".join(terms)
 
     def train_step(self, rainy: torch.Tensor, clean: torch.Tensor) -> float:
-        out = self.net(rainy)
+        rainy = rainy.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = self.net(rainy)
+        out = out.float()
         loss = -ssim(out, clean)
         if self.cfg.l1_weight:
             loss = loss + self.cfg.l1_weight * (out - clean).abs().mean()
@@ -425,6 +442,7 @@ class Trainer:
                         "lr": self.sched.get_last_lr()[0],
                         "steps_per_s": round(len(window) / max(elapsed, 1e-9), 3),
                         "wall_h": round(self.wall / 3600, 3),
+                        "precision": self.precision,
                     }
                     window, window_start = [], time.monotonic()
                 if val and (self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps):
