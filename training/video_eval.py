@@ -120,8 +120,10 @@ def davis_clip(folder: Path, frames: int) -> list[np.ndarray]:
     return [fit(read_rgb(f)) for f in files]
 
 
-def make_derainer(threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The shipped model as an RGB uint8 -> RGB uint8 function on ``threads`` CPU threads.
+def make_derainer(
+    threads: int, model_name: str = "dcsfn-lite"
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A model (bundled name or file) as an RGB uint8 -> RGB uint8 function on ``threads``.
 
     Through OpenVINO when it is installed: the same pixels as PyTorch (the backends agree to
     2.4e-7) in about half the time.
@@ -131,7 +133,7 @@ def make_derainer(threads: int) -> Callable[[np.ndarray], np.ndarray]:
     from training.weights import load_model
 
     torch.set_num_threads(threads)
-    model = load_model("dcsfn-lite")
+    model = load_model(model_name)
     net = OpenVINOBackend(model, threads) if openvino_available() else model
     return lambda rgb: derain_rgb(net, rgb)
 
@@ -301,6 +303,13 @@ def before_after(versions: dict[str, list[np.ndarray]], clip: Clip, path: Path) 
     "--davis-presets", default=",".join(DAVIS_PRESETS), show_default=True, help="'' for none."
 )
 @click.option("--threads", default=2, show_default=True, help="CPU threads for the model.")
+@click.option(
+    "--model",
+    "model_name",
+    default="dcsfn-lite",
+    show_default=True,
+    help="A bundled model's name or a model file (a training snapshot).",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -320,6 +329,7 @@ def main(
     fixed_presets: str,
     davis_presets: str,
     threads: int,
+    model_name: str,
     seed: int,
     json_path: Path | None,
     picture: Path | None,
@@ -329,7 +339,9 @@ def main(
     fixed = tuple(p for p in fixed_presets.split(",") if p)
     davis = tuple(p for p in davis_presets.split(",") if p)
     todo = clips(data_root, frames, davis_frames, fixed, davis)
-    derain = make_derainer(threads)
+    derain = make_derainer(threads, model_name)
+    if cache is not None:
+        cache = cache / Path(model_name).stem  # one model's outputs never stand for another's
     rows = []
     for i, clip in enumerate(todo):
         t0 = time.perf_counter()
