@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -215,8 +216,12 @@ def clips(root: Path, frames: int, davis_frames: int, fixed: tuple, davis: tuple
 def evaluate_clip(
     clip: Clip, derain: Callable[[np.ndarray], np.ndarray], seed: int, cache: Path | None
 ) -> dict[str, list[np.ndarray]]:
-    """Every version of ``clip``: rainy, per-frame, temporal (file) and live."""
-    rainy = rain_video(clip.clean, clip.preset, np.random.default_rng(seed))
+    """Every version of ``clip``: rainy, per-frame, temporal (file) and live.
+
+    The rain is seeded by ``seed`` and the clip's name, so a clip gets the same rain whichever
+    other clips are scored beside it."""
+    rng = np.random.default_rng([seed, zlib.crc32(clip.name.encode())])
+    rainy = rain_video(clip.clean, clip.preset, rng)
     path = cache / f"{clip.name}-{len(rainy)}-{seed}.npy" if cache else None
     if path is not None and path.exists():
         derained = list(np.load(path))
@@ -345,7 +350,7 @@ def main(
     rows = []
     for i, clip in enumerate(todo):
         t0 = time.perf_counter()
-        versions = evaluate_clip(clip, derain, seed + i, cache)
+        versions = evaluate_clip(clip, derain, seed, cache)
         row = {"clip": clip.name, "camera": clip.camera, "preset": clip.preset}
         row.update({v: asdict(score(versions[v], clip.clean)) for v in VERSIONS})
         rows.append(row)
