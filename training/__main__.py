@@ -143,7 +143,9 @@ def export(
     if step:
         snapshot = load_model(trainer.snapshot_path(step))
         trainer.net.load_state_dict(snapshot.net.state_dict())
-        meta.update({k: snapshot.info.metadata[k] for k in ("steps", "train_hours", "metrics")})
+        meta.update(
+            {k: snapshot.info.metadata[k] for k in ("steps", "train_hours", "metrics", "recipe")}
+        )
     if eval_data:
         result = evaluate(trainer.net.eval(), find_pairs(eval_data))
         meta["metrics"] = {
