@@ -319,3 +319,31 @@ def test_shipped_configs_parse():
     for path in Path(__file__).resolve().parents[1].glob("configs/*.toml"):
         model_cfg, _ = load_train_config(path)
         assert isinstance(model_cfg, DCSFNConfig)
+
+
+def test_a_bf16_run_resumes_and_exports_in_its_own_precision(shared, tmp_path):
+    """``--resume`` keeps the run's precision unless told; export records it and a purpose."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "[model]\nchannels = 4\nnum_blocks = 1\nscale_num = 2\nconv_num = 1\n"
+        '[train]\nsteps = 6\nbatch = 2\npatch = 32\nreal_dirs = ["train-pairs/RainTrainL"]\n'
+        'clean_dirs = ["clean/images/kodak24"]\nval_dir = ""\n'
+    )
+    train = [sys.executable, "-m", "training", "train", "--config", str(config)]
+    train += ["--out", str(tmp_path / "run"), "--data-root", str(DATA), "--no-progress"]
+    subprocess.run([*train, "--until", "3", "--precision", "bf16"], check=True, timeout=300)
+    subprocess.run([*train, "--resume"], check=True, timeout=300)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["precision"]) for r in log] == [(3, "bf16"), (6, "bf16")]
+    out = tmp_path / "tiny.pt"
+    subprocess.run(
+        [sys.executable, "-m", "training", "export", "--config", str(config), "--run",
+         str(tmp_path / "run"), "--out", str(out), "--purpose", "a test"],
+        check=True,
+        timeout=300,
+    )  # fmt: skip
+    meta = load_model(out).info.metadata
+    assert (meta["steps"], meta["recipe"]["precision"], meta["purpose"]) == (6, "bf16", "a test")

@@ -44,9 +44,8 @@ def main(verbose: bool) -> None:
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    default="fp32",
-    show_default=True,
-    help="bf16 autocast: about 1.3-1.8x faster on CPUs with AVX512-BF16 or AMX.",
+    help="bf16 autocast: about 1.3-1.8x faster on CPUs with AVX512-BF16 or AMX "
+    "(default: a resumed run's own, else fp32).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def train(
@@ -57,7 +56,7 @@ def train(
     until: int | None,
     steps: int | None,
     threads: int | None,
-    precision: str,
+    precision: str | None,
     no_progress: bool,
 ) -> None:
     """Train a model from a config file (see configs/)."""
@@ -127,8 +126,16 @@ def evaluate_cmd(
     type=click.IntRange(min=1),
     help="Export the snapshot of this step (the best on validation) instead of the latest.",
 )
+@click.option(
+    "--purpose", help="What the model is for, in a line (`streamderain models` shows it)."
+)
 def export(
-    config_path: str, run_dir: Path, out_path: Path, eval_data: str | None, step: int | None
+    config_path: str,
+    run_dir: Path,
+    out_path: Path,
+    eval_data: str | None,
+    step: int | None,
+    purpose: str | None,
 ) -> None:
     """Write a run's weights in the shipping format, with their metadata."""
     from training.data import find_pairs
@@ -153,6 +160,8 @@ def export(
             Path(eval_data).name: {"derained": result.derained, "rainy": result.rainy},
         }
         click.echo(result.table())
+    if purpose:
+        meta["purpose"] = purpose
     save_model(out_path, trainer.net, model_cfg, "RGB", meta)
     click.echo(f"wrote {out_path} (step {meta['steps']})")
 

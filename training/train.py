@@ -258,13 +258,15 @@ class Trainer:
         cfg: TrainConfig,
         data_root: Path,
         out_dir: Path,
-        precision: str = "fp32",
+        precision: str | None = None,
     ) -> None:
-        if precision not in PRECISIONS:
+        """``precision``: ``fp32`` or ``bf16``; None keeps a resumed run's own (else fp32)."""
+        if precision not in (None, *PRECISIONS):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         self.model_cfg, self.cfg = model_cfg, cfg
         self.data_root, self.out_dir = data_root, out_dir
-        self.precision = precision
+        self.precision = precision or "fp32"
+        self._precision_given = precision is not None
         torch.manual_seed(cfg.seed)
         self.net = build_network(model_cfg)
         self.earlier_stage: dict[str, Any] | None = None  # how the starting weights were made
@@ -302,6 +304,7 @@ class Trainer:
             "numpy_rng": json.dumps(self.rng.bit_generator.state),
             "torch_rng": torch.get_rng_state(),
             "model_config": self.model_cfg.to_dict(),
+            "precision": self.precision,
         }
 
     def save_checkpoint(self) -> None:
@@ -321,6 +324,8 @@ class Trainer:
         self.rng.bit_generator.state = json.loads(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.wall = state["step"], state["wall"]
+        if not self._precision_given:
+            self.precision = state.get("precision", self.precision)
 
     def _forget_log_after(self, step: int) -> None:
         """Drop log records a killed run wrote after its last checkpoint: they are redone.
