@@ -27,11 +27,11 @@ How, per output frame t:
   parallax, non-rigid motion and sub-pixel errors look like rain.
 - Files look ahead (frames held back, written in order); live sources use past frames only.
 
-Measured (``python -m training.video_eval``, shipped model): on a still camera +1.3 to +1.5 dB
-PSNR-Y in light rain and +0.4 to +1.3 dB in JORDER's heavy rain, flicker down 1.6 to 6.5 times,
-moving objects no worse; on the moving DAVIS clips within 0.01 dB of the model. Heavy rain gains
-little because the model leaves JORDER's veil (+17 to +19 grey levels over the whole picture),
-which does not change from frame to frame: a perfect motion mask gets +0.6 to +1.4 dB there.
+Measured (``python -m training eval-video``, shipped model): on a still camera +0.3 to +1.9 dB
+PSNR-Y in light rain and +0.9 to +2.8 dB in heavy rain, flicker down 2.3 to 7 times, moving
+objects no worse; on the moving DAVIS clips within 0.03 dB of the model. Veiled heavy rain gains
+least because the model leaves JORDER's veil, which does not change from frame to frame: a
+perfect motion mask got +0.6 to +1.4 dB there.
 
 Tried and dropped: a median of the whole window without the motion test (ghosts); a median of
 only the agreeing frames (smears moving edges, -1.6 to -2.2 dB on moving pixels); lower order
