@@ -52,14 +52,19 @@ def test_own_checkpoint_round_trip_keeps_metadata(tmp_path):
         assert torch.equal(model(x), net.eval()(x))
 
 
-def test_default_model_is_bundled_and_its_metadata_matches_it():
+def test_default_model_is_bundled():
     assert DEFAULT_MODEL in bundled_models()
-    model = load_model()
+
+
+@pytest.mark.parametrize("name", sorted(bundled_models()))
+def test_every_bundled_model_runs_and_its_metadata_matches_it(name):
+    model = load_model(name)
     meta = model.info.metadata
     assert meta["num_params"] == sum(p.numel() for p in model.parameters())
     assert model.channel_order == "RGB"
     assert meta["steps"] > 0
     assert "training_data" in meta and "metrics" in meta
+    assert meta["metrics"]["rain100L-test"]["derained"]["psnr_y"] >= 32.5, "no shipped step below"
     frame = torch.rand(1, 3, 45, 67)
     with torch.inference_mode():
         assert model(frame).shape == frame.shape
