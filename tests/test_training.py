@@ -107,28 +107,22 @@ def test_heavy_preset_adds_a_veil_and_streaks():
     assert np.percentile(layer, 99) > np.percentile(layer, 50) + 20, "streaks stand out"
 
 
+def _median_lift(style, grey: int) -> float:
+    """The median rise a style's rain gives a flat picture of ``grey``."""
+    clean = np.full((200, 300, 3), grey, np.uint8)
+    layer = add_rain(clean, style, np.random.default_rng(0)).astype(int) - clean
+    assert layer.min() >= 0
+    return float(np.median(layer))
+
+
 def test_a_floor_of_rain_is_added_on_not_mixed_in_like_haze():
     """Under a floor, dark and bright pictures are lifted alike; under haze, dark ones more."""
-    style = replace(PRESETS["jorder-additive"], layers=(2, 2), floor=(0.1, 0.1))
-    lifts = {}
-    for grey in (30, 150):
-        clean = np.full((200, 300, 3), grey, np.uint8)
-        layer = add_rain(clean, style, np.random.default_rng(0)).astype(int) - clean
-        assert layer.min() >= 0
-        lifts[grey] = np.median(layer)
-    assert 20 < lifts[30] < 32, "the floor's level is the one asked for (0.1: 25 grey levels)"
-    assert abs(lifts[30] - lifts[150]) < 1
+    floor = replace(PRESETS["jorder-additive"], layers=(2, 2), floor=(0.1, 0.1))
+    dark, bright = _median_lift(floor, 30), _median_lift(floor, 150)
+    assert 20 < dark < 32, "the floor's level is the one asked for (0.1: 25 grey levels)"
+    assert abs(dark - bright) < 1
     hazy = replace(PRESETS["jorder-heavy"], haze=(0.2, 0.2), atmosphere=(0.9, 0.9))
-    dark, bright = (
-        np.median(
-            add_rain(np.full((200, 300, 3), g, np.uint8), hazy, np.random.default_rng(0)).astype(
-                int
-            )
-            - g
-        )
-        for g in (30, 150)
-    )
-    assert dark > bright + 15
+    assert _median_lift(hazy, 30) > _median_lift(hazy, 150) + 15
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:

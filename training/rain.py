@@ -128,8 +128,8 @@ PRESETS["jorder-heavy-fit"] = replace(
 # JORDER's heavy layers are additive: fitting rainy = a * clean + b on each training pair's
 # darkest layer pixels gives a = 0.94-1.0 (a veil of atmospheric light would need a well
 # below 1), so their veil is a floor of faint rain between the streaks, not haze. The same
-# streaks on such a floor (rain-stats --draws 12: veil 45 / streaks 16 / p50 42 / p90 112 / width 2.3 /
-# run 13 px against the real layers' 43 / 13 / 41 / 100 / 2.3 / 11).
+# streaks on such a floor (rain-stats --draws 12: veil 45 / streaks 16 / p50 42 / p90 112 /
+# width 2.3 / run 13 px against the real layers' 43 / 13 / 41 / 100 / 2.3 / 11).
 PRESETS["jorder-additive"] = replace(
     PRESETS["jorder-heavy-fit"], brightness=(0.15, 0.5), haze=(0.0, 0.0), floor=(0.06, 0.2)
 )
