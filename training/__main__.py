@@ -44,7 +44,7 @@ def main(verbose: bool) -> None:
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    help="bf16 autocast: about 1.3-1.8x faster on CPUs with AVX512-BF16 or AMX "
+    help="bf16 autocast: about 1.5x faster on CPUs with AVX512-BF16 or AMX "
     "(default: a resumed run's own, else fp32).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
