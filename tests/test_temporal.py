@@ -220,3 +220,26 @@ def test_a_derainer_with_the_stage_on_steadies_a_still_scene(shared) -> None:
     combined = [steady(image) for image in noisy]
     assert all(a.shape == b.shape for a, b in zip(per_frame, combined))
     assert error(combined[6:], clean[6:], still[6:]) < error(per_frame[6:], clean[6:], still[6:])
+
+
+def test_eval_video_scores_each_clip_under_the_same_rain_whatever_else_is_scored(tmp_path):
+    """A clip's rain is seeded by its name: scored alone or beside another, it scores the same."""
+    import json
+    import subprocess
+    import sys
+
+    def rows(presets: str) -> dict[str, dict]:
+        out = tmp_path / f"{presets}.json"
+        cmd = [sys.executable, "-m", "training", "eval-video", "--frames", "6"]
+        cmd += ["--fixed-presets", presets, "--davis-presets", "", "--json", str(out)]
+        subprocess.run(cmd, check=True, timeout=600, capture_output=True)
+        return {r["clip"]: r for r in json.loads(out.read_text())}
+
+    alone, beside = rows("light"), rows("heavy-streaks,light")
+    assert set(alone) == {"street-light", "barn-light"}
+    assert len(beside) == 4
+    for clip, row in alone.items():
+        assert row["rainy"] == beside[clip]["rainy"]
+    for clip in ("street-heavy-streaks", "barn-heavy-streaks"):
+        rainy, derained = beside[clip]["rainy"], beside[clip]["per-frame"]
+        assert derained["psnr_y"] > rainy["psnr_y"] + 3, "the model derains heavy streaks"
