@@ -27,7 +27,7 @@ How, per output frame t:
   parallax, non-rigid motion and sub-pixel errors look like rain.
 - Files look ahead (frames held back, written in order); live sources use past frames only.
 
-Measured (``python -m training eval-video``, shipped model): on a still camera +0.3 to +1.9 dB
+Measured (``python -m training eval-video``, stage-3 model): on a still camera +0.3 to +1.9 dB
 PSNR-Y in light rain and +0.9 to +2.8 dB in heavy rain, flicker down 2.3 to 7 times, moving
 objects no worse; on the moving DAVIS clips within 0.03 dB of the model. Veiled heavy rain gains
 least because the model leaves JORDER's veil, which does not change from frame to frame: a

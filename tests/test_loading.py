@@ -154,3 +154,22 @@ def test_passwords_are_masked_up_to_the_last_at_sign():
     assert mask_url("rtsp://admin:p@ss@127.0.0.1:1/x") == "rtsp://admin:***@127.0.0.1:1/x"
     assert mask_url("rtsp://admin:secret@cam/x") == "rtsp://admin:***@cam/x"
     assert mask_url("rtsp://cam/x@y") == "rtsp://cam/x@y"
+
+
+def test_averaging_two_models_mixes_their_parameters_and_keeps_both_records():
+    from training.weights import average_models
+
+    base, other = load_model("dcsfn-lite"), load_model("dcsfn-lite-heavy")
+    net, meta = average_models(base, other, 0.25, "dcsfn-lite-heavy")
+    for (name, a), b, mixed in zip(
+        base.net.state_dict().items(),
+        other.net.state_dict().values(),
+        net.state_dict().values(),
+        strict=True,
+    ):
+        assert torch.allclose(mixed, 0.75 * a + 0.25 * b, atol=1e-6), name
+    assert meta["averaged_with"]["share"] == 0.25
+    assert meta["averaged_with"]["metadata"] == other.info.metadata
+    assert meta["steps"] == base.info.metadata["steps"]
+    with pytest.raises(ValueError, match="one config"):
+        average_models(base, load_model(FIXTURES / "rnn_c8_n2.pth"), 0.5, "authors'")

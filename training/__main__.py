@@ -1,15 +1,18 @@
-"""``python -m training train|eval|export|rain-samples|rain-stats|eval-video``: the training
-package's command line."""
+"""``python -m training train|eval|export|average|rain-samples|rain-stats|eval-video``: the
+training package's command line."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
 
 from training import video_eval
+from training.config import DCSFNConfig
 from training.train import PRECISIONS
 
 DEFAULT_DATA_ROOT = Path("../shared/data")
@@ -108,6 +111,56 @@ def evaluate_cmd(
     click.echo(result.table())
 
 
+def shipping_options(command: Callable) -> Callable:
+    """--out, --eval-data and --purpose: where a command that writes a model puts it, and what
+    goes into its metadata."""
+    for option in reversed(
+        (
+            click.option(
+                "--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path)
+            ),
+            click.option(
+                "--eval-data",
+                type=click.Path(exists=True, file_okay=False),
+                help="Pairs to score the weights on; the scores go into the metadata.",
+            ),
+            click.option(
+                "--purpose",
+                help="What the model is for, in a line (`streamderain models` shows it).",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def ship(
+    out_path: Path,
+    net: torch.nn.Module,
+    config: DCSFNConfig,
+    channel_order: str,
+    meta: dict[str, Any],
+    eval_data: str | None,
+    purpose: str | None,
+) -> None:
+    """Save ``net`` with ``meta``, scored on ``eval_data`` first when given."""
+    from training.data import find_pairs
+    from training.evaluate import evaluate
+    from training.weights import DerainModel, ModelInfo, save_model
+
+    if eval_data:
+        model = DerainModel(net, ModelInfo(config, channel_order, str(out_path))).eval()
+        result = evaluate(model, find_pairs(eval_data))
+        meta["metrics"] = {
+            **meta.get("metrics", {}),
+            Path(eval_data).name: {"derained": result.derained, "rainy": result.rainy},
+        }
+        click.echo(result.table())
+    if purpose:
+        meta["purpose"] = purpose
+    save_model(out_path, net, config, channel_order, meta)
+
+
 @main.command()
 @click.option(
     "--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False)
@@ -115,20 +168,12 @@ def evaluate_cmd(
 @click.option(
     "--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--eval-data",
-    type=click.Path(exists=True, file_okay=False),
-    help="Pairs to score the weights on; the scores go into the metadata.",
-)
 @click.option(
     "--step",
     type=click.IntRange(min=1),
     help="Export the snapshot of this step (the best on validation) instead of the latest.",
 )
-@click.option(
-    "--purpose", help="What the model is for, in a line (`streamderain models` shows it)."
-)
+@shipping_options
 def export(
     config_path: str,
     run_dir: Path,
@@ -138,10 +183,8 @@ def export(
     purpose: str | None,
 ) -> None:
     """Write a run's weights in the shipping format, with their metadata."""
-    from training.data import find_pairs
-    from training.evaluate import evaluate
     from training.train import Trainer, load_train_config
-    from training.weights import load_model, save_model
+    from training.weights import load_model
 
     model_cfg, train_cfg = load_train_config(config_path)
     trainer = Trainer(model_cfg, train_cfg, DEFAULT_DATA_ROOT, run_dir)
@@ -153,17 +196,37 @@ def export(
         meta.update(
             {k: snapshot.info.metadata[k] for k in ("steps", "train_hours", "metrics", "recipe")}
         )
-    if eval_data:
-        result = evaluate(trainer.net.eval(), find_pairs(eval_data))
-        meta["metrics"] = {
-            **meta["metrics"],
-            Path(eval_data).name: {"derained": result.derained, "rainy": result.rainy},
-        }
-        click.echo(result.table())
-    if purpose:
-        meta["purpose"] = purpose
-    save_model(out_path, trainer.net, model_cfg, "RGB", meta)
+    ship(out_path, trainer.net, model_cfg, "RGB", meta, eval_data, purpose)
     click.echo(f"wrote {out_path} (step {meta['steps']})")
+
+
+@main.command()
+@click.argument("base")
+@click.argument("other")
+@click.option(
+    "--share",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="The share of each parameter taken from OTHER.",
+)
+@shipping_options
+def average(
+    base: str,
+    other: str,
+    share: float,
+    out_path: Path,
+    eval_data: str | None,
+    purpose: str | None,
+) -> None:
+    """Average two models of one config, parameter by parameter (bundled names or files)."""
+    from training.weights import average_models, load_model
+
+    first = load_model(base)
+    net, meta = average_models(first, load_model(other), share, other)
+    meta["metrics"] = {}  # BASE's scores do not describe the average
+    ship(out_path, net, first.config, first.channel_order, meta, eval_data, purpose)
+    click.echo(f"wrote {out_path}: {1 - share:.0%} {base}, {share:.0%} {other}")
 
 
 @main.command("rain-samples")

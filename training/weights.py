@@ -34,6 +34,16 @@ def bundled_models() -> dict[str, Path]:
     return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.pt"))}
 
 
+def _lineage(meta: dict[str, Any]) -> tuple[int, int]:
+    """Steps and stages of training behind weights, following ``earlier_stage`` back."""
+    steps, stages, stage = 0, 0, meta
+    while stage:
+        steps += stage.get("steps", 0)
+        stages += 1
+        stage = stage.get("earlier_stage")
+    return steps, stages
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a checkpoint says about its weights, kept beside them."""
@@ -47,12 +57,14 @@ class ModelInfo:
         """The metadata as a few lines a user can read: purpose, training, scores, speed."""
         meta = self.metadata
         lines = [f"for: {meta['purpose']}"] if meta.get("purpose") else []
-        steps, stages, stage = 0, 0, meta
-        while stage:
-            steps += stage.get("steps", 0)
-            stages += 1
-            stage = stage.get("earlier_stage")
-        lines.append(f"trained: {steps:,} steps in {stages} stage(s)")
+        lines.append("trained: {:,} steps in {} stage(s)".format(*_lineage(meta)))
+        merged = meta.get("averaged_with")
+        if merged:
+            steps, stages = _lineage(merged["metadata"])
+            lines.append(
+                f"averaged: {merged['share']:.0%} of its weights from a model of {steps:,} "
+                f"steps in {stages} stage(s) ({merged['name']})"
+            )
         presets = meta.get("training_data", {}).get("rain_presets")
         if presets:
             lines.append(f"last stage's rain: {', '.join(presets)}")
@@ -274,3 +286,28 @@ def save_model(
         "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
     }
     torch.save(payload, path)
+
+
+def average_models(
+    base: DerainModel, other: DerainModel, share: float, other_name: str
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``base``'s network with ``share`` of each parameter taken from ``other`` (a model soup).
+
+    Why: two fine-tunings of one lineage (here the light-rain and the heavy-rain stages) average
+    into one network that keeps much of each one's strengths, at no cost in speed. The metadata
+    is ``base``'s, with ``other``'s kept under ``averaged_with``."""
+    if base.config != other.config or base.channel_order != other.channel_order:
+        raise ValueError("only models of one config and channel order can be averaged")
+    if not 0.0 <= share <= 1.0:
+        raise ValueError("share must be between 0 and 1")
+    net = build_network(base.config)
+    theirs = other.net.state_dict()
+    net.load_state_dict(
+        {
+            k: (1 - share) * v.float() + share * theirs[k].float()
+            for k, v in base.net.state_dict().items()
+        }
+    )
+    meta = dict(base.info.metadata)
+    meta["averaged_with"] = {"name": other_name, "share": share, "metadata": other.info.metadata}
+    return net, meta
