@@ -24,9 +24,9 @@ import numpy as np
 
 from streamderain.frames import Frame
 from streamderain.temporal import TemporalFilter
+from training.data import DEFAULT_DATA_ROOT
 from training.rain import rain_video
 from training.video_eval import (
-    DEFAULT_DATA_ROOT,
     OBJECTS,
     SCENES,
     davis_clip,

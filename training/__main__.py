@@ -13,9 +13,8 @@ import torch
 
 from training import video_eval
 from training.config import DCSFNConfig
+from training.data import DEFAULT_DATA_ROOT, data_root_option
 from training.train import PRECISIONS
-
-DEFAULT_DATA_ROOT = Path("../shared/data")
 
 
 @click.group()
@@ -32,12 +31,7 @@ def main(verbose: bool) -> None:
     "--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False)
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--data-root",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=DEFAULT_DATA_ROOT,
-    show_default=True,
-)
+@data_root_option
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @click.option(
     "--until", type=click.IntRange(min=1), help="Stop at this step (default: the plan's end)."
@@ -231,12 +225,7 @@ def average(
 
 @main.command("rain-samples")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--data-root",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=DEFAULT_DATA_ROOT,
-    show_default=True,
-)
+@data_root_option
 @click.option("--rows", default=4, show_default=True, help="Pictures in the grid.")
 @click.option("--seed", default=0, show_default=True)
 def rain_samples(out_path: Path, data_root: Path, rows: int, seed: int) -> None:
@@ -275,12 +264,7 @@ def rain_samples(out_path: Path, data_root: Path, rows: int, seed: int) -> None:
 
 
 @main.command("rain-stats")
-@click.option(
-    "--data-root",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=DEFAULT_DATA_ROOT,
-    show_default=True,
-)
+@data_root_option
 @click.option(
     "--config", "config_path", default="configs/dcsfn-lite-stage4.toml", show_default=True
 )

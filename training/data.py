@@ -12,8 +12,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import cv2
 import numpy as np
+
+#: ``../shared/data`` beside the checkout, found from this file so that it does not depend on
+#: the working directory
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+#: the ``--data-root`` option of every training command that reads the shared data
+data_root_option = click.option(
+    "--data-root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=DEFAULT_DATA_ROOT,
+    show_default=True,
+)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 

@@ -35,10 +35,10 @@ import torch
 
 from streamderain.frames import Frame
 from streamderain.temporal import TemporalFilter
+from training.data import data_root_option
 from training.metrics import luma, psnr
 from training.rain import rain_video
 
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = (640, 360)
 # Fixed-camera scenes: still backgrounds, and the pictures the moving objects are cut from.
 SCENES = {
@@ -293,12 +293,7 @@ def before_after(versions: dict[str, list[np.ndarray]], clip: Clip, path: Path) 
 
 
 @click.command()
-@click.option(
-    "--data-root",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=DEFAULT_DATA_ROOT,
-    show_default=True,
-)
+@data_root_option
 @click.option("--frames", default=40, show_default=True, help="Frames per fixed-camera clip.")
 @click.option("--davis-frames", default=30, show_default=True, help="Frames per DAVIS clip.")
 @click.option(
