@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from tests.conftest import DATA
-from training import DCSFNConfig, load_model
+from training import DCSFNConfig, build_network, load_model
 from training.data import DatasetError, find_clean_images, find_pairs, pixel_digest, read_pair
 from training.evaluate import evaluate
+from training.grow import deepen
 from training.metrics import ssim
 from training.rain import (
     PRESETS,
@@ -238,6 +239,32 @@ def test_a_second_stage_starts_from_the_first_stages_weights(shared, tmp_path):
     other = replace(TINY, channels=8)
     with pytest.raises(ValueError, match="another model config"):
         Trainer(other, _tiny_train(init_from=str(weights)), DATA, tmp_path / "c")
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_a_grown_network_computes_what_the_shallower_one_did(single):
+    config = replace(TINY, single=single, num_blocks=1)
+    torch.manual_seed(0)
+    shallow = build_network(config).eval()
+    deep = build_network(replace(config, num_blocks=3)).eval()
+    deep.load_state_dict(deepen(shallow.state_dict(), config, 3))
+    x = torch.rand(2, 3, 40, 56)
+    with torch.no_grad():
+        assert torch.equal(deep(x), shallow(x))
+    with pytest.raises(ValueError, match="into fewer"):
+        deepen(deep.state_dict(), replace(config, num_blocks=3), 2)
+
+
+def test_a_stage_may_start_from_a_shallower_model_of_its_config(shared, tmp_path):
+    torch.set_num_threads(2)
+    first = Trainer(TINY, _tiny_train(steps=2), DATA, tmp_path / "a")
+    weights = first.snapshot({})
+    deeper = replace(TINY, num_blocks=TINY.num_blocks + 1)
+    second = Trainer(deeper, _tiny_train(steps=2, init_from=str(weights)), DATA, tmp_path / "b")
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(second.net.eval()(x), first.net.eval()(x), atol=1e-6)
+    assert second.metadata({})["training_data"]["grown_from_blocks"] == TINY.num_blocks
 
 
 def test_no_held_out_pair_or_its_rain_reaches_training(shared):

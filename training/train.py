@@ -6,6 +6,7 @@ Runs for hours in the background: it checkpoints every few minutes (atomically) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from training.data import (
     without_pictures_of,
 )
 from training.evaluate import derain_rgb
+from training.grow import deepen
 from training.metrics import luma, psnr, ssim
 from training.rain import PRESETS, RainField, RainLayers, add_rain, rain_layer, transplant
 from training.weights import load_model, save_model
@@ -74,7 +76,8 @@ class TrainConfig:
         eval_dir: pairs scored at each snapshot for the record only (Rain100L): never trained
             on and never used to pick weights.
         init_from: a model file to start from instead of random weights (a second stage
-            with another data mix); relative to the working directory.
+            with another data mix); relative to the working directory. A model of the same
+            config with fewer blocks is grown into this one (``training.grow.deepen``).
         val_every: steps between validations (and model snapshots).
         checkpoint_minutes: minutes between resumable checkpoints.
         seed: the seed of every random choice.
@@ -270,11 +273,16 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.net = build_network(model_cfg)
         self.earlier_stage: dict[str, Any] | None = None  # how the starting weights were made
+        self.grown_from: int | None = None  # blocks of a shallower start, grown by deepen()
         if cfg.init_from:
             start = load_model(cfg.init_from)
-            if start.config != model_cfg:
+            weights = start.net.state_dict()
+            if start.config != dataclasses.replace(model_cfg, num_blocks=start.config.num_blocks):
                 raise ValueError(f"{cfg.init_from}: another model config than this run's")
-            self.net.load_state_dict(start.net.state_dict())
+            if start.config.num_blocks != model_cfg.num_blocks:
+                weights = deepen(weights, start.config, model_cfg.num_blocks)
+                self.grown_from = start.config.num_blocks
+            self.net.load_state_dict(weights)
             self.earlier_stage = start.info.metadata
         # Channels-last convolutions run 1.2-1.5x faster on this CPU's oneDNN, bf16 more still.
         self.net.to(memory_format=torch.channels_last)
@@ -373,6 +381,7 @@ class Trainer:
                 "real_fraction": cfg.real_fraction,
                 "rain_presets": dict(cfg.rain_presets),
                 "started_from": cfg.init_from or None,
+                "grown_from_blocks": self.grown_from,
             },
             "recipe": {
                 "loss": self.loss_name(),
