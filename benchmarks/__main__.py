@@ -26,12 +26,13 @@ import numpy as np
 import torch
 
 from streamderain.api import derain_video
-from training import build_network, load_config, load_model
+from training import DEFAULT_MODEL, build_network, load_config, load_model
 from training.rain import rain_video
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 CLIP_FRAMES = DATA / "clean" / "video" / "davis-car-roundabout"
+PAPER = "paper"
 
 
 def make_clip(path: Path, frames: int, size: tuple[int, int]) -> None:
@@ -78,11 +79,13 @@ def time_model(model, x: torch.Tensor, repeats: int) -> float:
 
 
 def model_only(config_name: str, repeats: int, size=(360, 640)) -> list[dict]:
+    """``config_name``: a bundled model or checkpoint, or ``paper`` (the paper's network, fresh
+    weights: its speed does not depend on them)."""
     rows = []
-    if config_name == "lite":
-        model = load_model().net
-    else:
+    if config_name == PAPER:
         model = build_network(load_config(ROOT / "configs" / "dcsfn-paper.toml"))
+    else:
+        model = load_model(config_name).net
     model.eval()
     variants = [
         ("fp32", "contiguous", 2, 1),
@@ -91,7 +94,7 @@ def model_only(config_name: str, repeats: int, size=(360, 640)) -> list[dict]:
         ("fp32", "channels_last", 2, 2),
         ("bf16", "channels_last", 2, 1),
     ]
-    if config_name != "lite":
+    if config_name == PAPER:
         variants = variants[:2]
     for dtype, fmt, threads, batch in variants:
         torch.set_num_threads(threads)
@@ -117,11 +120,11 @@ def model_only(config_name: str, repeats: int, size=(360, 640)) -> list[dict]:
             f"  model {config_name} {dtype} {fmt} threads={threads} batch={batch}: {batch / s:.2f} fps",
             flush=True,
         )
-    if config_name == "lite":
+    if config_name != PAPER:
         from streamderain.backends import OpenVINOBackend, openvino_available
 
         if openvino_available():
-            runner = OpenVINOBackend(load_model(), threads=2)
+            runner = OpenVINOBackend(load_model(config_name), threads=2)
             for batch in (1, 2):
                 x = torch.rand(batch, 3, *size)
                 s = time_model(runner, x, repeats)
@@ -144,9 +147,9 @@ def model_only(config_name: str, repeats: int, size=(360, 640)) -> list[dict]:
     return rows
 
 
-def naive_loop(src: Path, dst: Path) -> float:
+def naive_loop(src: Path, dst: Path, model_name: str) -> float:
     """What a user writes first: OpenCV in, the model one frame at a time, OpenCV out."""
-    model = load_model()
+    model = load_model(model_name)
     cap = cv2.VideoCapture(str(src))
     fps = cap.get(cv2.CAP_PROP_FPS)
     w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
@@ -174,7 +177,12 @@ def rss_mb() -> float:
 
 
 def pipeline_run(
-    src: Path, dst: Path, batch: int, marks: tuple[int, ...] = (), temporal: str = "auto"
+    src: Path,
+    dst: Path,
+    batch: int,
+    marks: tuple[int, ...] = (),
+    temporal: str = "auto",
+    model: str = DEFAULT_MODEL,
 ) -> dict:
     """The real pipeline; RSS is read when the frame count passes each of ``marks``."""
     seen, rss = 0, {}
@@ -186,7 +194,9 @@ def pipeline_run(
                 rss[m] = rss_mb()
         seen += n
 
-    stats = derain_video(src, dst, batch=batch, device="cpu", temporal=temporal, on_frame=on_frame)
+    stats = derain_video(
+        src, dst, batch=batch, device="cpu", temporal=temporal, model=model, on_frame=on_frame
+    )
     return {
         "frames": stats.frames,
         "fps": stats.fps,
@@ -207,6 +217,11 @@ def main() -> None:
     parser.add_argument("--skip-paper", action="store_true")
     parser.add_argument("--skip-soak", action="store_true", help="skip the 2,000-frame RSS run")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="a bundled model or checkpoint (default: the default)",
+    )
     args = parser.parse_args()
 
     result: dict = {
@@ -214,12 +229,14 @@ def main() -> None:
         "machine": machine(),
     }
     print("model only, 640x360:", flush=True)
-    rows = model_only("lite", args.repeats)
+    rows = model_only(args.model, args.repeats)
     if not args.skip_paper:
-        rows += model_only("paper", 1)
+        rows += model_only(PAPER, 1)
+    result["model"] = args.model
     result["model_only"] = rows
     best = max(
-        (r for r in rows if r["config"] == "lite" and r["dtype"] == "fp32"), key=lambda r: r["fps"]
+        (r for r in rows if r["config"] == args.model and r["dtype"] == "fp32"),
+        key=lambda r: r["fps"],
     )
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -227,13 +244,15 @@ def main() -> None:
         clip = tmp / "rainy.mp4"
         make_clip(clip, args.frames, (640, 360))
         print("naive loop (OpenCV VideoCapture -> model -> VideoWriter):", flush=True)
-        naive = naive_loop(clip, tmp / "naive.mp4")
+        naive = naive_loop(clip, tmp / "naive.mp4", args.model)
         print(f"  {naive:.2f} fps", flush=True)
         print("pipeline, temporal stage on (the default) and off, interleaved:", flush=True)
         runs: dict[str, list[dict]] = {"on": [], "off": []}
         for _ in range(3):
             for mode in runs:
-                run = pipeline_run(clip, tmp / f"out-{mode}.mp4", batch=1, temporal=mode)
+                run = pipeline_run(
+                    clip, tmp / f"out-{mode}.mp4", batch=1, temporal=mode, model=args.model
+                )
                 runs[mode].append(run)
                 print(f"  temporal {mode}: {run['fps']:.2f} fps, busy {run['busy']}", flush=True)
         pipe, plain = (sorted(runs[m], key=lambda r: r["fps"])[1] for m in ("on", "off"))
@@ -249,7 +268,9 @@ def main() -> None:
             small = tmp / "small.mp4"
             make_clip(small, 2000, (160, 96))
             print("memory: 2,000 frames at 160x96:", flush=True)
-            soak = pipeline_run(small, tmp / "small-out.mp4", batch=1, marks=(200, 2000))
+            soak = pipeline_run(
+                small, tmp / "small-out.mp4", batch=1, marks=(200, 2000), model=args.model
+            )
             soak["rss_growth_mb"] = soak["rss_mb_at"][2000] - soak["rss_mb_at"][200]
             print(
                 f"  RSS at 200: {soak['rss_mb_at'][200]:.0f} MB, at 2000: {soak['rss_mb_at'][2000]:.0f} MB",
@@ -258,12 +279,13 @@ def main() -> None:
             result["memory"] = soak
 
     print()
-    print(f"{'config':7s} {'dtype':5s} {'format':14s} {'thr':>3s} {'batch':>5s} {'fps':>7s}")
+    width = max(len(r["config"]) for r in rows)
+    print(f"{'model':{width}s} {'dtype':5s} {'format':14s} {'thr':>3s} {'batch':>5s} {'fps':>7s}")
     for r in rows:
         print(
-            f"{r['config']:7s} {r['dtype']:5s} {r['format']:14s} {r['threads']:3d} {r['batch']:5d} {r['fps']:7.2f}"
+            f"{r['config']:{width}s} {r['dtype']:5s} {r['format']:14s} {r['threads']:3d} {r['batch']:5d} {r['fps']:7.2f}"
         )
-    print(f"pipeline (640x360, default model): {pipe['fps']:.2f} fps (median of 3)")
+    print(f"pipeline (640x360, {args.model}): {pipe['fps']:.2f} fps (median of 3)")
     print(f"  the same, temporal stage off:    {plain['fps']:.2f} fps")
     print(f"temporal on / off:                 {result['ratios']['temporal_on_vs_off']:.2f}x")
     print(f"naive OpenCV loop:                 {naive:.2f} fps")

@@ -4,8 +4,8 @@
     taskset -c 0 python -m benchmarks.temporal    # on one core
 
 Clips: a still street scene with objects moving across it and a DAVIS clip (camera panning),
-both under light synthetic rain standing in for the model's output (the stage's cost does not
-depend on how well the model did). Each run pushes every frame through a fresh
+under light synthetic rain standing in for the model's output and heavy rain for its source
+(the stage's cost does not depend on how well the model did). Each run pushes every frame through a fresh
 :class:`~streamderain.temporal.TemporalFilter`; a run's figure is its total time over its frames,
 and the table shows the median of the runs: wall time (OpenCV with its default threads) and CPU
 time (all threads together: what the stage takes from the model).
@@ -38,21 +38,25 @@ from training.video_eval import (
 DAVIS_CLIP = "clean/video/davis-car-roundabout"
 
 
-def clips(frames: int) -> dict[str, list[np.ndarray]]:
+def clips(frames: int) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
+    """Each clip's stand-ins for the model's outputs and their sources."""
     root = DEFAULT_DATA_ROOT
     objects = [read_rgb(p) for folder in OBJECTS for p in sorted((root / folder).glob("*"))[:2]]
     still = fixed_camera_clip(fit(read_rgb(root / SCENES["street"])), objects, frames)
     moving = davis_clip(root / DAVIS_CLIP, frames)
     rng = np.random.default_rng(0)
     return {
-        "still camera": rain_video(still, "light", rng),
-        "moving camera": rain_video(moving, "light", rng),
+        name: (rain_video(clean, "light", rng), rain_video(clean, "heavy-streaks", rng))
+        for name, clean in (("still camera", still), ("moving camera", moving))
     }
 
 
-def run(images: list[np.ndarray], lookahead: int) -> tuple[float, float]:
-    """Wall and CPU milliseconds per frame for one pass of ``images``."""
-    frames = [Frame(i, i, Fraction(1, 25), image) for i, image in enumerate(images)]
+def run(images: list[np.ndarray], sources: list[np.ndarray], lookahead: int) -> tuple[float, float]:
+    """Wall and CPU milliseconds per frame for one pass of ``images`` (of ``sources``)."""
+    frames = [
+        Frame(i, i, Fraction(1, 25), image, original=source)
+        for i, (image, source) in enumerate(zip(images, sources))
+    ]
     f = TemporalFilter(lookahead)
     wall, cpu = time.perf_counter(), time.process_time()
     for frame in frames:
@@ -72,10 +76,10 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
-    for name, images in clips(args.frames).items():
+    for name, (images, sources) in clips(args.frames).items():
         for mode, lookahead in (("file", 3), ("live", 0)):
-            run(images[:8], lookahead)  # warm-up
-            times = [run(images, lookahead) for _ in range(args.runs)]
+            run(images[:8], sources[:8], lookahead)  # warm-up
+            times = [run(images, sources, lookahead) for _ in range(args.runs)]
             wall = statistics.median(t[0] for t in times)
             cpu = statistics.median(t[1] for t in times)
             rows.append({"clip": name, "mode": mode, "wall_ms": wall, "cpu_ms": cpu})

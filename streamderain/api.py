@@ -66,21 +66,22 @@ class Derainer:
                 f"expected uint8 H x W x 3 or N x H x W x 3, got {array.dtype} {array.shape}"
             )
         batch = array[None] if array.ndim == 3 else array
-        if self.channel_order == "BGR":
-            batch = batch[..., ::-1]
-        images = torch.from_numpy(np.ascontiguousarray(batch)).to(self.runner.device)
+        batch = np.ascontiguousarray(batch[..., ::-1] if self.channel_order == "BGR" else batch)
+        images = torch.from_numpy(batch).to(self.runner.device)
         out = self.runner.infer(images).cpu().numpy()
         if self.temporal is not None:
-            out = np.stack([self._steady(image) for image in out])
+            out = np.stack([self._steady(image, source) for image, source in zip(out, batch)])
         if self.channel_order == "BGR":
             out = out[..., ::-1]
         out = np.ascontiguousarray(out)
         return out[0] if array.ndim == 3 else out
 
-    def _steady(self, image: np.ndarray) -> np.ndarray:
-        """One derained frame through the temporal filter (it returns it at once: no lookahead)."""
+    def _steady(self, image: np.ndarray, source: np.ndarray) -> np.ndarray:
+        """One derained frame (of RGB ``source``) through the temporal filter: it returns it at
+        once, as there is no lookahead."""
         self._count += 1
-        (frame,) = self.temporal.push(Frame(self._count, self._count, Fraction(1, 25), image))
+        frame = Frame(self._count, self._count, Fraction(1, 25), image, original=source)
+        (frame,) = self.temporal.push(frame)
         return frame.image
 
     @torch.inference_mode()
@@ -135,11 +136,12 @@ def derain_video(
             end=decoder.end,
         )
         compare = options.encode.compare
+        temporal = temporal_on(options.model.temporal, decoder)
         stages: list[tuple[str, Stage]] = [("batch", Batcher(options.model.batch))]
-        if compare:
+        if compare or temporal:
             stages.append(("keep", KeepOriginals()))
         stages.append(("model", runner))
-        if temporal_on(options.model.temporal, decoder):
+        if temporal:
             # files hold a few frames back to look ahead; live sources use past frames only
             stages.append(("temporal", TemporalStage(lookahead=0 if decoder.live else 3)))
         if compare:

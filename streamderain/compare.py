@@ -18,7 +18,9 @@ from streamderain.pipeline import Stage
 
 
 class KeepOriginals(Stage):
-    """Each frame keeps its picture as ``original``, through the stages that change ``image``."""
+    """Each frame keeps its picture as ``original``, through the stages that change ``image``:
+    for :class:`Compose`, and for the temporal stage, which gives back what the model took out
+    of a still scene in every frame."""
 
     def process(self, batch: Batch) -> Iterable[Batch]:
         return [Batch(tuple(replace(f, original=f.image) for f in batch.frames))]

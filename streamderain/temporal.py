@@ -25,6 +25,13 @@ How, per output frame t:
 - A moving camera is warped into frame t's coordinates and held to fixed, strict limits
   (:data:`MOVING_ENVELOPE`, and :data:`MOVING_RAW` on the plain difference): after a warp,
   parallax, non-rigid motion and sub-pixel errors look like rain.
+- What the model took out of a pixel (its source minus its output) in every frame of a still
+  window is not rain, which never stays put: it is the veil of heavy rain, which is smooth, or
+  scene the model mistook for rain (fence bars, twigs, the grain of a wall). The minimum of that
+  difference over the frame and the neighbours whose plain pictures agree with it, less its
+  smooth part (a median over :data:`DETAIL_SIZE` pixels, so that dense thin bars are not taken
+  for veil), is given back, weighted by the share of neighbours that agree. The plain test, not
+  the envelope, guards this step: an envelope lets a moving object's edge pass.
 - Files look ahead (frames held back, written in order); live sources use past frames only.
 
 Measured (``python -m training eval-video``, stage-3 model): on a still camera +0.3 to +1.9 dB
@@ -67,8 +74,22 @@ MOVING_ENVELOPE, MOVING_RAW = 2.0, 8.0
 #: a moving camera combines frames up to this far either side (each costs a warp); the
 #: frames beyond still count, as disagreeing ones
 MOVING_SPAN = 2
+#: past frames combined with each frame: the more there are, the surer a pixel's persistent
+#: detail is free of rain (live sources have no look ahead to help)
+HISTORY = 6
 #: corners tracked from each frame
 CORNERS = 200
+
+#: what the model took out of every frame of a still window is given back where it is finer
+#: than the median over this many full-size pixels (square side), which is the veil's part;
+#: computed on frames sampled this many times smaller
+DETAIL_SIZE, DETAIL_SCALE = 36, 4
+#: ... only from neighbours whose plain picture differs from the frame's by less than this
+#: (grey levels, blurred): a moving object's edge passes the envelope test, not this one ...
+DETAIL_LIMIT = 8.0
+#: ... and only from windows of at least this many frames: fewer neither leave heavy rain out
+#: of the minimum nor tell a still camera from a slow one
+DETAIL_FRAMES = 5
 
 _IDENTITY = np.eye(3)
 _KERNEL = np.ones((3, 3), np.uint8)
@@ -83,6 +104,7 @@ class _Held:
     corners: np.ndarray | None = None  # features to track from here, found when first needed
     to_next: np.ndarray | None = None  # 3 x 3 map to the next frame's coordinates; None: unknown
     still: bool = False  # the camera did not move since the oldest frame held with this one
+    removed: np.ndarray | None = None  # source minus picture (int16), found when first needed
 
 
 def _median(values: list[np.ndarray]) -> np.ndarray:
@@ -97,6 +119,33 @@ def _median(values: list[np.ndarray]) -> np.ndarray:
     if n % 2:
         return a[n // 2]
     return cv2.addWeighted(a[n // 2 - 1], 0.5, a[n // 2], 0.5, 0)
+
+
+def _persistent_detail(removed: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+    """What the model took out of a pixel in a frame (``removed[0]``) and in every neighbour
+    (``removed[1:]``) that agrees with it there (``masks``), less its smooth part, weighted by
+    the share of neighbours that agree; float32, H x W x 3.
+
+    Rain never stays put, so what was taken out of a pixel in every frame is scene the model
+    mistook for rain (fence bars, twigs, the grain of a wall) or the veil of heavy rain, which
+    is smooth. The smooth part is a median over :data:`DETAIL_SIZE` pixels, not a mean, so that
+    dense thin bars count as detail and not as veil."""
+    least = removed[0].copy()
+    agreeing = np.zeros(least.shape[:2], np.uint8)
+    for other, mask in zip(removed[1:], masks):
+        cv2.copyTo(cv2.min(least, other), mask, least)
+        cv2.add(agreeing, 1, dst=agreeing, mask=mask)
+    h, w = least.shape[:2]
+    small = (max(w // DETAIL_SCALE, 1), max(h // DETAIL_SCALE, 1))
+    sampled = cv2.resize(least, small, interpolation=cv2.INTER_NEAREST)
+    # medianBlur takes 8-bit pictures at this size: -255..255 halved into 0..255
+    halved = ((sampled + 256) // 2).astype(np.uint8)
+    side = DETAIL_SIZE // DETAIL_SCALE | 1
+    veil = cv2.medianBlur(halved, side).astype(np.float32) * 2 - 255.5  # the middle of a bin
+    veil = cv2.GaussianBlur(veil, (0, 0), side / 4)
+    veil = cv2.resize(veil, (w, h), interpolation=cv2.INTER_LINEAR)
+    detail = cv2.subtract(least, veil, dtype=cv2.CV_32F)
+    return detail * (agreeing.astype(np.float32) / len(masks))[..., None]
 
 
 def _blurred_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -122,7 +171,7 @@ class TemporalFilter:
         history: past frames combined with each frame.
     """
 
-    def __init__(self, lookahead: int = 3, history: int = 4) -> None:
+    def __init__(self, lookahead: int = 3, history: int = HISTORY) -> None:
         if lookahead < 0:
             raise ValueError(f"lookahead must be 0 or more, got {lookahead}")
         if history < 1:
@@ -244,12 +293,34 @@ class TemporalFilter:
         greys = {j: self._held[j].grey for j in range(lo, hi)}
         env = self._envelopes(greys)
         limit = self._still_limit(t, greys, env)
-        values = [cur.frame.image]
-        for j in self._neighbours(t, len(self._held)):
-            if j != t:
-                agree = cv2.compare(_blurred_diff(env[t], env[j]), limit, cv2.CMP_LT)
-                values.append(self._substitute(cur, self._held[j].frame.image, agree))
-        return _median(values)
+        window = [j for j in self._neighbours(t, len(self._held)) if j != t]
+        others = [self._held[j].frame for j in window]
+        masks = [
+            self._mask(cur, cv2.compare(_blurred_diff(env[t], env[j]), limit, cv2.CMP_LT))
+            for j in window
+        ]
+        median = _median(
+            [cur.frame.image]
+            + [cv2.copyTo(f.image, m, cur.frame.image.copy()) for f, m in zip(others, masks)]
+        )
+        if len(window) + 1 < DETAIL_FRAMES or any(f.original is None for f in (cur.frame, *others)):
+            return median
+        strict = [
+            self._mask(
+                cur, cv2.compare(_blurred_diff(cur.grey, greys[j]), DETAIL_LIMIT, cv2.CMP_LT)
+            )
+            for j in window
+        ]
+        removed = [self._removed(h) for h in (cur, *(self._held[j] for j in window))]
+        return cv2.add(median, _persistent_detail(removed, strict), dtype=cv2.CV_8U)
+
+    @staticmethod
+    def _removed(held: _Held) -> np.ndarray:
+        """What the model took out of a held frame: its source minus its picture."""
+        if held.removed is None:
+            f = held.frame
+            held.removed = cv2.subtract(f.original, f.image, dtype=cv2.CV_16S)
+        return held.removed
 
     def _still_limit(
         self, t: int, greys: dict[int, np.ndarray], env: dict[int, np.ndarray]
@@ -295,18 +366,17 @@ class TemporalFilter:
             warped = cv2.warpAffine(
                 self._held[j].frame.image, maps[j][:2], (w, h), borderMode=cv2.BORDER_REPLICATE
             )
-            values.append(self._substitute(cur, warped, agree))
+            values.append(cv2.copyTo(warped, self._mask(cur, agree), cur.frame.image.copy()))
         # frames beyond the span count as disagreeing: as many agreeing frames are needed to
         # move the median as in the whole window
         window = len(self._neighbours(t, len(self._held)))
         return _median(values + [cur.frame.image] * (window - len(values)))
 
     @staticmethod
-    def _substitute(cur: _Held, neighbour: np.ndarray, agree: np.ndarray) -> np.ndarray:
-        """``neighbour`` where it agrees (shrunk by a pixel), the current frame elsewhere."""
+    def _mask(cur: _Held, agree: np.ndarray) -> np.ndarray:
+        """A half-size agreement mask at full size, shrunk by a pixel."""
         h, w = cur.frame.size
-        mask = cv2.resize(cv2.erode(agree, _KERNEL), (w, h), interpolation=cv2.INTER_NEAREST)
-        return cv2.copyTo(neighbour, mask, cur.frame.image.copy())
+        return cv2.resize(cv2.erode(agree, _KERNEL), (w, h), interpolation=cv2.INTER_NEAREST)
 
 
 class TemporalStage(Stage):
@@ -321,7 +391,7 @@ class TemporalStage(Stage):
         history: past frames combined with each frame.
     """
 
-    def __init__(self, lookahead: int = 3, history: int = 4) -> None:
+    def __init__(self, lookahead: int = 3, history: int = HISTORY) -> None:
         self.filter = TemporalFilter(lookahead, history)
 
     def process(self, batch: Batch) -> list[Batch]:

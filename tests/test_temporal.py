@@ -175,6 +175,44 @@ def test_a_moving_object_is_not_smeared_nor_left_behind(lookahead: int) -> None:
     assert error(out, clean, trail) <= error(noisy, clean, trail) + 0.5
 
 
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_fine_scene_the_model_took_out_of_every_frame_comes_back_and_the_veil_does_not(
+    lookahead: int,
+) -> None:
+    """Thin bars that a model removes from every frame, as it would a fence behind rain: the
+    stage gives them back from the rainy sources, but not the smooth veil the model rightly
+    removed, nor the rain."""
+    clean_base, masks = scene(30)
+    bars = np.zeros((H, W), bool)
+    bars[:, 5::9] = True
+    clean = []
+    for frame, mask in zip(clean_base, masks):
+        with_bars = frame.copy()
+        with_bars[bars & ~mask] = 20
+        clean.append(with_bars)
+    derained = rain(clean_base, seed=1)  # the bars taken out, some rain left
+    sources = [
+        np.clip(c.astype(float) + 30 + s.astype(float) - b, 0, 255).astype(np.uint8)
+        for c, s, b in zip(clean, rain(clean_base, seed=2), clean_base)
+    ]
+    f, g = TemporalFilter(lookahead), TemporalFilter(lookahead)
+    with_sources, without = [], []
+    for i, (image, source) in enumerate(zip(derained, sources)):
+        with_sources += f.push(Frame(i, i, Fraction(1, 25), image, original=source))
+        without += g.push(Frame(i, i, Fraction(1, 25), image))
+    with_sources = [o.image for o in with_sources + f.flush()]
+    without = [o.image for o in without + g.flush()]
+    still_bars = [bars & ~np.any(masks, axis=0)] * len(clean)
+    # from the frame on where the window is long enough
+    k = 6
+    assert error(with_sources[k:], clean[k:], still_bars[k:]) < 0.3 * error(
+        without[k:], clean[k:], still_bars[k:]
+    )
+    mean_shift = np.mean([o.astype(float).mean() - c.mean() for o, c in zip(with_sources, clean)])
+    assert abs(mean_shift) < 2.0, "the veil the model removed stays removed"
+    assert error(with_sources, clean, masks) <= error(derained, clean, masks) + 0.5
+
+
 def test_a_panning_camera_is_never_made_worse() -> None:
     clean, masks = scene(24, pan=2.5)
     noisy = rain(clean)

@@ -139,10 +139,16 @@ def make_derainer(
     return lambda rgb: derain_rgb(net, rgb)
 
 
-def temporal(images: list[np.ndarray], lookahead: int) -> list[np.ndarray]:
-    """``images`` as the frames of one stream through a :class:`TemporalFilter`, in order."""
+def temporal(
+    images: list[np.ndarray], originals: list[np.ndarray], lookahead: int
+) -> list[np.ndarray]:
+    """Derained ``images`` (of the rainy ``originals``) as the frames of one stream through a
+    :class:`TemporalFilter`, in order."""
     f = TemporalFilter(lookahead)
-    frames = [Frame(i, i, Fraction(1, 25), image) for i, image in enumerate(images)]
+    frames = [
+        Frame(i, i, Fraction(1, 25), image, original=original)
+        for i, (image, original) in enumerate(zip(images, originals))
+    ]
     out = [o for frame in frames for o in f.push(frame)] + f.flush()
     if [o.index for o in out] != [frame.index for frame in frames]:
         raise RuntimeError("the temporal filter lost or reordered frames")
@@ -233,8 +239,8 @@ def evaluate_clip(
     return {
         "rainy": rainy,
         "per-frame": derained,
-        "temporal": temporal(derained, FILE_LOOKAHEAD),
-        "live": temporal(derained, LIVE_LOOKAHEAD),
+        "temporal": temporal(derained, rainy, FILE_LOOKAHEAD),
+        "live": temporal(derained, rainy, LIVE_LOOKAHEAD),
     }
 
 
