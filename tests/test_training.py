@@ -12,7 +12,14 @@ import torch
 
 from tests.conftest import DATA
 from training import DCSFNConfig, build_network, load_model
-from training.data import DatasetError, find_clean_images, find_pairs, pixel_digest, read_pair
+from training.data import (
+    DatasetError,
+    draw_thin_structures,
+    find_clean_images,
+    find_pairs,
+    pixel_digest,
+    read_pair,
+)
 from training.evaluate import evaluate
 from training.grow import deepen
 from training.metrics import ssim
@@ -265,6 +272,21 @@ def test_a_stage_may_start_from_a_shallower_model_of_its_config(shared, tmp_path
     with torch.no_grad():
         assert torch.allclose(second.net.eval()(x), first.net.eval()(x), atol=1e-6)
     assert second.metadata({})["training_data"]["grown_from_blocks"] == TINY.num_blocks
+
+
+def test_thin_structures_are_long_thin_bars_in_the_clean_picture_too(shared):
+    rng = np.random.default_rng(0)
+    cfg = _tiny_train(structure_fraction=1.0, rain_presets={"light": 1.0}, real_fraction=0.0)
+    image = np.full((128, 128, 3), 128, np.uint8)
+    drawn = draw_thin_structures(rng, image)
+    changed = np.any(drawn != image, axis=2)
+    assert 0.01 < changed.mean() < 0.25, "a few thin bars, not a new picture"
+    assert changed.any(axis=1).mean() > 0.6, "bars run across most of the height"
+    for fraction in (0.0, 1.0):
+        sampler = PatchSampler(replace(cfg, structure_fraction=fraction), DATA)
+        sampler.clean = [np.zeros_like(image)]  # black, as the rotation's borders are
+        _, clean = sampler._one(np.random.default_rng(1))
+        assert clean.any() == bool(fraction), "the clean patch carries the bars, if asked"
 
 
 def test_no_held_out_pair_or_its_rain_reaches_training(shared):

@@ -174,6 +174,31 @@ def augment(
     return np.ascontiguousarray(rainy), np.ascontiguousarray(clean)
 
 
+def draw_thin_structures(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """``image`` with 2-6 long, thin, near-vertical bars drawn into it: fence bars, poles,
+    railings, cables. They go into the clean picture as well as the rainy one, so a network
+    learns that a line which is long, straight and opaque is scene, however much it looks like
+    a streak (real heavy-rain training teaches it to erase them otherwise)."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    for _ in range(int(rng.integers(2, 7))):
+        x = float(rng.uniform(0, w))
+        tilt = float(np.tan(np.radians(rng.uniform(-20, 20))))
+        y0 = float(rng.uniform(-0.2, 0.3)) * h
+        y1 = y0 + float(rng.uniform(0.6, 1.2)) * h
+        grey = float(rng.uniform(20, 235))
+        colour = tuple(float(np.clip(grey + rng.normal(0, 12), 0, 255)) for _ in range(3))
+        cv2.line(
+            out,
+            (round(x), round(y0)),
+            (round(x + tilt * (y1 - y0)), round(y1)),
+            colour,
+            int(rng.integers(1, 4)),
+            cv2.LINE_AA,
+        )
+    return out
+
+
 def crop_box(
     rng: np.random.Generator, shape: tuple[int, ...], patch: int
 ) -> tuple[int, int, int, int]:

@@ -24,6 +24,7 @@ from training.data import (
     Pair,
     augment,
     crop_box,
+    draw_thin_structures,
     find_clean_images,
     find_pairs,
     hold_out,
@@ -66,6 +67,8 @@ class TrainConfig:
         layer_dirs: folders of aligned pairs (``rainy - clean >= 0``) whose differences are
             real rain layers.
         layer_strength: range of the factor real rain layers are scaled by.
+        structure_fraction: share of synthetic-rain patches whose clean picture first gets
+            thin bars drawn into it (``training.data.draw_thin_structures``), to be kept.
         clean_dirs: folders of clean pictures and video frames for synthetic rain.
         val_dir: held-out clean pictures, rained on with a fixed seed, to watch progress.
         val_images: how many of them.
@@ -97,6 +100,7 @@ class TrainConfig:
     real_dirs: tuple[str, ...] = ()
     layer_dirs: tuple[str, ...] = ()
     layer_strength: tuple[float, float] = (0.3, 1.0)
+    structure_fraction: float = 0.0
     clean_dirs: tuple[str, ...] = ()
     val_dir: str = ""
     val_images: int = 12
@@ -199,6 +203,9 @@ class PatchSampler:
             image = self.clean[int(rng.integers(len(self.clean)))]
             y, x, h, w = crop_box(rng, image.shape, patch)
             clean = image[y : y + h, x : x + w]
+            # no draw at all when off: earlier configs keep their exact random streams
+            if self.cfg.structure_fraction and rng.random() < self.cfg.structure_fraction:
+                clean = draw_thin_structures(rng, clean)
             preset = self.presets[int(rng.choice(len(self.presets), p=self.preset_p))]
             if preset == REAL_LAYERS:
                 rainy = transplant(clean, self.layers.sample(rng, h, w))
@@ -379,6 +386,7 @@ class Trainer:
                 "held_out": [f"{cfg.heavy_val_dir}/{n}" for n in cfg.heavy_val_names],
                 "synthetic_rain_on": list(cfg.clean_dirs),
                 "real_fraction": cfg.real_fraction,
+                "structure_fraction": cfg.structure_fraction,
                 "rain_presets": dict(cfg.rain_presets),
                 "started_from": cfg.init_from or None,
                 "grown_from_blocks": self.grown_from,
