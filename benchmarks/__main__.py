@@ -28,6 +28,7 @@ import torch
 from streamderain.api import derain_video
 from training import DEFAULT_MODEL, build_network, load_config, load_model
 from training.rain import rain_video
+from training.video_eval import OBJECTS, SCENES, fit, fixed_camera_clip, read_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -35,17 +36,22 @@ CLIP_FRAMES = DATA / "clean" / "video" / "davis-car-roundabout"
 PAPER = "paper"
 
 
-def make_clip(path: Path, frames: int, size: tuple[int, int]) -> None:
-    """A rainy clip of ``frames`` frames at ``size`` (w, h), looping the 75 DAVIS frames."""
+def still_scene(frames: int) -> list[np.ndarray]:
+    """What a fixed camera sees: a still street at 640x360 with objects moving across it."""
+    objects = [read_rgb(p) for folder in OBJECTS for p in sorted((DATA / folder).glob("*"))[:2]]
+    return fixed_camera_clip(fit(read_rgb(DATA / SCENES["street"])), objects, frames)
+
+
+def make_clip(path: Path, frames: int, size: tuple[int, int], still: bool = False) -> None:
+    """A rainy clip of ``frames`` frames at ``size`` (w, h), looping 75 frames: the DAVIS clip
+    (a moving camera), or with ``still`` :func:`still_scene`."""
     import av
 
-    files = sorted(CLIP_FRAMES.glob("*.jpg"))
-    clean = [
-        cv2.cvtColor(
-            cv2.resize(cv2.imread(str(f)), size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB
-        )
-        for f in files
-    ]
+    if still:
+        scene = still_scene(75)
+    else:
+        scene = [cv2.imread(str(f))[..., ::-1] for f in sorted(CLIP_FRAMES.glob("*.jpg"))]
+    clean = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in scene]
     rainy = rain_video(clean, "light", np.random.default_rng(0))
     with av.open(str(path), "w") as out:
         s = out.add_stream("libx264", rate=25)
@@ -241,28 +247,43 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        clip = tmp / "rainy.mp4"
+        clip, still = tmp / "rainy.mp4", tmp / "still.mp4"
         make_clip(clip, args.frames, (640, 360))
+        make_clip(still, args.frames, (640, 360), still=True)
         print("naive loop (OpenCV VideoCapture -> model -> VideoWriter):", flush=True)
         naive = naive_loop(clip, tmp / "naive.mp4", args.model)
         print(f"  {naive:.2f} fps", flush=True)
         print("pipeline, temporal stage on (the default) and off, interleaved:", flush=True)
-        runs: dict[str, list[dict]] = {"on": [], "off": []}
+        runs: dict[tuple[str, str], list[dict]] = {
+            (camera, mode): [] for camera in ("moving", "still") for mode in ("on", "off")
+        }
         for _ in range(3):
-            for mode in runs:
+            for camera, mode in runs:
                 run = pipeline_run(
-                    clip, tmp / f"out-{mode}.mp4", batch=1, temporal=mode, model=args.model
+                    clip if camera == "moving" else still,
+                    tmp / f"out-{camera}-{mode}.mp4",
+                    batch=1,
+                    temporal=mode,
+                    model=args.model,
                 )
-                runs[mode].append(run)
-                print(f"  temporal {mode}: {run['fps']:.2f} fps, busy {run['busy']}", flush=True)
-        pipe, plain = (sorted(runs[m], key=lambda r: r["fps"])[1] for m in ("on", "off"))
+                runs[camera, mode].append(run)
+                print(
+                    f"  {camera} camera, temporal {mode}: {run['fps']:.2f} fps, busy {run['busy']}",
+                    flush=True,
+                )
+        median = {key: sorted(r, key=lambda r: r["fps"])[1] for key, r in runs.items()}
+        pipe, plain = median["moving", "on"], median["moving", "off"]
+        still_on, still_off = median["still", "on"], median["still", "off"]
         result["naive_fps"] = naive
         result["pipeline"] = pipe
         result["pipeline_temporal_off"] = plain
+        result["pipeline_still_camera"] = still_on
+        result["pipeline_still_camera_temporal_off"] = still_off
         result["ratios"] = {
             "pipeline_vs_naive": pipe["fps"] / naive,
             "pipeline_vs_model_only": pipe["fps"] / best["fps"],
             "temporal_on_vs_off": pipe["fps"] / plain["fps"],
+            "temporal_on_vs_off_still_camera": still_on["fps"] / still_off["fps"],
         }
         if not args.skip_soak:
             small = tmp / "small.mp4"
@@ -288,6 +309,9 @@ def main() -> None:
     print(f"pipeline (640x360, {args.model}): {pipe['fps']:.2f} fps (median of 3)")
     print(f"  the same, temporal stage off:    {plain['fps']:.2f} fps")
     print(f"temporal on / off:                 {result['ratios']['temporal_on_vs_off']:.2f}x")
+    print(f"still camera, temporal on / off:   {still_on['fps']:.2f} / {still_off['fps']:.2f} fps")
+    ratio = result["ratios"]["temporal_on_vs_off_still_camera"]
+    print(f"  ratio on / off:                  {ratio:.2f}x")
     print(f"naive OpenCV loop:                 {naive:.2f} fps")
     print(f"pipeline / naive:                  {result['ratios']['pipeline_vs_naive']:.2f}x")
     print(f"pipeline / best model-only fp32:   {result['ratios']['pipeline_vs_model_only']:.2f}x")

@@ -22,28 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.__main__ import still_scene
 from streamderain.frames import Frame
 from streamderain.temporal import TemporalFilter
 from training.data import DEFAULT_DATA_ROOT
 from training.rain import rain_video
-from training.video_eval import (
-    OBJECTS,
-    SCENES,
-    davis_clip,
-    fit,
-    fixed_camera_clip,
-    read_rgb,
-)
+from training.video_eval import davis_clip
 
 DAVIS_CLIP = "clean/video/davis-car-roundabout"
 
 
 def clips(frames: int) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
     """Each clip's stand-ins for the model's outputs and their sources."""
-    root = DEFAULT_DATA_ROOT
-    objects = [read_rgb(p) for folder in OBJECTS for p in sorted((root / folder).glob("*"))[:2]]
-    still = fixed_camera_clip(fit(read_rgb(root / SCENES["street"])), objects, frames)
-    moving = davis_clip(root / DAVIS_CLIP, frames)
+    still = still_scene(frames)
+    moving = davis_clip(DEFAULT_DATA_ROOT / DAVIS_CLIP, frames)
     rng = np.random.default_rng(0)
     return {
         name: (rain_video(clean, "light", rng), rain_video(clean, "heavy-streaks", rng))

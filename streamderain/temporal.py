@@ -34,11 +34,12 @@ How, per output frame t:
   the envelope, guards this step: an envelope lets a moving object's edge pass.
 - Files look ahead (frames held back, written in order); live sources use past frames only.
 
-Measured (``python -m training eval-video``, stage-3 model): on a still camera +0.3 to +1.9 dB
-PSNR-Y in light rain and +0.9 to +2.8 dB in heavy rain, flicker down 2.3 to 7 times, moving
-objects no worse; on the moving DAVIS clips within 0.03 dB of the model. Veiled heavy rain gains
-least because the model leaves JORDER's veil, which does not change from frame to frame: a
-perfect motion mask got +0.6 to +1.4 dB there.
+Measured (``python -m training eval-video``, the default model): on a still camera +5.2 to
++6.3 dB PSNR-Y in light rain (files; +4.2 to +5.9 live), +0.8 to +3.5 dB in heavy rain, flicker
+down 1.8 to 5.6 times; on the moving DAVIS clips within 0.05 dB of the model. Without the detail
+given back, the same clips gained +0.5 to +2.4 dB in light rain. Veiled heavy rain gains least
+because the model leaves JORDER's veil, which does not change from frame to frame: a perfect
+motion mask got +0.6 to +1.4 dB there.
 
 Tried and dropped: a median of the whole window without the motion test (ghosts); a median of
 only the agreeing frames (smears moving edges, -1.6 to -2.2 dB on moving pixels); lower order
@@ -46,7 +47,12 @@ statistics (they win in heavy rain only by offsetting the veil, and ghost in lig
 background image from a longer median (erases moving objects, -2 to -6 dB on them); a fine-scale
 difference test on still cameras (it rejects exactly the pixels that hold rain); the still
 camera's limits after a warp, even with cubic warps (+0.5 dB on a shaking camera, -0.3 to -5 dB
-on DAVIS).
+on DAVIS). For the detail given back: a mean instead of a median for its smooth part (dense thin
+bars then lift the picture around them), the minimum over every frame instead of the agreeing
+ones (it pulls a passing object's surroundings onto it), the envelope test instead of the plain
+one (an object's edge passes it), windows of 3 frames (a slowly moving camera looked still: -3.4
+dB on one DAVIS frame), and the same step on a moving camera's warped frames (+0.02 to +0.10 dB
+in light rain, down to -0.48 dB in heavy rain on DAVIS).
 """
 
 from __future__ import annotations
