@@ -25,13 +25,8 @@ How, per output frame t:
 - A moving camera is warped into frame t's coordinates and held to fixed, strict limits
   (:data:`MOVING_ENVELOPE`, and :data:`MOVING_RAW` on the plain difference): after a warp,
   parallax, non-rigid motion and sub-pixel errors look like rain.
-- What the model took out of a pixel (its source minus its output) in every frame of a still
-  window is not rain, which never stays put: it is the veil of heavy rain, which is smooth, or
-  scene the model mistook for rain (fence bars, twigs, the grain of a wall). The minimum of that
-  difference over the frame and the neighbours whose plain pictures agree with it, less its
-  smooth part (a median over :data:`DETAIL_SIZE` pixels, so that dense thin bars are not taken
-  for veil), is given back, weighted by the share of neighbours that agree. The plain test, not
-  the envelope, guards this step: an envelope lets a moving object's edge pass.
+- On a still camera, what the model took out of every frame of the window is given back where
+  it is fine-scale scene, not veil (:mod:`streamderain.detail`).
 - Files look ahead (frames held back, written in order); live sources use past frames only.
 
 Measured (``python -m training eval-video``, the default model): on a still camera +5.2 to
@@ -47,12 +42,7 @@ statistics (they win in heavy rain only by offsetting the veil, and ghost in lig
 background image from a longer median (erases moving objects, -2 to -6 dB on them); a fine-scale
 difference test on still cameras (it rejects exactly the pixels that hold rain); the still
 camera's limits after a warp, even with cubic warps (+0.5 dB on a shaking camera, -0.3 to -5 dB
-on DAVIS). For the detail given back: a mean instead of a median for its smooth part (dense thin
-bars then lift the picture around them), the minimum over every frame instead of the agreeing
-ones (it pulls a passing object's surroundings onto it), the envelope test instead of the plain
-one (an object's edge passes it), windows of 3 frames (a slowly moving camera looked still: -3.4
-dB on one DAVIS frame), and the same step on a moving camera's warped frames (+0.02 to +0.10 dB
-in light rain, down to -0.48 dB in heavy rain on DAVIS).
+on DAVIS).
 """
 
 from __future__ import annotations
@@ -64,6 +54,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from streamderain import detail
 from streamderain.frames import Batch, Frame
 from streamderain.pipeline import Stage
 
@@ -85,17 +76,6 @@ MOVING_SPAN = 2
 HISTORY = 6
 #: corners tracked from each frame
 CORNERS = 200
-
-#: what the model took out of every frame of a still window is given back where it is finer
-#: than the median over this many full-size pixels (square side), which is the veil's part;
-#: computed on frames sampled this many times smaller
-DETAIL_SIZE, DETAIL_SCALE = 36, 4
-#: ... only from neighbours whose plain picture differs from the frame's by less than this
-#: (grey levels, blurred): a moving object's edge passes the envelope test, not this one ...
-DETAIL_LIMIT = 8.0
-#: ... and only from windows of at least this many frames: fewer neither leave heavy rain out
-#: of the minimum nor tell a still camera from a slow one
-DETAIL_FRAMES = 5
 
 _IDENTITY = np.eye(3)
 _KERNEL = np.ones((3, 3), np.uint8)
@@ -125,33 +105,6 @@ def _median(values: list[np.ndarray]) -> np.ndarray:
     if n % 2:
         return a[n // 2]
     return cv2.addWeighted(a[n // 2 - 1], 0.5, a[n // 2], 0.5, 0)
-
-
-def _persistent_detail(removed: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
-    """What the model took out of a pixel in a frame (``removed[0]``) and in every neighbour
-    (``removed[1:]``) that agrees with it there (``masks``), less its smooth part, weighted by
-    the share of neighbours that agree; float32, H x W x 3.
-
-    Rain never stays put, so what was taken out of a pixel in every frame is scene the model
-    mistook for rain (fence bars, twigs, the grain of a wall) or the veil of heavy rain, which
-    is smooth. The smooth part is a median over :data:`DETAIL_SIZE` pixels, not a mean, so that
-    dense thin bars count as detail and not as veil."""
-    least = removed[0].copy()
-    agreeing = np.zeros(least.shape[:2], np.uint8)
-    for other, mask in zip(removed[1:], masks):
-        cv2.copyTo(cv2.min(least, other), mask, least)
-        cv2.add(agreeing, 1, dst=agreeing, mask=mask)
-    h, w = least.shape[:2]
-    small = (max(w // DETAIL_SCALE, 1), max(h // DETAIL_SCALE, 1))
-    sampled = cv2.resize(least, small, interpolation=cv2.INTER_NEAREST)
-    # medianBlur takes 8-bit pictures at this size: -255..255 halved into 0..255
-    halved = ((sampled + 256) // 2).astype(np.uint8)
-    side = DETAIL_SIZE // DETAIL_SCALE | 1
-    veil = cv2.medianBlur(halved, side).astype(np.float32) * 2 - 255.5  # the middle of a bin
-    veil = cv2.GaussianBlur(veil, (0, 0), side / 4)
-    veil = cv2.resize(veil, (w, h), interpolation=cv2.INTER_LINEAR)
-    detail = cv2.subtract(least, veil, dtype=cv2.CV_32F)
-    return detail * (agreeing.astype(np.float32) / len(masks))[..., None]
 
 
 def _blurred_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -309,16 +262,18 @@ class TemporalFilter:
             [cur.frame.image]
             + [cv2.copyTo(f.image, m, cur.frame.image.copy()) for f, m in zip(others, masks)]
         )
-        if len(window) + 1 < DETAIL_FRAMES or any(f.original is None for f in (cur.frame, *others)):
+        if len(window) + 1 < detail.MIN_FRAMES or any(
+            f.original is None for f in (cur.frame, *others)
+        ):
             return median
         strict = [
             self._mask(
-                cur, cv2.compare(_blurred_diff(cur.grey, greys[j]), DETAIL_LIMIT, cv2.CMP_LT)
+                cur, cv2.compare(_blurred_diff(cur.grey, greys[j]), detail.LIMIT, cv2.CMP_LT)
             )
             for j in window
         ]
         removed = [self._removed(h) for h in (cur, *(self._held[j] for j in window))]
-        return cv2.add(median, _persistent_detail(removed, strict), dtype=cv2.CV_8U)
+        return cv2.add(median, detail.persistent(removed, strict), dtype=cv2.CV_8U)
 
     @staticmethod
     def _removed(held: _Held) -> np.ndarray:
