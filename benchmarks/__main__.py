@@ -28,7 +28,7 @@ import torch
 from streamderain.api import derain_video
 from training import DEFAULT_MODEL, build_network, load_config, load_model
 from training.rain import rain_video
-from training.video_eval import OBJECTS, SCENES, fit, fixed_camera_clip, read_rgb
+from training.video_eval import still_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -36,19 +36,14 @@ CLIP_FRAMES = DATA / "clean" / "video" / "davis-car-roundabout"
 PAPER = "paper"
 
 
-def still_scene(frames: int) -> list[np.ndarray]:
-    """What a fixed camera sees: a still street at 640x360 with objects moving across it."""
-    objects = [read_rgb(p) for folder in OBJECTS for p in sorted((DATA / folder).glob("*"))[:2]]
-    return fixed_camera_clip(fit(read_rgb(DATA / SCENES["street"])), objects, frames)
-
-
 def make_clip(path: Path, frames: int, size: tuple[int, int], still: bool = False) -> None:
     """A rainy clip of ``frames`` frames at ``size`` (w, h), looping 75 frames: the DAVIS clip
-    (a moving camera), or with ``still`` :func:`still_scene`."""
+    (a moving camera), or with ``still`` the street seen by a fixed camera with objects moving
+    across it (``training.video_eval.still_scene``)."""
     import av
 
     if still:
-        scene = still_scene(75)
+        scene = still_scene(DATA, "street", 75)
     else:
         scene = [cv2.imread(str(f))[..., ::-1] for f in sorted(CLIP_FRAMES.glob("*.jpg"))]
     clean = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in scene]

@@ -22,19 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.__main__ import still_scene
 from streamderain.frames import Frame
 from streamderain.temporal import TemporalFilter
 from training.data import DEFAULT_DATA_ROOT
 from training.rain import rain_video
-from training.video_eval import davis_clip
+from training.video_eval import davis_clip, still_scene
 
 DAVIS_CLIP = "clean/video/davis-car-roundabout"
 
 
 def clips(frames: int) -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
     """Each clip's stand-ins for the model's outputs and their sources."""
-    still = still_scene(frames)
+    still = still_scene(DEFAULT_DATA_ROOT, "street", frames)
     moving = davis_clip(DEFAULT_DATA_ROOT / DAVIS_CLIP, frames)
     rng = np.random.default_rng(0)
     return {

@@ -206,12 +206,18 @@ class Clip:
     clean: list[np.ndarray]
 
 
+def still_scene(root: Path, scene: str, frames: int) -> list[np.ndarray]:
+    """``frames`` clean frames of one of :data:`SCENES` seen by a fixed camera, with the
+    :data:`OBJECTS` pictures moving across it."""
+    objects = [read_rgb(p) for folder in OBJECTS for p in sorted((root / folder).glob("*"))[:2]]
+    return fixed_camera_clip(fit(read_rgb(root / SCENES[scene])), objects, frames)
+
+
 def clips(root: Path, frames: int, davis_frames: int, fixed: tuple, davis: tuple) -> list[Clip]:
     """The fixed-camera clips under each of the ``fixed`` presets, then DAVIS under ``davis``."""
-    objects = [read_rgb(p) for folder in OBJECTS for p in sorted((root / folder).glob("*"))[:2]]
     out = []
-    for scene, rel in SCENES.items() if fixed else []:
-        clean = fixed_camera_clip(fit(read_rgb(root / rel)), objects, frames)
+    for scene in SCENES if fixed else []:
+        clean = still_scene(root, scene, frames)
         out += [Clip(f"{scene}-{preset}", "fixed", preset, clean) for preset in fixed]
     for folder in sorted((root / "clean" / "video").glob("davis-*")) if davis else []:
         clean = davis_clip(folder, davis_frames)
