@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.conftest import DATA
 from training import DCSFNConfig, build_network, load_model
@@ -195,21 +196,54 @@ def test_short_training_lowers_the_loss(shared, tmp_path, precision):
     )
 
 
-def test_an_l1_term_joins_the_loss_when_asked(shared, tmp_path):
+@pytest.mark.parametrize(
+    ("option", "term", "name"),
+    [
+        ("l1_weight", lambda out, clean: (out - clean).abs().mean(), "L1"),
+        (
+            "mean_weight",
+            lambda out, clean: (out - clean).mean(dim=(2, 3)).abs().mean(),
+            "|mean colour error|",
+        ),
+        (
+            "lowpass_weight",
+            lambda out, clean: (F.avg_pool2d(out, 8) - F.avg_pool2d(clean, 8)).abs().mean(),
+            "L1 of 8x8 block means",
+        ),
+    ],
+)
+def test_a_loss_term_joins_the_loss_when_asked(shared, tmp_path, option, term, name):
     torch.set_num_threads(2)
-    cfg = _tiny_train(l1_weight=0.5)
+    cfg = _tiny_train(**{option: 0.5})
     rainy, clean = PatchSampler(cfg, DATA).batch(np.random.default_rng(5))
     trainer = Trainer(TINY, cfg, DATA, tmp_path / "run")
     with torch.no_grad():
         out = trainer.net(rainy)
-        expected = float(-ssim(out, clean) + 0.5 * (out - clean).abs().mean())
+        expected = float(-ssim(out, clean) + 0.5 * term(out, clean))
     assert trainer.train_step(rainy, clean) == pytest.approx(expected, abs=1e-6)
-    assert trainer.metadata({})["recipe"]["loss"] == "-SSIM + 0.5 L1"
+    assert trainer.metadata({})["recipe"]["loss"] == f"-SSIM + 0.5 {name}"
 
 
-def test_resume_continues_exactly(shared, tmp_path):
+def test_snapshots_hold_the_moving_average_of_the_weights_when_asked(shared, tmp_path):
     torch.set_num_threads(2)
-    cfg = _tiny_train(steps=10)
+    trainer = Trainer(TINY, _tiny_train(steps=3, ema_decay=0.9), DATA, tmp_path / "run")
+    sampler, rng = PatchSampler(trainer.cfg, DATA), np.random.default_rng(1)
+    seen = []
+    for _ in range(3):
+        trainer.train_step(*sampler.batch(rng))
+        seen.append({k: v.clone() for k, v in trainer.net.state_dict().items()})
+    shipped = load_model(trainer.snapshot({})).net.state_dict()
+    for key, value in shipped.items():
+        expected = 0.9 * (0.9 * seen[0][key] + 0.1 * seen[1][key]) + 0.1 * seen[2][key]
+        assert torch.allclose(value, expected, atol=1e-6), key
+    assert not torch.allclose(shipped[key], seen[2][key])
+    assert trainer.metadata({})["recipe"]["weight_average"] == "EMA, decay 0.9"
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_continues_exactly(shared, tmp_path, ema_decay):
+    torch.set_num_threads(2)
+    cfg = _tiny_train(steps=10, ema_decay=ema_decay)
     straight = Trainer(TINY, cfg, DATA, tmp_path / "a")
     straight.run(progress=False)
     first = Trainer(TINY, cfg, DATA, tmp_path / "b")
@@ -225,6 +259,10 @@ def test_resume_continues_exactly(shared, tmp_path):
     assert logged == [6, 10], "the steps after the checkpoint are logged once, as redone"
     for (name, a), (_, b) in zip(
         straight.net.state_dict().items(), resumed.net.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    for (name, a), (_, b) in zip(
+        straight.kept.state_dict().items(), resumed.kept.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
     assert resumed.sched.get_last_lr() == straight.sched.get_last_lr()
@@ -323,17 +361,6 @@ def test_no_held_out_pair_or_its_rain_reaches_training(shared):
     assert (rainy >= clean - 1e-6).all(), "transplanted rain only adds light"
     sets = validation_sets(cfg, DATA)
     assert len(sets["val_heavy"]) == 5
-
-
-def test_a_mean_colour_term_joins_the_loss_when_asked(shared, tmp_path):
-    cfg = _tiny_train(mean_weight=2.0)
-    rainy, clean = PatchSampler(cfg, DATA).batch(np.random.default_rng(5))
-    trainer = Trainer(TINY, cfg, DATA, tmp_path / "run")
-    with torch.no_grad():
-        out = trainer.net(rainy)
-        expected = float(-ssim(out, clean) + 2.0 * (out - clean).mean(dim=(2, 3)).abs().mean())
-    assert trainer.train_step(rainy, clean) == pytest.approx(expected, abs=1e-6)
-    assert trainer.metadata({})["recipe"]["loss"] == "-SSIM + 2 |mean colour error|"
 
 
 def test_eval_scores_a_handful_of_pairs_and_writes_csv_and_sheet(shared, tmp_path):

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from training.config import DCSFNConfig, build_network, read_toml
@@ -60,6 +62,13 @@ class TrainConfig:
         mean_weight: weight of a term on each patch's mean colour error, per channel: keeps the
             output's brightness unbiased (rain only adds light, so a network that leaves a
             little of it behind is brighter than the truth).
+        lowpass_weight: weight of a mean absolute error between 8x8-pixel block means of the
+            output and the clean patch: the veil of heavy rain varies across a picture, and a
+            patch-wide mean lets one part's leftover veil hide behind another's overshoot.
+        ema_decay: the weights validated and snapshotted are an exponential moving average of
+            the trained ones, with this decay per step (0: the trained weights themselves).
+            The lite network's heavy-rain score swings by a decibel from snapshot to snapshot
+            with the veil it leaves; an average over the last steps' weights holds steadier.
         real_fraction: share of patches cut from real pairs (the rest: synthetic rain).
         rain_presets: synthetic rain presets and their weights; ``real-layers`` weighs real
             rain layers from ``layer_dirs`` added onto the clean pictures.
@@ -93,6 +102,8 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.6, 0.8)
     l1_weight: float = 0.0
     mean_weight: float = 0.0
+    lowpass_weight: float = 0.0
+    ema_decay: float = 0.0
     real_fraction: float = 0.3
     rain_presets: dict[str, float] = field(
         default_factory=lambda: {"light": 0.7, "heavy-streaks": 0.3}
@@ -293,6 +304,11 @@ class Trainer:
             self.earlier_stage = start.info.metadata
         # Channels-last convolutions run 1.2-1.5x faster on this CPU's oneDNN, bf16 more still.
         self.net.to(memory_format=torch.channels_last)
+        self.ema = (
+            AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
+            if cfg.ema_decay
+            else None
+        )
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(
             self.opt, [int(m * cfg.steps) for m in cfg.milestones], gamma=0.1
@@ -300,6 +316,11 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         self.step = 0
         self.wall = 0.0
+
+    @property
+    def kept(self) -> torch.nn.Module:
+        """The network that is validated and snapshotted: the average, where one is kept."""
+        return self.ema.module if self.ema is not None else self.net
 
     @property
     def checkpoint_path(self) -> Path:
@@ -320,6 +341,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "model_config": self.model_cfg.to_dict(),
             "precision": self.precision,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def save_checkpoint(self) -> None:
@@ -336,6 +358,10 @@ class Trainer:
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"{self.checkpoint_path}: kept no weight average to resume")
+            self.ema.load_state_dict(state["ema"])
         self.rng.bit_generator.state = json.loads(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.wall = state["step"], state["wall"]
@@ -363,7 +389,7 @@ class Trainer:
         """The weights now, in the shipping format, with how they were made."""
         path = self.snapshot_path(self.step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_model(path, self.net, self.model_cfg, "RGB", self.metadata(scores))
+        save_model(path, self.kept, self.model_cfg, "RGB", self.metadata(scores))
         return path
 
     def metric_names(self) -> dict[str, str]:
@@ -394,6 +420,7 @@ class Trainer:
             "recipe": {
                 "loss": self.loss_name(),
                 "optimizer": "Adam",
+                "weight_average": f"EMA, decay {cfg.ema_decay:g}" if cfg.ema_decay else None,
                 "lr": cfg.lr,
                 "milestones": list(cfg.milestones),
                 "batch": cfg.batch,
@@ -413,6 +440,8 @@ class Trainer:
             terms.append(f"{self.cfg.l1_weight:g} L1")
         if self.cfg.mean_weight:
             terms.append(f"{self.cfg.mean_weight:g} |mean colour error|")
+        if self.cfg.lowpass_weight:
+            terms.append(f"{self.cfg.lowpass_weight:g} L1 of 8x8 block means")
         return " + ".join(terms)
 
     def train_step(self, rainy: torch.Tensor, clean: torch.Tensor) -> float:
@@ -426,9 +455,14 @@ class Trainer:
         if self.cfg.mean_weight:
             colour_error = (out - clean).mean(dim=(2, 3)).abs().mean()
             loss = loss + self.cfg.mean_weight * colour_error
+        if self.cfg.lowpass_weight:
+            veil_error = (F.avg_pool2d(out, 8) - F.avg_pool2d(clean, 8)).abs().mean()
+            loss = loss + self.cfg.lowpass_weight * veil_error
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
         self.sched.step()
         self.step += 1
         return loss.item()
@@ -468,7 +502,7 @@ class Trainer:
                     }
                     window, window_start = [], time.monotonic()
                 if val and (self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps):
-                    scores = {name: validate(self.net, pairs) for name, pairs in val.items()}
+                    scores = {name: validate(self.kept, pairs) for name, pairs in val.items()}
                     for name, score in scores.items():
                         record[f"{name}_psnr_y"] = score["psnr_y"]
                         record[f"{name}_bias_rgb"] = score["bias_rgb"]
