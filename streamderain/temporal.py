@@ -30,7 +30,7 @@ How, per output frame t:
 - Files look ahead (frames held back, written in order); live sources use past frames only.
 
 Measured (``python -m training eval-video``, the default model): on a still camera +5.2 to
-+6.3 dB PSNR-Y in light rain (files; +4.2 to +5.9 live), +0.8 to +3.5 dB in heavy rain, flicker
++6.3 dB PSNR-Y in light rain (files; +4.2 to +5.9 live), +0.8 to +3.6 dB in heavy rain, flicker
 down 1.8 to 5.6 times; on the moving DAVIS clips within 0.05 dB of the model. Without the detail
 given back, the same clips gained +0.5 to +2.4 dB in light rain. Veiled heavy rain gains least
 because the model leaves JORDER's veil, which does not change from frame to frame: a perfect
@@ -268,7 +268,10 @@ class TemporalFilter:
             return median
         strict = [
             self._mask(
-                cur, cv2.compare(_blurred_diff(cur.grey, greys[j]), detail.LIMIT, cv2.CMP_LT)
+                cur,
+                cv2.compare(
+                    _blurred_diff(cur.grey, greys[j]), max(detail.LIMIT, limit), cv2.CMP_LT
+                ),
             )
             for j in window
         ]

@@ -175,13 +175,21 @@ def test_a_moving_object_is_not_smeared_nor_left_behind(lookahead: int) -> None:
     assert error(out, clean, trail) <= error(noisy, clean, trail) + 0.5
 
 
-@pytest.mark.parametrize("lookahead", [0, 3])
-def test_fine_scene_the_model_took_out_of_every_frame_comes_back_and_the_veil_does_not(
-    lookahead: int,
-) -> None:
-    """Thin bars that a model removes from every frame, as it would a fence behind rain: the
-    stage gives them back from the rainy sources, but not the smooth veil the model rightly
-    removed, nor the rain."""
+def blotches(images: list[np.ndarray], level: float, seed: int = 3) -> list[np.ndarray]:
+    """What a model leaves of heavy rain: faint blotches of light all over, anew every frame."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for image in images:
+        field = cv2.GaussianBlur(rng.normal(0, 1, (H, W)).astype(np.float32), (0, 0), 3)
+        light = np.abs(field) * (level / field.std())
+        out.append(np.clip(image + light[..., None], 0, 255).astype(np.uint8))
+    return out
+
+
+def bars_given_back(lookahead: int, blotch_level: float) -> dict[str, float]:
+    """Thin bars that a model removes from every frame, as it would a fence behind rain, run
+    through the stage with and without the rainy sources: errors on the bars, on the moving
+    object, and the mean brightness shift."""
     clean_base, masks = scene(30)
     bars = np.zeros((H, W), bool)
     bars[:, 5::9] = True
@@ -190,7 +198,8 @@ def test_fine_scene_the_model_took_out_of_every_frame_comes_back_and_the_veil_do
         with_bars = frame.copy()
         with_bars[bars & ~mask] = 20
         clean.append(with_bars)
-    derained = rain(clean_base, seed=1)  # the bars taken out, some rain left
+    # the bars taken out, some rain left
+    derained = blotches(rain(clean_base, seed=1), blotch_level)
     sources = [
         np.clip(c.astype(float) + 30 + s.astype(float) - b, 0, 255).astype(np.uint8)
         for c, s, b in zip(clean, rain(clean_base, seed=2), clean_base)
@@ -203,14 +212,36 @@ def test_fine_scene_the_model_took_out_of_every_frame_comes_back_and_the_veil_do
     with_sources = [o.image for o in with_sources + f.flush()]
     without = [o.image for o in without + g.flush()]
     still_bars = [bars & ~np.any(masks, axis=0)] * len(clean)
-    # from the frame on where the window is long enough
-    k = 6
-    assert error(with_sources[k:], clean[k:], still_bars[k:]) < 0.3 * error(
-        without[k:], clean[k:], still_bars[k:]
-    )
-    mean_shift = np.mean([o.astype(float).mean() - c.mean() for o, c in zip(with_sources, clean)])
-    assert abs(mean_shift) < 2.0, "the veil the model removed stays removed"
-    assert error(with_sources, clean, masks) <= error(derained, clean, masks) + 0.5
+    k = 6  # from the frame on where the window is long enough
+    return {
+        "bars": error(with_sources[k:], clean[k:], still_bars[k:]),
+        "bars_without_sources": error(without[k:], clean[k:], still_bars[k:]),
+        "object": error(with_sources, clean, masks),
+        "object_per_frame": error(derained, clean, masks),
+        "shift": float(
+            np.mean([o.astype(float).mean() - c.mean() for o, c in zip(with_sources, clean)])
+        ),
+    }
+
+
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_fine_scene_the_model_took_out_of_every_frame_comes_back_and_the_veil_does_not(
+    lookahead: int,
+) -> None:
+    """The stage gives the bars back from the rainy sources, but not the smooth veil the model
+    rightly removed, nor the rain."""
+    e = bars_given_back(lookahead, blotch_level=0)
+    assert e["bars"] < 0.3 * e["bars_without_sources"]
+    assert abs(e["shift"]) < 2.0, "the veil the model removed stays removed"
+    assert e["object"] <= e["object_per_frame"] + 0.5
+
+
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_fine_scene_comes_back_where_the_model_leaves_heavy_rain_all_over(lookahead: int) -> None:
+    """Left-over blotches make neighbours differ everywhere; judged against the rain level they
+    still count as agreeing (with a fixed limit the bars' error stayed at 0.64x)."""
+    e = bars_given_back(lookahead, blotch_level=10)
+    assert e["bars"] < 0.3 * e["bars_without_sources"]
 
 
 def test_a_panning_camera_is_never_made_worse() -> None:
