@@ -374,6 +374,16 @@ def test_eval_scores_a_handful_of_pairs_and_writes_csv_and_sheet(shared, tmp_pat
     assert (tmp_path / "sheet.png").stat().st_size > 1000
 
 
+def test_eval_can_scale_the_rain_of_aligned_pairs_only(shared):
+    model = load_model()
+    pairs = find_pairs(DATA / "train-pairs/jorder-small")[:2]
+    full, half = evaluate(model, pairs), evaluate(model, pairs, rain_scale=0.5)
+    assert half.rainy["psnr_y"] > full.rainy["psnr_y"] + 3
+    assert evaluate(model, pairs, rain_scale=0.0).rainy["psnr_y"] == float("inf")
+    with pytest.raises(ValueError, match="not an aligned pair"):
+        evaluate(model, find_pairs(DATA / "train-pairs/RainTrainL")[:1], rain_scale=0.5)
+
+
 def test_train_config_rejects_unknown_options():
     with pytest.raises(ValueError, match="unknown train option"):
         TrainConfig.from_dict({"stepz": 3})

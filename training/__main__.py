@@ -90,8 +90,20 @@ def train(
 @click.option(
     "--sheet", "sheet_images", default=4, show_default=True, help="Pairs shown in sheet.png."
 )
+@click.option(
+    "--rain-scale",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Scale each aligned pair's rain (rainy - clean) by this first.",
+)
 def evaluate_cmd(
-    model_source: str, data_dir: str, out_dir: Path | None, limit: int | None, sheet_images: int
+    model_source: str,
+    data_dir: str,
+    out_dir: Path | None,
+    limit: int | None,
+    sheet_images: int,
+    rain_scale: float,
 ) -> None:
     """PSNR/SSIM (RGB and Y) of a model on a folder of pairs, beside the rainy input's."""
     from training.data import find_pairs
@@ -100,7 +112,10 @@ def evaluate_cmd(
 
     model = load_model(model_source)
     pairs = find_pairs(data_dir)[:limit]
-    result = evaluate(model, pairs, out_dir, sheet_images)
+    try:
+        result = evaluate(model, pairs, out_dir, sheet_images, rain_scale)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
     click.echo(f"{model_source} on {data_dir} ({len(pairs)} pairs):")
     click.echo(result.table())
 

@@ -15,6 +15,7 @@ import torch
 
 from training.data import Pair, read_pair
 from training.metrics import luma, psnr, ssim_image
+from training.rain import rain_layer, transplant
 
 METRICS = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
 
@@ -57,11 +58,18 @@ def evaluate(
     pairs: list[Pair],
     out_dir: Path | None = None,
     sheet_images: int = 4,
+    rain_scale: float = 1.0,
 ) -> EvalResult:
-    """Score ``net`` on ``pairs``; with ``out_dir``, also write ``scores.csv`` and ``sheet.png``."""
+    """Score ``net`` on ``pairs``; with ``out_dir``, also write ``scores.csv`` and ``sheet.png``.
+
+    ``rain_scale``: each pair's rain (``rainy - clean``, aligned pairs only) is scaled by this
+    before deraining: how a model holds up as the same rain gets lighter or denser."""
     rows, sheet = [], []
     for i, pair in enumerate(pairs):
         rainy, clean = read_pair(pair)
+        if rain_scale != 1.0:
+            layer = rain_layer(rainy, clean).astype(np.float32) * rain_scale
+            rainy = transplant(clean, np.round(layer).astype(np.int16))
         derained = derain_rgb(net, rainy)
         row: dict[str, object] = {"image": pair.rainy.name}
         row.update({f"rainy_{k}": v for k, v in scores(rainy, clean).items()})
