@@ -402,7 +402,8 @@ def test_shipped_configs_parse():
 
 
 def test_a_bf16_run_resumes_and_exports_in_its_own_precision(shared, tmp_path):
-    """``--resume`` keeps the run's precision unless told; export records it and a purpose."""
+    """``--resume`` keeps the run's precision unless told; export records it and a purpose, and
+    ships the average of the weights where the run keeps one."""
     import subprocess
     import sys
 
@@ -410,7 +411,7 @@ def test_a_bf16_run_resumes_and_exports_in_its_own_precision(shared, tmp_path):
     config.write_text(
         "[model]\nchannels = 4\nnum_blocks = 1\nscale_num = 2\nconv_num = 1\n"
         '[train]\nsteps = 6\nbatch = 2\npatch = 32\nreal_dirs = ["train-pairs/RainTrainL"]\n'
-        'clean_dirs = ["clean/images/kodak24"]\nval_dir = ""\n'
+        'clean_dirs = ["clean/images/kodak24"]\nval_dir = ""\nema_decay = 0.5\n'
     )
     train = [sys.executable, "-m", "training", "train", "--config", str(config)]
     train += ["--out", str(tmp_path / "run"), "--data-root", str(DATA), "--no-progress"]
@@ -425,5 +426,9 @@ def test_a_bf16_run_resumes_and_exports_in_its_own_precision(shared, tmp_path):
         check=True,
         timeout=300,
     )  # fmt: skip
-    meta = load_model(out).info.metadata
+    model = load_model(out)
+    meta = model.info.metadata
     assert (meta["steps"], meta["recipe"]["precision"], meta["purpose"]) == (6, "bf16", "a test")
+    average = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["ema"]
+    for name, value in model.net.state_dict().items():
+        assert torch.equal(value, average[f"module.{name}"]), "export ships the weight average"

@@ -201,11 +201,11 @@ def export(
     meta = trainer.metadata({})
     if step:
         snapshot = load_model(trainer.snapshot_path(step))
-        trainer.net.load_state_dict(snapshot.net.state_dict())
+        trainer.kept.load_state_dict(snapshot.net.state_dict())
         meta.update(
             {k: snapshot.info.metadata[k] for k in ("steps", "train_hours", "metrics", "recipe")}
         )
-    ship(out_path, trainer.net, model_cfg, "RGB", meta, eval_data, purpose)
+    ship(out_path, trainer.kept, model_cfg, "RGB", meta, eval_data, purpose)
     click.echo(f"wrote {out_path} (step {meta['steps']})")
 
 
