@@ -36,7 +36,8 @@ import numpy as np
 #: the smooth part (veil) is a median over squares of this side, in full-size pixels, computed
 #: on frames sampled this many times smaller
 SIZE, SCALE = 36, 4
-#: neighbours count where their blurred grey picture differs from the frame's by less than this
+#: neighbours count where their blurred grey picture differs from the frame's by less than this,
+#: or than the stage's rain level where heavy rain raises it above this
 LIMIT = 8.0
 #: fewer frames neither leave heavy rain out of the minimum nor tell a still camera from a slow one
 MIN_FRAMES = 5

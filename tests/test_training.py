@@ -257,14 +257,12 @@ def test_resume_continues_exactly(shared, tmp_path, ema_decay):
     resumed.run(progress=False)
     logged = [json.loads(line)["step"] for line in resumed.log_path.read_text().splitlines()]
     assert logged == [6, 10], "the steps after the checkpoint are logged once, as redone"
-    for (name, a), (_, b) in zip(
-        straight.net.state_dict().items(), resumed.net.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
-    for (name, a), (_, b) in zip(
-        straight.kept.state_dict().items(), resumed.kept.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    for trained in ("net", "kept"):  # the weights, and their average where one is kept
+        theirs, ours = getattr(straight, trained), getattr(resumed, trained)
+        for (name, a), (_, b) in zip(
+            theirs.state_dict().items(), ours.state_dict().items(), strict=True
+        ):
+            assert torch.equal(a, b), f"{trained}: {name}"
     assert resumed.sched.get_last_lr() == straight.sched.get_last_lr()
 
 
