@@ -15,6 +15,7 @@ from tests.conftest import DATA
 from training import DCSFNConfig, build_network, load_model
 from training.data import (
     DatasetError,
+    draw_fence,
     draw_thin_structures,
     find_clean_images,
     find_pairs,
@@ -310,19 +311,37 @@ def test_a_stage_may_start_from_a_shallower_model_of_its_config(shared, tmp_path
     assert second.metadata({})["training_data"]["grown_from_blocks"] == TINY.num_blocks
 
 
-def test_thin_structures_are_long_thin_bars_in_the_clean_picture_too(shared):
+@pytest.mark.parametrize(
+    "draw, option, most",
+    [(draw_thin_structures, "structure_fraction", 0.25), (draw_fence, "fence_fraction", 0.8)],
+)
+def test_thin_bars_are_long_and_in_the_clean_picture_too(shared, draw, option, most):
     rng = np.random.default_rng(0)
-    cfg = _tiny_train(structure_fraction=1.0, rain_presets={"light": 1.0}, real_fraction=0.0)
+    cfg = _tiny_train(**{option: 1.0}, rain_presets={"light": 1.0}, real_fraction=0.0)
     image = np.full((128, 128, 3), 128, np.uint8)
-    drawn = draw_thin_structures(rng, image)
-    changed = np.any(drawn != image, axis=2)
-    assert 0.01 < changed.mean() < 0.25, "a few thin bars, not a new picture"
-    assert changed.any(axis=1).mean() > 0.6, "bars run across most of the height"
+    for _ in range(5):
+        drawn = draw(rng, image)
+        changed = np.any(drawn != image, axis=2)
+        assert 0.01 < changed.mean() < most, "thin bars, not a new picture"
+        assert changed.any(axis=1).mean() > 0.4, "bars run across much of the height"
     for fraction in (0.0, 1.0):
-        sampler = PatchSampler(replace(cfg, structure_fraction=fraction), DATA)
+        sampler = PatchSampler(replace(cfg, **{option: fraction}), DATA)
         sampler.clean = [np.zeros_like(image)]  # black, as the rotation's borders are
         _, clean = sampler._one(np.random.default_rng(1))
         assert clean.any() == bool(fraction), "the clean patch carries the bars, if asked"
+
+
+def test_a_fence_is_evenly_spaced_bars():
+    rng = np.random.default_rng(3)
+    image = np.full((96, 160, 3), 100, np.uint8)
+    even = []
+    for _ in range(20):
+        drawn = draw_fence(rng, image).astype(np.int16) - image
+        profile = np.abs(drawn).sum(axis=(0, 2))  # per column: a fence is mostly columns
+        peaks = np.flatnonzero((profile[1:-1] > profile[:-2]) & (profile[1:-1] >= profile[2:]))
+        gaps = np.diff(peaks[profile[peaks + 1] > 0.3 * profile.max()])
+        even.append(len(gaps) >= 4 and np.median(np.abs(gaps - np.median(gaps))) <= 1)
+    assert np.mean(even) > 0.75
 
 
 def test_no_held_out_pair_or_its_rain_reaches_training(shared):

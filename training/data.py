@@ -199,6 +199,42 @@ def draw_thin_structures(rng: np.random.Generator, image: np.ndarray) -> np.ndar
     return out
 
 
+def draw_fence(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """``image`` seen through a faint fence: 6 or more parallel bars, 1-2 px wide and 3-12 px
+    apart, within 12 degrees of vertical, sometimes with rails across, slightly blurred, mixed into
+    the picture at 20-70% opacity and partly hidden behind it (random blobs of the picture stay in front).
+
+    Why: real fence bars (NTURain ra1, behind the plants) are grey on grey, evenly spaced and
+    half hidden by leaves, and every heavy-rain model here erases them; the opaque isolated bars
+    of :func:`draw_thin_structures` did not teach otherwise (stage 4d).
+    """
+    h, w = image.shape[:2]
+    bars = np.zeros((h, w), np.float32)
+    one = 16  # cv2.line's sub-pixel unit at shift=4
+    spacing = float(rng.uniform(3, 12))
+    width = int(rng.integers(1, 3))
+    tilt = float(np.tan(np.radians(rng.uniform(-12, 12))))
+    x0 = float(rng.uniform(-0.2, 0.5)) * w
+    x1 = x0 + max(float(rng.uniform(0.4, 1.2)) * w, 6 * spacing)
+    y0 = float(rng.uniform(-0.2, 0.3)) * h
+    y1 = y0 + float(rng.uniform(0.6, 1.2)) * h
+    point = lambda x, y: (round(x * one), round(y * one))  # noqa: E731
+    for x in np.arange(x0, x1, spacing):
+        cv2.line(bars, point(x, y0), point(x + tilt * (y1 - y0), y1), 1.0, width, cv2.LINE_AA, 4)
+    for _ in range(int(rng.integers(0, 3))):
+        y = float(rng.uniform(y0, y1))
+        cv2.line(bars, point(x0, y), point(x1, y), 1.0, int(rng.integers(2, 5)), cv2.LINE_AA, 4)
+    cells = int(rng.integers(3, 9))
+    blobs = cv2.resize(rng.random((cells, cells)).astype(np.float32), (w, h), cv2.INTER_CUBIC)
+    bars *= blobs >= float(rng.uniform(0.0, 0.4))
+    bars = cv2.GaussianBlur(bars, (0, 0), float(rng.uniform(0.3, 1.2)))  # out of focus, moving
+    grey = float(rng.uniform(30, 230))
+    colour = np.clip(grey + rng.normal(0, 10, 3), 0, 255).astype(np.float32)
+    alpha = (bars * float(rng.uniform(0.2, 0.7)))[..., None]
+    out = image.astype(np.float32) * (1 - alpha) + colour * alpha
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
 def crop_box(
     rng: np.random.Generator, shape: tuple[int, ...], patch: int
 ) -> tuple[int, int, int, int]:

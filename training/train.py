@@ -26,6 +26,7 @@ from training.data import (
     Pair,
     augment,
     crop_box,
+    draw_fence,
     draw_thin_structures,
     find_clean_images,
     find_pairs,
@@ -78,6 +79,8 @@ class TrainConfig:
         layer_strength: range of the factor real rain layers are scaled by.
         structure_fraction: share of synthetic-rain patches whose clean picture first gets
             thin bars drawn into it (``training.data.draw_thin_structures``), to be kept.
+        fence_fraction: share of synthetic-rain patches whose clean picture is first seen
+            through a faint, partly hidden fence (``training.data.draw_fence``), to be kept.
         clean_dirs: folders of clean pictures and video frames for synthetic rain.
         val_dir: held-out clean pictures, rained on with a fixed seed, to watch progress.
         val_images: how many of them.
@@ -112,6 +115,7 @@ class TrainConfig:
     layer_dirs: tuple[str, ...] = ()
     layer_strength: tuple[float, float] = (0.3, 1.0)
     structure_fraction: float = 0.0
+    fence_fraction: float = 0.0
     clean_dirs: tuple[str, ...] = ()
     val_dir: str = ""
     val_images: int = 12
@@ -217,6 +221,8 @@ class PatchSampler:
             # no draw at all when off: earlier configs keep their exact random streams
             if self.cfg.structure_fraction and rng.random() < self.cfg.structure_fraction:
                 clean = draw_thin_structures(rng, clean)
+            if self.cfg.fence_fraction and rng.random() < self.cfg.fence_fraction:
+                clean = draw_fence(rng, clean)
             preset = self.presets[int(rng.choice(len(self.presets), p=self.preset_p))]
             if preset == REAL_LAYERS:
                 rainy = transplant(clean, self.layers.sample(rng, h, w))
