@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,8 +22,9 @@ from training.data import (
     find_pairs,
     pixel_digest,
     read_pair,
+    read_rgb,
 )
-from training.evaluate import evaluate
+from training.evaluate import FENCE_FRAME, bars_kept, derain_rgb, evaluate
 from training.grow import deepen
 from training.metrics import ssim
 from training.rain import (
@@ -399,6 +401,17 @@ def test_eval_can_scale_the_rain_of_aligned_pairs_only(shared):
     assert evaluate(model, pairs, rain_scale=0.0).rainy["psnr_y"] == float("inf")
     with pytest.raises(ValueError, match="not an aligned pair"):
         evaluate(model, find_pairs(DATA / "train-pairs/RainTrainL")[:1], rain_scale=0.5)
+
+
+def test_bars_kept_sees_fence_bars_go_and_the_default_keep_them(shared):
+    rainy = read_rgb(DATA / FENCE_FRAME)
+    assert bars_kept(rainy, rainy) == pytest.approx((1.0, 1.0))
+    down = cv2.GaussianBlur(rainy, (1, 9), 0, sigmaY=3)  # along the bars: they stay
+    across = cv2.GaussianBlur(rainy, (9, 1), 3)  # across them: they go
+    assert bars_kept(down, rainy)[0] > 0.8
+    assert bars_kept(across, rainy)[0] < 0.3
+    kept, correlation = bars_kept(derain_rgb(load_model(), rainy), rainy)
+    assert kept > 0.7 and correlation > 0.9, "the default model keeps the fence behind the plants"
 
 
 def test_train_config_rejects_unknown_options():

@@ -1,4 +1,4 @@
-"""``python -m training train|eval|export|average|rain-samples|rain-stats|eval-video``: the
+"""``python -m training train|eval|fence|export|average|rain-samples|rain-stats|eval-video``: the
 training package's command line."""
 
 from __future__ import annotations
@@ -118,6 +118,22 @@ def evaluate_cmd(
         raise click.ClickException(str(e)) from None
     click.echo(f"{model_source} on {data_dir} ({len(pairs)} pairs):")
     click.echo(result.table())
+
+
+@main.command("fence")
+@click.argument("models", nargs=-1, required=True)
+@data_root_option
+def fence(models: tuple[str, ...], data_root: Path) -> None:
+    """How much of the fence bars behind the plants in real rain (NTURain ra1 frame 30) each
+    model keeps: heavy-rain models tend to erase them with the streaks."""
+    from training.data import read_rgb
+    from training.evaluate import FENCE_FRAME, bars_kept, derain_rgb
+    from training.weights import load_model
+
+    rainy = read_rgb(data_root / FENCE_FRAME)
+    for name in models:
+        kept, correlation = bars_kept(derain_rgb(load_model(name), rainy), rainy)
+        click.echo(f"{name}: bars kept {kept:.2f}, correlation {correlation:.2f}")
 
 
 def shipping_options(command: Callable) -> Callable:
