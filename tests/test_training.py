@@ -24,7 +24,13 @@ from training.data import (
     read_pair,
     read_rgb,
 )
-from training.evaluate import FENCE_FRAME, bars_kept, derain_rgb, evaluate
+from training.evaluate import (
+    REAL_RAIN_FRAME,
+    bars_kept,
+    derain_rgb,
+    evaluate,
+    streaks_left,
+)
 from training.grow import deepen
 from training.metrics import ssim
 from training.rain import (
@@ -403,15 +409,19 @@ def test_eval_can_scale_the_rain_of_aligned_pairs_only(shared):
         evaluate(model, find_pairs(DATA / "train-pairs/RainTrainL")[:1], rain_scale=0.5)
 
 
-def test_bars_kept_sees_fence_bars_go_and_the_default_keep_them(shared):
-    rainy = read_rgb(DATA / FENCE_FRAME)
+def test_real_rain_scores_see_bars_go_and_streaks_stay(shared):
+    rainy = read_rgb(DATA / REAL_RAIN_FRAME)
     assert bars_kept(rainy, rainy) == pytest.approx((1.0, 1.0))
+    assert streaks_left(rainy, rainy) == pytest.approx(1.0)
     down = cv2.GaussianBlur(rainy, (1, 9), 0, sigmaY=3)  # along the bars: they stay
-    across = cv2.GaussianBlur(rainy, (9, 1), 3)  # across them: they go
+    across = cv2.GaussianBlur(rainy, (9, 1), 3)  # across them: they go, and so do the streaks
     assert bars_kept(down, rainy)[0] > 0.8
     assert bars_kept(across, rainy)[0] < 0.3
-    kept, correlation = bars_kept(derain_rgb(load_model(), rainy), rainy)
+    assert streaks_left(across, rainy) < 0.5
+    derained = derain_rgb(load_model(), rainy)
+    kept, correlation = bars_kept(derained, rainy)
     assert kept > 0.7 and correlation > 0.9, "the default model keeps the fence behind the plants"
+    assert streaks_left(derained, rainy) < 1.0
 
 
 def test_train_config_rejects_unknown_options():

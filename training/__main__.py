@@ -1,4 +1,4 @@
-"""``python -m training train|eval|fence|export|average|rain-samples|rain-stats|eval-video``: the
+"""``python -m training train|eval|real-rain|export|average|rain-samples|rain-stats|eval-video``: the
 training package's command line."""
 
 from __future__ import annotations
@@ -120,20 +120,24 @@ def evaluate_cmd(
     click.echo(result.table())
 
 
-@main.command("fence")
+@main.command("real-rain")
 @click.argument("models", nargs=-1, required=True)
 @data_root_option
-def fence(models: tuple[str, ...], data_root: Path) -> None:
-    """How much of the fence bars behind the plants in real rain (NTURain ra1 frame 30) each
-    model keeps: heavy-rain models tend to erase them with the streaks."""
+def real_rain(models: tuple[str, ...], data_root: Path) -> None:
+    """Real rain has no clean picture: how much of the fence bars behind the plants each model
+    keeps, and how much of the streaks over the dark planters it leaves (NTURain ra1 frame 30)."""
     from training.data import read_rgb
-    from training.evaluate import FENCE_FRAME, bars_kept, derain_rgb
+    from training.evaluate import REAL_RAIN_FRAME, bars_kept, derain_rgb, streaks_left
     from training.weights import load_model
 
-    rainy = read_rgb(data_root / FENCE_FRAME)
+    rainy = read_rgb(data_root / REAL_RAIN_FRAME)
     for name in models:
-        kept, correlation = bars_kept(derain_rgb(load_model(name), rainy), rainy)
-        click.echo(f"{name}: bars kept {kept:.2f}, correlation {correlation:.2f}")
+        derained = derain_rgb(load_model(name), rainy)
+        kept, correlation = bars_kept(derained, rainy)
+        click.echo(
+            f"{name}: fence bars kept {kept:.2f} (correlation {correlation:.2f}), "
+            f"streaks left over the planters {streaks_left(derained, rainy):.2f}"
+        )
 
 
 def shipping_options(command: Callable) -> Callable:

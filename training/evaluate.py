@@ -1,8 +1,9 @@
 """Evaluation as deraining papers report it: PSNR and SSIM on RGB and on BT.601 Y.
 
 Writes a per-image CSV and a comparison sheet (rainy | derained | clean) beside the scores.
-Real rain has no clean picture; :func:`bars_kept` scores one thing a derainer must not do there,
-erase thin vertical structure (fence bars) along with the streaks.
+Real rain has no clean picture; :func:`bars_kept` and :func:`streaks_left` score the two ways
+a derainer fails there: erasing thin vertical structure (fence bars) with the streaks, and
+leaving the streaks.
 """
 
 from __future__ import annotations
@@ -92,32 +93,39 @@ def evaluate(
     return result
 
 
-#: NTURain ra1 frame 30: the wall behind the plants, where the fence bars stand (y0, y1, x0, x1)
-FENCE_FRAME = "real-rain/nturain-ra1/00031.jpg"
+#: NTURain ra1 frame 30, and two boxes in it (y0, y1, x0, x1): the wall behind the plants, where
+#: thin fence bars stand, and the dark planters, where bright streaks fall
+REAL_RAIN_FRAME = "real-rain/nturain-ra1/00031.jpg"
 FENCE_BOX = (215, 255, 285, 340)
+PLANTER_BOX = (275, 312, 150, 245)
+
+Box = tuple[int, int, int, int]
 
 
-def bars_kept(
-    derained: np.ndarray, rainy: np.ndarray, box: tuple[int, int, int, int] = FENCE_BOX
-) -> tuple[float, float]:
+def _fine(rgb: np.ndarray, box: Box) -> np.ndarray:
+    """The fine scale of a picture's grey (minus a Gaussian blur of sigma 3), inside ``box``."""
+    y0, y1, x0, x1 = box
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return (grey - cv2.GaussianBlur(grey, (0, 0), 3))[y0:y1, x0:x1]
+
+
+def bars_kept(derained: np.ndarray, rainy: np.ndarray, box: Box = FENCE_BOX) -> tuple[float, float]:
     """How much of the vertical bars in ``box`` survive deraining: (kept, correlation).
 
-    Each picture's fine scale (grey minus a Gaussian blur of sigma 3) is averaged down the
-    columns of the box: bars standing in the same columns add up, streaks falling at random
-    places average out. ``kept`` is the output profile's energy over the input's (1: all kept;
-    the input's share of rain makes a perfect derainer score a little below 1), ``correlation``
-    whether what is left stands where the bars stood.
+    The fine scale is averaged down the columns of the box: bars standing in the same columns
+    add up, streaks falling at random places average out. ``kept`` is the output profile's
+    energy over the input's (1: all kept; the input's share of rain makes a perfect derainer
+    score a little below 1), ``correlation`` whether what is left stands where the bars stood.
     """
-    y0, y1, x0, x1 = box
-
-    def profile(rgb: np.ndarray) -> np.ndarray:
-        grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
-        fine = grey - cv2.GaussianBlur(grey, (0, 0), 3)
-        return fine[y0:y1, x0:x1].mean(axis=0)
-
-    out, src = profile(derained), profile(rainy)
+    out, src = _fine(derained, box).mean(axis=0), _fine(rainy, box).mean(axis=0)
     kept = float(np.sqrt((out**2).sum() / max(float((src**2).sum()), 1e-12)))
     return kept, float(np.corrcoef(out, src)[0, 1])
+
+
+def streaks_left(derained: np.ndarray, rainy: np.ndarray, box: Box = PLANTER_BOX) -> float:
+    """The fine scale's spread in ``box``, output over input: over a plain dark surface it is
+    mostly streaks (0: all gone; the surface's own grain keeps a perfect derainer above 0)."""
+    return float(_fine(derained, box).std() / max(float(_fine(rainy, box).std()), 1e-12))
 
 
 def write_sheet(path: Path, rows: list[np.ndarray], width: int = 1200) -> None:
