@@ -419,6 +419,8 @@ class Trainer:
                 "synthetic_rain_on": list(cfg.clean_dirs),
                 "real_fraction": cfg.real_fraction,
                 "structure_fraction": cfg.structure_fraction,
+                "fence_fraction": cfg.fence_fraction,
+                "layer_strength": list(cfg.layer_strength),
                 "rain_presets": dict(cfg.rain_presets),
                 "started_from": cfg.init_from or None,
                 "grown_from_blocks": self.grown_from,
