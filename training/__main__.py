@@ -1,5 +1,5 @@
-"""``python -m training train|eval|real-rain|export|average|rain-samples|rain-stats|eval-video``: the
-training package's command line."""
+"""The training package's command line: ``python -m training
+train|eval|real-rain|export|average|rain-samples|rain-stats|eval-video``."""
 
 from __future__ import annotations
 

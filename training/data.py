@@ -201,8 +201,9 @@ def draw_thin_structures(rng: np.random.Generator, image: np.ndarray) -> np.ndar
 
 def draw_fence(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     """``image`` seen through a faint fence: 6 or more parallel bars, 1-2 px wide and 3-12 px
-    apart, within 12 degrees of vertical, sometimes with rails across, slightly blurred, mixed into
-    the picture at 20-70% opacity and partly hidden behind it (random blobs of the picture stay in front).
+    apart, within 12 degrees of vertical, sometimes with rails across, slightly blurred, mixed
+    into the picture at 20-70% opacity and partly hidden behind it (random blobs of the picture
+    stay in front).
 
     Why: real fence bars (NTURain ra1, behind the plants) are grey on grey, evenly spaced and
     half hidden by leaves, and every heavy-rain model here erases them; the opaque isolated bars
