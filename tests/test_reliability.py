@@ -152,14 +152,21 @@ def test_a_batch_whose_driver_is_killed_leaves_no_worker_and_finishes_on_rerun(
 
     src = tmp_path / "in"
     src.mkdir()
-    for name in ("long1.mp4", "long2.mp4", "long3.mp4"):
-        make_clip(src / name, clean_frames(40, (192, 108)))
+    # A file's partial output lives only while its frames are encoded: about 0.15 s for 40
+    # frames here, too short for a poll to be sure to see. The first file is long enough for
+    # its partial to live about a second, and the poll is fine.
+    lengths = {"long1.mp4": 300, "long2.mp4": 40, "long3.mp4": 40}
+    for name, n in lengths.items():
+        make_clip(src / name, (clean_frames(75, (192, 108)) * 4)[:n])
     out = tmp_path / "ob"
     args = [*CLI, "batch", *sorted(map(str, src.iterdir())), "--out-dir", str(out), "-q"]
     driver = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while not (out.is_dir() and ours_left(out)) and time.monotonic() < deadline:
-        time.sleep(0.2)  # until a worker is writing its first output
+        assert driver.poll() is None, (
+            "the batch ended before it was killed: " + driver.stderr.read()
+        )
+        time.sleep(0.01)  # until a worker is writing an output
     assert ours_left(out), "no worker started"
     workers = [p for p in _children(driver.pid) if _alive(p)]
     driver.send_signal(sig)
@@ -172,6 +179,6 @@ def test_a_batch_whose_driver_is_killed_leaves_no_worker_and_finishes_on_rerun(
     assert again.returncode == 0, again.stderr
     done = {r["input"] for r in manifest(out) if r["status"] == "done"}
     assert done == {str(p) for p in src.iterdir()}
-    for name in ("long1.mp4", "long2.mp4", "long3.mp4"):
-        assert len(decode_all(out / name)[0]) == 40
+    for name, n in lengths.items():
+        assert len(decode_all(out / name)[0]) == n
     assert ours_left(out) == []
