@@ -91,7 +91,7 @@ class Derainer:
                 f"expected a float tensor N x 3 x H x W, got {x.dtype} {tuple(x.shape)}"
             )
         inp = x.to(self.runner.device, self.runner.dtype)
-        y = self.runner.model(inp.contiguous(memory_format=torch.channels_last)).clamp(0, 1)
+        y = self.runner.forward(inp.contiguous(memory_format=torch.channels_last)).clamp(0, 1)
         return y.to(x.device, x.dtype).contiguous()
 
 
@@ -158,7 +158,9 @@ def derain_video(
             log.debug("input   %s", decoder.describe())
             log.debug("model   %s", runner.describe())
             log.debug("output  %s", encoder.describe())
-        runner.prepare(decoder.info.height, decoder.info.width)
+        runner.prepare(
+            decoder.info.height, decoder.info.width, one_scene=not decoder.is_image_folder
+        )
         pipeline.stats.setup = time.perf_counter() - began
         if decoder.live:
             notice.info("%s: connected, deraining (Ctrl-C stops)", decoder.name)

@@ -143,18 +143,23 @@ def _derain(src: str, dst: str, options: RunOptions, quiet: bool):
 @main.command()
 def models() -> None:
     """List the bundled models: size, what each is for, how it was trained and its scores."""
-    from training import DEFAULT_MODEL, bundled_models, load_model
+    from training import bundled_models, load_model
+    from training.route import AUTO, HEAVY_MODEL, LIGHT_MODEL, VIDEO_CHECK_EVERY
 
     for name in bundled_models():
         model = load_model(name)
         meta, config = model.info.metadata, model.config
-        default = " (default)" if name == DEFAULT_MODEL else ""
         click.echo(
-            f"{name}{default}: DCSFN, {config.channels} channels x {config.num_blocks} blocks, "
+            f"{name}: DCSFN, {config.channels} channels x {config.num_blocks} blocks, "
             f"{meta.get('num_params', 0):,} parameters"
         )
         for line in model.info.describe():
             click.echo(f"  {line}")
+    click.echo(
+        f"{AUTO} (default): {LIGHT_MODEL}, or {HEAVY_MODEL} where the rain leaves a veil "
+        f"(both run on a video's first frames and every {VIDEO_CHECK_EVERY} frames after, "
+        "on every picture of a folder)"
+    )
 
 
 @main.command()

@@ -79,8 +79,8 @@ _MODEL = [
     click.option(
         "--model",
         default=None,
-        help="Bundled model name or checkpoint path [default: dcsfn-lite; all bundled models: "
-        "streamderain models].",
+        help="Bundled model name, auto (dcsfn-lite, or dcsfn-lite-heavy where the rain leaves "
+        "a veil) or checkpoint path [default: auto; all bundled models: streamderain models].",
     ),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--batch", type=int, default=1, show_default=True, help="Frames per model call."),

@@ -74,7 +74,8 @@ class ModelOptions:
     """Which model runs, where, and how many frames per call.
 
     Args:
-        model: a bundled model name or a checkpoint path (None: the bundled default).
+        model: a bundled model name, ``auto`` or a checkpoint path (None: ``auto``, the
+            light-rain model or the heavy-rain one by the rain, :mod:`training.route`).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``; ``fp16``/``bf16`` on CUDA (``bf16`` also on CPUs that have it).
         backend: ``auto`` (OpenVINO for fp32 on a CPU when installed, else PyTorch),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from streamderain.frames import Batch
 from streamderain.options import ModelOptions
 from streamderain.pipeline import Stage
 from training import DerainModel, load_model
+from training.route import AUTO, HEAVY_MODEL, LIGHT_MODEL, VIDEO_CHECK_EVERY, Router
 
 log = logging.getLogger(__name__)
 
@@ -106,32 +108,53 @@ class ModelRunner(Stage):
         self.threads = threads or len(os.sched_getaffinity(0))
         if self.device.type == "cpu":
             torch.set_num_threads(self.threads)
-        log.debug("loading the model (%s) on %s", options.model or "bundled default", self.device)
-        self.model: DerainModel = load_model(options.model, device=self.device)
-        self.model = self.model.to(memory_format=torch.channels_last, dtype=self.dtype)
-        self.stride = self.model.net.min_size
+        chosen = options.model or AUTO
+        log.debug("loading the model (%s) on %s", chosen, self.device)
+        names = (LIGHT_MODEL, HEAVY_MODEL) if chosen == AUTO else (chosen,)
+        models = [
+            load_model(name, device=self.device).to(
+                memory_format=torch.channels_last, dtype=self.dtype
+            )
+            for name in names
+        ]
+        self.model: DerainModel = models[0]
+        self.stride = max(m.net.min_size for m in models)
         if self.tile and self.tile < min_tile(self.stride):
             raise UsageError(f"--tile must be 0 (off) or at least {min_tile(self.stride)}")
         self.backend = self._pick_backend(options.backend, options.precision)
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
-            OpenVINOBackend(self.model, self.threads) if self.backend == "openvino" else self.model
-        )
+        self.forwards: list[Callable[[torch.Tensor], torch.Tensor]] = [
+            OpenVINOBackend(m, self.threads) if self.backend == "openvino" else m for m in models
+        ]
+        # tiles inside the router: with auto, a whole frame chooses its model
+        runs = [
+            partial(tiled, f, tile=self.tile, stride=self.stride) if self.tile else f
+            for f in self.forwards
+        ]
+        self.forward = Router(*runs, every=VIDEO_CHECK_EVERY) if len(runs) > 1 else runs[0]
         self._cuda = self.device.type == "cuda"
         if self._cuda:
             self._upload = torch.cuda.Stream(self.device)
             self._compute = torch.cuda.Stream(self.device)
             self._pending: tuple[Batch, torch.Tensor, torch.cuda.Event] | None = None
 
-    def prepare(self, height: int, width: int) -> None:
-        """Get ready for frames of this size (OpenVINO compiles per shape: seconds), so that
-        the time before the first frame is setup, not processing."""
-        if isinstance(self.forward, OpenVINOBackend) and not self.tile:
-            self.forward.prepare(self.options.batch, height, width)
+    def prepare(self, height: int, width: int, one_scene: bool = True) -> None:
+        """Get ready for a stream of frames of this size (OpenVINO compiles per shape: seconds),
+        so that the time before the first frame is setup, not processing. With ``auto`` the
+        stream's first frames choose its model anew, and then every
+        :data:`~training.route.VIDEO_CHECK_EVERY` frames, or every frame where they are not
+        ``one_scene`` (a folder of pictures)."""
+        if isinstance(self.forward, Router):
+            self.forward.reset(VIDEO_CHECK_EVERY if one_scene else 1)
+        for forward in self.forwards:
+            if isinstance(forward, OpenVINOBackend) and not self.tile:
+                forward.prepare(self.options.batch, height, width)
 
     def describe(self) -> str:
         """One line on what runs, for the banner of ``-v``."""
         info = self.model.info
-        name = self.options.model or "dcsfn-lite (bundled default)"
+        name = self.options.model or f"{AUTO} (default)"
+        if isinstance(self.forward, Router):
+            name += f": {LIGHT_MODEL}, {HEAVY_MODEL} where the rain leaves a veil"
         params = sum(p.numel() for p in self.model.parameters())
         tile = f"tiles of {self.tile}" if self.tile else "whole frames"
         threads = f", {self.threads} threads" if self.device.type == "cpu" else ""
@@ -157,7 +180,7 @@ class ModelRunner(Stage):
         """N x H x W x 3 uint8 RGB on the runner's device -> the same, derained."""
         x = images.permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
         x = x.contiguous(memory_format=torch.channels_last)
-        y = tiled(self.forward, x, self.tile, self.stride) if self.tile else self.forward(x)
+        y = self.forward(x)
         return y.clamp_(0, 1).mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1)
 
     def process(self, batch: Batch) -> Iterable[Batch]:

@@ -91,7 +91,7 @@ def test_verbose_says_what_runs_and_models_lists_the_bundled_ones(tmp_path, shar
     for words in ("input   ", "h264 96x64", "model   ", "parameters", "output  ", "libx264"):
         assert words in result.stderr, words
     listed = run_cli("models")
-    assert listed.returncode == 0 and "dcsfn-lite (default)" in listed.stdout
+    assert listed.returncode == 0 and "auto (default)" in listed.stdout
     assert "327,943 parameters" in listed.stdout and "PSNR-Y" in listed.stdout
     helped = " ".join(run_cli("run", "--help").stdout.split())
     assert "streamderain models" in helped and "Number format" in helped

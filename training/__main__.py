@@ -1,5 +1,5 @@
 """The training package's command line: ``python -m training
-train|eval|real-rain|export|average|rain-samples|rain-stats|eval-video``."""
+train|eval|validate|real-rain|export|average|rain-samples|rain-stats|eval-video``."""
 
 from __future__ import annotations
 
@@ -108,9 +108,9 @@ def evaluate_cmd(
     """PSNR/SSIM (RGB and Y) of a model on a folder of pairs, beside the rainy input's."""
     from training.data import find_pairs
     from training.evaluate import evaluate
-    from training.weights import load_model
+    from training.route import load_forward
 
-    model = load_model(model_source)
+    model = load_forward(model_source)
     pairs = find_pairs(data_dir)[:limit]
     try:
         result = evaluate(model, pairs, out_dir, sheet_images, rain_scale)
@@ -118,6 +118,33 @@ def evaluate_cmd(
         raise click.ClickException(str(e)) from None
     click.echo(f"{model_source} on {data_dir} ({len(pairs)} pairs):")
     click.echo(result.table())
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The run whose validation sets to score on.",
+)
+@data_root_option
+def validate(models: tuple[str, ...], config_path: str, data_root: Path) -> None:
+    """Score models (names, files or auto) on a run's validation sets, as its snapshots are
+    scored: PSNR-Y and the mean output - clean per RGB channel."""
+    from training.route import load_forward
+    from training.train import load_train_config, validate, validation_sets
+
+    sets = validation_sets(load_train_config(config_path)[1], data_root)
+    for name in models:
+        net = load_forward(name)
+        scores = []
+        for set_name, pairs in sets.items():
+            r = validate(net, pairs)
+            bias = " ".join(f"{b:+.2f}" for b in r["bias_rgb"])
+            scores.append(f"{set_name} {r['psnr_y']:.2f} (bias {bias})")
+        click.echo(f"{name}: " + "; ".join(scores))
 
 
 @main.command("real-rain")
@@ -128,11 +155,11 @@ def real_rain(models: tuple[str, ...], data_root: Path) -> None:
     keeps, and how much of the streaks over the dark planters it leaves (NTURain ra1 frame 30)."""
     from training.data import read_rgb
     from training.evaluate import REAL_RAIN_FRAME, bars_kept, derain_rgb, streaks_left
-    from training.weights import load_model
+    from training.route import load_forward
 
     rainy = read_rgb(data_root / REAL_RAIN_FRAME)
     for name in models:
-        derained = derain_rgb(load_model(name), rainy)
+        derained = derain_rgb(load_forward(name), rainy)
         kept, correlation = bars_kept(derained, rainy)
         click.echo(
             f"{name}: fence bars kept {kept:.2f} (correlation {correlation:.2f}), "

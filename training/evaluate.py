@@ -9,6 +9,7 @@ leaving the streaks.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,9 @@ METRICS = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
 
 
 @torch.inference_mode()
-def derain_rgb(net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
-    """One RGB uint8 picture through an RGB network (a model, or a bare RGB net); RGB back."""
+def derain_rgb(net: Callable[[torch.Tensor], torch.Tensor], image: np.ndarray) -> np.ndarray:
+    """One RGB uint8 picture through an RGB network (a model, a bare RGB net, a backend or a
+    router); RGB back."""
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255.0)
     y = net(x)
     return y[0].clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).numpy()
@@ -57,7 +59,7 @@ class EvalResult:
 
 
 def evaluate(
-    net: torch.nn.Module,
+    net: Callable[[torch.Tensor], torch.Tensor],
     pairs: list[Pair],
     out_dir: Path | None = None,
     sheet_images: int = 4,

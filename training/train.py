@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,16 +261,21 @@ def validation_sets(cfg: TrainConfig, data_root: Path) -> dict[str, ImagePairs]:
     return sets
 
 
-def validate(net: torch.nn.Module, pairs: ImagePairs) -> dict[str, Any]:
-    """Mean PSNR-Y of ``net`` on ``pairs``, and its mean brightness error per RGB channel."""
-    was_training = net.training
-    net.eval()
+def validate(net: Callable[[torch.Tensor], torch.Tensor], pairs: ImagePairs) -> dict[str, Any]:
+    """Mean PSNR-Y of ``net`` on ``pairs``, and its mean brightness error per RGB channel.
+
+    A network in training mode is scored in eval mode and left as it was."""
+    module = net if isinstance(net, torch.nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None:
+        module.eval()
     psnrs, biases = [], []
     for rainy, clean in pairs:
         out = derain_rgb(net, rainy)
         psnrs.append(psnr(luma(out), luma(clean)))
         biases.append(out.reshape(-1, 3).mean(0) - clean.reshape(-1, 3).mean(0))
-    net.train(was_training)
+    if module is not None:
+        module.train(was_training)
     return {
         "psnr_y": round(float(np.mean(psnrs)), 3),
         "bias_rgb": [round(float(b), 2) for b in np.mean(biases, axis=0)],

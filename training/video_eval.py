@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import click
@@ -36,8 +37,10 @@ import torch
 from streamderain.frames import Frame
 from streamderain.temporal import TemporalFilter
 from training.data import data_root_option
+from training.evaluate import derain_rgb
 from training.metrics import luma, psnr
 from training.rain import rain_video
+from training.route import AUTO, VIDEO_CHECK_EVERY, Router, load_forward
 
 SIZE = (640, 360)
 # Fixed-camera scenes: still backgrounds, and the pictures the moving objects are cut from.
@@ -121,22 +124,18 @@ def davis_clip(folder: Path, frames: int) -> list[np.ndarray]:
     return [fit(read_rgb(f)) for f in files]
 
 
-def make_derainer(
-    threads: int, model_name: str = "dcsfn-lite"
-) -> Callable[[np.ndarray], np.ndarray]:
-    """A model (bundled name or file) as an RGB uint8 -> RGB uint8 function on ``threads``.
+def load_net(threads: int, model_name: str = AUTO) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A model (bundled name, file or ``auto``, which checks like a stream does) on
+    ``threads``.
 
     Through OpenVINO when it is installed: the same pixels as PyTorch (the backends agree to
     2.4e-7) in about half the time.
     """
     from streamderain.backends import OpenVINOBackend, openvino_available
-    from training.evaluate import derain_rgb
-    from training.weights import load_model
 
     torch.set_num_threads(threads)
-    model = load_model(model_name)
-    net = OpenVINOBackend(model, threads) if openvino_available() else model
-    return lambda rgb: derain_rgb(net, rgb)
+    wrap = (lambda model: OpenVINOBackend(model, threads)) if openvino_available() else None
+    return load_forward(model_name, VIDEO_CHECK_EVERY, wrap)
 
 
 def temporal(
@@ -318,9 +317,9 @@ def before_after(versions: dict[str, list[np.ndarray]], clip: Clip, path: Path) 
 @click.option(
     "--model",
     "model_name",
-    default="dcsfn-lite",
+    default=AUTO,
     show_default=True,
-    help="A bundled model's name or a model file (a training snapshot).",
+    help="A bundled model's name, auto (the default of streamderain) or a model file.",
 )
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
@@ -351,13 +350,15 @@ def main(
     fixed = tuple(p for p in fixed_presets.split(",") if p)
     davis = tuple(p for p in davis_presets.split(",") if p)
     todo = clips(data_root, frames, davis_frames, fixed, davis)
-    derain = make_derainer(threads, model_name)
+    net = load_net(threads, model_name)
     if cache is not None:
         cache = cache / Path(model_name).stem  # one model's outputs never stand for another's
     rows = []
     for i, clip in enumerate(todo):
         t0 = time.perf_counter()
-        versions = evaluate_clip(clip, derain, seed, cache)
+        if isinstance(net, Router):
+            net.reset()  # each clip is a stream of its own
+        versions = evaluate_clip(clip, partial(derain_rgb, net), seed, cache)
         row = {"clip": clip.name, "camera": clip.camera, "preset": clip.preset}
         row.update({v: asdict(score(versions[v], clip.clean)) for v in VERSIONS})
         rows.append(row)

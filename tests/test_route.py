@@ -1,0 +1,131 @@
+"""``--model auto``: the heavy-rain model where the rain leaves a veil, the light one elsewhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import torch
+
+from tests.conftest import DATA
+from tests.media import decode_all, make_clip
+from training.data import find_pairs, list_images, read_pair, read_rgb
+from training.evaluate import derain_rgb
+from training.metrics import luma, psnr
+from training.rain import add_rain
+from training.route import HEAVY_MODEL, LIGHT_MODEL, Router, load_forward
+from training.weights import load_model
+
+SIZE = (240, 160)
+
+
+def veiled(size: tuple[int, int] | None = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """A training pair of JORDER's veiled heavy rain (rainy, clean), at ``size`` (None: 481 x
+    321, as published)."""
+    pair = next(
+        p for p in find_pairs(DATA / "train-pairs" / "jorder-small") if p.rainy.stem == "norain-7"
+    )
+    rainy, clean = read_pair(pair)
+    if size is None:
+        return rainy, clean
+    return tuple(cv2.resize(a, size, interpolation=cv2.INTER_AREA) for a in (rainy, clean))
+
+
+def light() -> np.ndarray:
+    clean = cv2.resize(read_rgb(list_images(DATA / "clean" / "images" / "kodak24")[20]), SIZE)
+    return add_rain(clean, "light", np.random.default_rng(5))
+
+
+def test_auto_takes_the_heavy_model_where_the_rain_leaves_a_veil_and_the_light_one_elsewhere(
+    shared,
+):
+    auto, lite, heavy = load_forward("auto"), load_model(LIGHT_MODEL), load_model(HEAVY_MODEL)
+    rainy, clean = veiled()
+    by_heavy, by_lite = derain_rgb(heavy, rainy), derain_rgb(lite, rainy)
+    assert psnr(luma(by_heavy), luma(clean)) > psnr(luma(by_lite), luma(clean)) + 3
+    assert np.array_equal(derain_rgb(auto, rainy), by_heavy)
+    drizzle = light()
+    assert np.array_equal(derain_rgb(auto, drizzle), derain_rgb(lite, drizzle))
+    assert not np.array_equal(derain_rgb(heavy, drizzle), derain_rgb(lite, drizzle))
+
+
+def test_a_stream_checks_on_its_first_frames_and_then_every_so_often(shared):
+    calls = {"light": 0, "heavy": 0}
+
+    def counted(name: str, model: torch.nn.Module):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            calls[name] += 1
+            return model(x)
+
+        return forward
+
+    router = Router(
+        counted("light", load_model(LIGHT_MODEL)), counted("heavy", load_model(HEAVY_MODEL)), 3
+    )
+    as_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255  # noqa: E731
+    heavy_x, light_x = as_tensor(veiled()[0]), as_tensor(light())
+    with torch.inference_mode():
+        router(heavy_x)  # a check: both run, the heavy model is chosen
+        assert calls == {"light": 1, "heavy": 1} and router.heavy_chosen
+        router(light_x), router(light_x)  # until the next check, the choice stands
+        assert calls == {"light": 1, "heavy": 3} and router.heavy_chosen
+        router(light_x)  # three frames since the check: a check, the light model is chosen
+        assert calls == {"light": 2, "heavy": 4} and not router.heavy_chosen
+        router(light_x)
+        assert calls == {"light": 3, "heavy": 4}
+        router.reset()  # a new stream: a check on its first frame
+        router(heavy_x)
+        assert calls == {"light": 4, "heavy": 5} and router.heavy_chosen
+
+
+def test_the_command_line_runs_auto_as_the_heavy_model_on_veiled_rain(tmp_path, shared):
+    rainy, _ = veiled()
+    clip = tmp_path / "veiled.mp4"
+    make_clip(clip, [rainy] * 4)
+    outs = {}
+    for model in ("auto", HEAVY_MODEL, LIGHT_MODEL):
+        out = tmp_path / f"{model}.mkv"
+        cmd = [sys.executable, "-m", "streamderain", clip, out, "--model", model]
+        result = subprocess.run(
+            [*map(str, cmd), "--temporal", "off", "--crf", "0", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        outs[model] = np.stack(decode_all(out)[0])
+    assert len(outs["auto"]) == 4
+    assert np.abs(outs["auto"].astype(int) - outs[HEAVY_MODEL]).max() <= 1
+    assert np.abs(outs["auto"].astype(int) - outs[LIGHT_MODEL]).mean() > 5
+
+
+def test_a_folder_of_pictures_chooses_for_each_picture(tmp_path, shared):
+    src, out = tmp_path / "pictures", tmp_path / "derained"
+    src.mkdir()
+    pictures = [veiled()[0], light(), veiled()[0]]
+    for i, picture in enumerate(pictures):
+        cv2.imwrite(str(src / f"{i + 1}.png"), picture[..., ::-1])
+    cmd = [sys.executable, "-m", "streamderain", src, out, "--model", "auto", "-q"]
+    result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    written = [cv2.imread(str(p))[..., ::-1] for p in sorted(out.iterdir())]
+    models = [load_model(HEAVY_MODEL), load_model(LIGHT_MODEL), load_model(HEAVY_MODEL)]
+    for image, picture, model in zip(written, pictures, models):
+        assert np.abs(image.astype(int) - derain_rgb(model, picture)).max() <= 1
+
+
+def test_in_tiles_a_whole_frame_chooses_its_model(shared):
+    from streamderain.api import Derainer
+    from streamderain.runner import min_tile
+
+    rainy = veiled(None)[0]  # 481 wide: wider than the smallest tile
+    tile = min_tile(load_model(LIGHT_MODEL).net.min_size)
+    assert rainy.shape[1] > tile
+    out = {
+        model: Derainer(model=model, tile=tile, device="cpu", backend="torch")(rainy)
+        for model in ("auto", HEAVY_MODEL, LIGHT_MODEL)
+    }
+    assert np.array_equal(out["auto"], out[HEAVY_MODEL])
+    assert np.abs(out["auto"].astype(int) - out[LIGHT_MODEL]).mean() > 5

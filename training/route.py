@@ -1,0 +1,83 @@
+"""``auto``: the light-rain model, or the heavy-rain one where the rain leaves a veil.
+
+Why: each bundled model is best on its own rain. The light ``dcsfn-lite`` leaves most of the
+veil of heavy rain (mean output - clean +9 to +10 grey levels on the held-out heavy pairs);
+``dcsfn-lite-heavy`` removes it but loses 0.3 to 1.2 dB in light rain and on streaks without a
+veil. Both are the same network, so what the heavy model takes out beyond the light one, on
+average over a picture (:func:`veil_gap`), says which rain a picture has: it is the veil.
+
+The rule was set on training-side data only (synthetic rain on Kodak pictures, not the
+validation or evaluation sets): light rain and veil-free heavy streaks gave gaps of -3.3 to 2.5
+grey levels, JORDER-style veiled rain 3.2 to 21.8, so :data:`VEIL_GAP` sits between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from training.weights import DerainModel, load_model
+
+AUTO = "auto"
+LIGHT_MODEL, HEAVY_MODEL = "dcsfn-lite", "dcsfn-lite-heavy"
+#: the heavy model runs where it takes out this many grey levels (luma, mean) more than the light
+VEIL_GAP = 3.0
+#: on video, frames between two checks of which model the rain needs (2 s at 25 frames/s)
+VIDEO_CHECK_EVERY = 50
+
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+
+Forward = Callable[[Tensor], Tensor]
+
+
+def veil_gap(light: Tensor, heavy: Tensor) -> float:
+    """Mean luma of the light model's output minus the heavy one's, in grey levels (0-255),
+    over a batch N x 3 x H x W of RGB in [0, 1]."""
+    luma = _LUMA.to(light.device, light.dtype)
+    return float(((light.clamp(0, 1) - heavy.clamp(0, 1)) * luma).sum(1).mean()) * 255.0
+
+
+class Router:
+    """The light model's forward, or the heavy one's, chosen by :func:`veil_gap`.
+
+    Both models run on the first call and again once ``every`` images have gone through since
+    the last check; between checks the last choice runs alone, so a video pays for the second
+    model on one batch in ``every`` frames. ``every=1`` chooses for each call (pictures).
+    """
+
+    def __init__(self, light: Forward, heavy: Forward, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"every must be 1 or more, got {every}")
+        self.light, self.heavy, self.every = light, heavy, every
+        self.heavy_chosen = False
+        self._since_check: int | None = None  # images since the last check; None: none yet
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self._since_check is not None and self._since_check < self.every:
+            self._since_check += x.shape[0]
+            return self.heavy(x) if self.heavy_chosen else self.light(x)
+        light, heavy = self.light(x), self.heavy(x)
+        self.heavy_chosen = veil_gap(light, heavy) > VEIL_GAP
+        self._since_check = x.shape[0]
+        return heavy if self.heavy_chosen else light
+
+    def reset(self, every: int | None = None) -> None:
+        """A new stream: check on its first frames (and then every ``every`` images)."""
+        if every is not None:
+            if every < 1:
+                raise ValueError(f"every must be 1 or more, got {every}")
+            self.every = every
+        self._since_check = None
+
+
+def load_forward(
+    name: str | None, every: int = 1, wrap: Callable[[DerainModel], Forward] | None = None
+) -> Forward:
+    """A bundled model name, a model file or ``auto`` (a :class:`Router` checking every
+    ``every`` images) as one forward function; ``wrap`` puts each model on a backend."""
+    wrap = wrap or (lambda model: model)
+    if name == AUTO:
+        return Router(wrap(load_model(LIGHT_MODEL)), wrap(load_model(HEAVY_MODEL)), every)
+    return wrap(load_model(name))
