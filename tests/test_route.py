@@ -71,13 +71,15 @@ def test_a_stream_checks_on_its_first_frames_and_then_every_so_often(shared):
         assert calls == {"light": 1, "heavy": 1} and router.heavy_chosen
         router(light_x), router(light_x)  # until the next check, the choice stands
         assert calls == {"light": 1, "heavy": 3} and router.heavy_chosen
-        router(light_x)  # three frames since the check: a check, the light model is chosen
-        assert calls == {"light": 2, "heavy": 4} and not router.heavy_chosen
-        router(light_x)
-        assert calls == {"light": 3, "heavy": 4}
-        router.reset()  # a new stream: a check on its first frame
+        router(light_x)  # three frames since the check: a check asks for the light model...
+        assert calls == {"light": 2, "heavy": 4} and router.heavy_chosen
+        router(light_x), router(light_x), router(light_x)  # ...and the next one switches
+        assert calls == {"light": 3, "heavy": 7} and not router.heavy_chosen
+        router(heavy_x), router(heavy_x), router(heavy_x)  # one check alone does not switch
+        assert calls == {"light": 6, "heavy": 8} and not router.heavy_chosen
+        router.reset()  # a new stream: its first check chooses at once
         router(heavy_x)
-        assert calls == {"light": 4, "heavy": 5} and router.heavy_chosen
+        assert calls == {"light": 7, "heavy": 9} and router.heavy_chosen
 
 
 def test_the_command_line_runs_auto_as_the_heavy_model_on_veiled_rain(tmp_path, shared):

@@ -44,7 +44,10 @@ class Router:
 
     Both models run on the first call and again once ``every`` images have gone through since
     the last check; between checks the last choice runs alone, so a video pays for the second
-    model on one batch in ``every`` frames. ``every=1`` chooses for each call (pictures).
+    model on one batch in ``every`` frames. The first check of a stream chooses; after it, the
+    model changes only when two checks in a row ask for the other one, so a gap that hovers
+    about :data:`VEIL_GAP` does not switch the model (and the picture's brightness) back and
+    forth. ``every=1`` chooses for each call on its own (pictures, not one scene).
     """
 
     def __init__(self, light: Forward, heavy: Forward, every: int = 1) -> None:
@@ -53,13 +56,17 @@ class Router:
         self.light, self.heavy, self.every = light, heavy, every
         self.heavy_chosen = False
         self._since_check: int | None = None  # images since the last check; None: none yet
+        self._last_wish: bool | None = None  # what the last check asked for (True: heavy)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self._since_check is not None and self._since_check < self.every:
             self._since_check += x.shape[0]
             return self.heavy(x) if self.heavy_chosen else self.light(x)
         light, heavy = self.light(x), self.heavy(x)
-        self.heavy_chosen = veil_gap(light, heavy) > VEIL_GAP
+        wants_heavy = veil_gap(light, heavy) > VEIL_GAP
+        if self._since_check is None or self.every == 1 or wants_heavy == self._last_wish:
+            self.heavy_chosen = wants_heavy
+        self._last_wish = wants_heavy
         self._since_check = x.shape[0]
         return heavy if self.heavy_chosen else light
 
@@ -70,6 +77,7 @@ class Router:
                 raise ValueError(f"every must be 1 or more, got {every}")
             self.every = every
         self._since_check = None
+        self._last_wish = None
 
 
 def load_forward(
