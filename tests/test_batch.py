@@ -16,6 +16,7 @@ from streamderain.jobs import MANIFEST, Job, Result, expand_inputs, plan, summar
 from streamderain.options import RunOptions
 from streamderain.workers import Worker
 from tests.media import clean_frames, decode_all, make_clip
+from training.route import HEAVY_MODEL, LIGHT_MODEL
 
 FRAMES = 6
 GOOD = ("a.mp4", "b.mkv", "c.mp4")
@@ -130,7 +131,8 @@ def test_a_worker_loads_the_model_once(
     made = api.ModelRunner
     results = [worker.derain(Job(str(inputs / "in" / n), str(tmp_path / n))) for n in GOOD]
     assert [(r.status, r.frames) for r in results] == [("done", FRAMES)] * len(GOOD), results
-    assert len(loads) == 1 and api.ModelRunner is made
+    # the default, auto, holds two models: each loaded once for all the files
+    assert loads == [(LIGHT_MODEL,), (HEAVY_MODEL,)] and api.ModelRunner is made
     bad = worker.derain(Job(str(inputs / "in" / "bad.mp4"), str(tmp_path / "bad.mp4")))
     assert bad.status == "failed" and "cannot open as video" in bad.reason
 
