@@ -56,12 +56,9 @@ class Router:
     """
 
     def __init__(self, light: Forward, heavy: Forward, every: int = 1) -> None:
-        if every < 1:
-            raise ValueError(f"every must be 1 or more, got {every}")
-        self.light, self.heavy, self.every = light, heavy, every
+        self.light, self.heavy = light, heavy
         self.heavy_chosen = False
-        self._since_check: int | None = None  # images since the last check; None: none yet
-        self._last_wish: bool | None = None  # what the last check asked for (True: heavy)
+        self.reset(every)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self._since_check is not None and self._since_check < self.every:
@@ -81,8 +78,8 @@ class Router:
             if every < 1:
                 raise ValueError(f"every must be 1 or more, got {every}")
             self.every = every
-        self._since_check = None
-        self._last_wish = None
+        self._since_check: int | None = None  # images since the last check; None: none yet
+        self._last_wish: bool | None = None  # what the last check asked for (True: heavy)
 
 
 def load_forward(
@@ -122,12 +119,10 @@ def calibration_gaps(
         rows = []
         for clean in pictures:
             rainy = add_rain(clean, rain, rng)
-            x = torch.from_numpy(rainy).permute(2, 0, 1)[None].float().div(255.0)
-            with torch.inference_mode():
-                gap = veil_gap(light(x), heavy(x))
-            ahead = psnr(luma(derain_rgb(heavy, rainy)), luma(clean)) - psnr(
-                luma(derain_rgb(light, rainy)), luma(clean)
-            )
+            by_light, by_heavy = derain_rgb(light, rainy), derain_rgb(heavy, rainy)
+            as_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255  # noqa: E731
+            gap = veil_gap(as_tensor(by_light), as_tensor(by_heavy))
+            ahead = psnr(luma(by_heavy), luma(clean)) - psnr(luma(by_light), luma(clean))
             rows.append((gap, ahead))
         out[rain] = rows
     return out
