@@ -15,7 +15,7 @@ from training.data import find_pairs, list_images, read_pair, read_rgb
 from training.evaluate import derain_rgb
 from training.metrics import luma, psnr
 from training.rain import add_rain
-from training.route import HEAVY_MODEL, LIGHT_MODEL, Router, load_forward
+from training.route import HEAVY_MODEL, LIGHT_MODEL, Router, best_thresholds, load_forward
 from training.weights import load_model
 
 SIZE = (240, 160)
@@ -131,3 +131,11 @@ def test_in_tiles_a_whole_frame_chooses_its_model(shared):
     }
     assert np.array_equal(out["auto"], out[HEAVY_MODEL])
     assert np.abs(out["auto"].astype(int) - out[LIGHT_MODEL]).mean() > 5
+
+
+def test_the_threshold_is_where_the_heavy_model_gains_most():
+    # (gap, heavy model's lead in dB) per picture: it loses below a gap of 5, wins above 9
+    rows = [(0.5, -1.0), (2.0, -0.5), (5.0, -2.0), (9.0, 1.5), (12.0, 3.0), (20.0, -0.5)]
+    assert best_thresholds(rows) == (5.0, 9.0, 4.0 / 6)
+    assert best_thresholds([(1.0, -1.0)]) == (1.0, float("inf"), 0.0)
+    assert best_thresholds([(1.0, 2.0)]) == (float("-inf"), 1.0, 2.0)

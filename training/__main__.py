@@ -154,7 +154,7 @@ def validate(models: tuple[str, ...], config_path: str, data_root: Path) -> None
 def gaps(light_name: str, heavy_name: str, data_root: Path) -> None:
     """What auto's threshold is set on: the veil gap between two models, and the heavy one's
     lead in dB, on synthetic rain over training-side pictures."""
-    from training.route import VEIL_GAP, calibration_gaps
+    from training.route import VEIL_GAP, best_thresholds, calibration_gaps
     from training.weights import load_model
 
     found = calibration_gaps(load_model(light_name), load_model(heavy_name), data_root)
@@ -166,17 +166,12 @@ def gaps(light_name: str, heavy_name: str, data_root: Path) -> None:
             f"{len(rows)} pictures (mean {sum(a for _, a in rows) / len(rows):+.2f} dB); "
             f"over {VEIL_GAP}: {sum(x > VEIL_GAP for x in g)}"
         )
-    rows = sorted(row for found_rows in found.values() for row in found_rows)
-    # the heavy model above a threshold, the light one below: what each threshold gains
-    gains = [sum(a for _, a in rows[i:]) for i in range(len(rows) + 1)]
-    i = max(range(len(gains)), key=gains.__getitem__)
-    low = rows[i - 1][0] if i > 0 else float("-inf")
-    high = rows[i][0] if i < len(rows) else float("inf")
-    at = sum(a for gap, a in rows if gap > VEIL_GAP) / len(rows)
+    rows = [row for found_rows in found.values() for row in found_rows]
+    low, high, gain = best_thresholds(rows)
+    at = sum(lead for gap, lead in rows if gap > VEIL_GAP) / len(rows)
     click.echo(
         f"best thresholds on these {len(rows)} pictures: {low:.1f} to {high:.1f} grey levels "
-        f"({gains[i] / len(rows):+.2f} dB a picture over the light model alone); "
-        f"at {VEIL_GAP}: {at:+.2f} dB"
+        f"({gain:+.2f} dB a picture over the light model alone); at {VEIL_GAP}: {at:+.2f} dB"
     )
 
 

@@ -126,3 +126,15 @@ def calibration_gaps(
             rows.append((gap, ahead))
         out[rain] = rows
     return out
+
+
+def best_thresholds(rows: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """The thresholds that gain most when the heavy model runs above them and the light one
+    below, from (gap, heavy model's lead in dB) per picture: the open interval (low, high)
+    between two pictures' gaps, and the mean gain a picture over the light model alone."""
+    rows = sorted(rows)
+    gains = [sum(lead for _, lead in rows[i:]) for i in range(len(rows) + 1)]
+    i = max(range(len(gains)), key=gains.__getitem__)
+    low = rows[i - 1][0] if i > 0 else float("-inf")
+    high = rows[i][0] if i < len(rows) else float("inf")
+    return low, high, gains[i] / len(rows)
