@@ -44,6 +44,7 @@ class LiveClock:
         self.began: float | None = None  # monotonic time of the first frame
         self._anchor: tuple[float, float] | None = None  # (run seconds, source seconds)
         self._last = 0.0
+        self._step = 0.0  # the source's last frame interval, kept across a jump
 
     def new_session(self) -> None:
         """A reconnect: the source's clock starts again from anything."""
@@ -59,8 +60,12 @@ class LiveClock:
             seconds = self._anchor[0] + source_time - self._anchor[1]
             if not self._last - CLOCK_JUMP_BACK <= seconds <= wall + CLOCK_JUMP_AHEAD:
                 self._anchor = None
+            elif seconds > self._last:
+                self._step = seconds - self._last
         if source_time is not None and self._anchor is None:
-            seconds = max(wall, self._last)
+            # a source that ran ahead of the wall clock (a burst on connecting) goes on one frame
+            # interval after its last frame, not on top of it
+            seconds = max(wall, self._last + self._step)
             self._anchor = (seconds, source_time)
         self._last = seconds
         return seconds

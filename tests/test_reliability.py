@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
+from streamderain.live import LiveClock
 from tests.media import clean_frames, decode_all, make_clip
 
 CLI = [sys.executable, "-m", "streamderain"]
@@ -182,3 +184,15 @@ def test_a_batch_whose_driver_is_killed_leaves_no_worker_and_finishes_on_rerun(
     for name, n in lengths.items():
         assert len(decode_all(out / name)[0]) == n
     assert ours_left(out) == []
+
+
+def test_a_clock_restart_after_a_burst_goes_on_one_frame_later():
+    """Frames that arrived faster than real time (a burst on connecting) run the source's times
+    ahead of the wall clock; when its clock then restarts, the next frame still comes one frame
+    interval later, never on the same instant as the last (the encoder would squeeze it to 1 ms)."""
+    clock = LiveClock()
+    first = [clock.seconds(i * 0.04) for i in range(100)]
+    after = [clock.seconds(i * 0.04) for i in range(3)]
+    times = np.array(first + after)
+    assert np.diff(times).min() > 0.039, np.diff(times).min()
+    assert after[0] == pytest.approx(first[-1] + 0.04)
