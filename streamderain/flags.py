@@ -113,6 +113,12 @@ _MODEL = [
         show_default=True,
         help="Process frames in tiles of at most this size (bounds memory; 0: off).",
     ),
+    click.option(
+        "--flip-average",
+        is_flag=True,
+        help="Also derain each frame's mirror image and average the two: cleaner (+0.3 to "
+        "+0.5 dB) at twice the model's time.",
+    ),
 ]
 _ENCODE = [
     click.option(

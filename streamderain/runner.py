@@ -16,7 +16,14 @@ from streamderain.frames import Batch
 from streamderain.options import ModelOptions
 from streamderain.pipeline import Stage
 from training import DerainModel, load_model
-from training.route import AUTO, HEAVY_MODEL, LIGHT_MODEL, VIDEO_CHECK_EVERY, Router
+from training.route import (
+    AUTO,
+    HEAVY_MODEL,
+    LIGHT_MODEL,
+    VIDEO_CHECK_EVERY,
+    Router,
+    flip_average,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +132,10 @@ class ModelRunner(Stage):
         self.forwards: list[Callable[[torch.Tensor], torch.Tensor]] = [
             OpenVINOBackend(m, self.threads) if self.backend == "openvino" else m for m in models
         ]
+        runs = [flip_average(f) if options.flip_average else f for f in self.forwards]
         # tiles inside the router: with auto, a whole frame chooses its model
         runs = [
-            partial(tiled, f, tile=self.tile, stride=self.stride) if self.tile else f
-            for f in self.forwards
+            partial(tiled, f, tile=self.tile, stride=self.stride) if self.tile else f for f in runs
         ]
         self.forward = Router(*runs, every=VIDEO_CHECK_EVERY) if len(runs) > 1 else runs[0]
         self._cuda = self.device.type == "cuda"
@@ -157,6 +164,7 @@ class ModelRunner(Stage):
             name += f": {LIGHT_MODEL}, {HEAVY_MODEL} where the rain leaves a veil"
         params = sum(p.numel() for p in self.model.parameters())
         tile = f"tiles of {self.tile}" if self.tile else "whole frames"
+        tile += ", averaged with their mirror images" if self.options.flip_average else ""
         threads = f", {self.threads} threads" if self.device.type == "cpu" else ""
         return (
             f"{name}: DCSFN {info.config.channels} channels x {info.config.num_blocks} blocks, "

@@ -15,7 +15,14 @@ from training.data import find_pairs, list_images, read_pair, read_rgb
 from training.evaluate import derain_rgb
 from training.metrics import luma, psnr
 from training.rain import add_rain
-from training.route import HEAVY_MODEL, LIGHT_MODEL, Router, best_thresholds, load_forward
+from training.route import (
+    HEAVY_MODEL,
+    LIGHT_MODEL,
+    Router,
+    best_thresholds,
+    flip_average,
+    load_forward,
+)
 from training.weights import load_model
 
 SIZE = (240, 160)
@@ -131,6 +138,38 @@ def test_in_tiles_a_whole_frame_chooses_its_model(shared):
     }
     assert np.array_equal(out["auto"], out[HEAVY_MODEL])
     assert np.abs(out["auto"].astype(int) - out[LIGHT_MODEL]).mean() > 5
+
+
+def test_flip_averaging_is_mirror_symmetric(shared):
+    heavy = load_model(HEAVY_MODEL)
+    rainy = veiled()[0]
+    mirrored = np.ascontiguousarray(rainy[:, ::-1])
+    assert not np.array_equal(derain_rgb(heavy, mirrored), derain_rgb(heavy, rainy)[:, ::-1])
+    both = flip_average(heavy)
+    out = derain_rgb(both, rainy)
+    assert np.array_equal(derain_rgb(both, mirrored), out[:, ::-1])
+    assert np.abs(out.astype(int) - derain_rgb(heavy, rainy)).mean() > 0.1
+
+
+def test_the_command_line_averages_with_the_mirror_image(tmp_path, shared):
+    """``--flip-average`` through the whole command (OpenVINO, auto): a picture and its mirror
+    come out as mirrors of each other, which the model alone does not do."""
+    src = tmp_path / "pictures"
+    src.mkdir()
+    picture = veiled()[0]
+    for name, image in (("1.png", picture), ("2.png", picture[:, ::-1])):
+        cv2.imwrite(str(src / name), np.ascontiguousarray(image[..., ::-1]))
+    written = {}
+    for flag in ("--flip-average", None):
+        out = tmp_path / f"out{flag}"
+        cmd = [sys.executable, "-m", "streamderain", src, out, "-q", *([flag] if flag else [])]
+        result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        written[flag] = [cv2.imread(str(out / name)) for name in ("1.png", "2.png")]
+    first, second = written["--flip-average"]
+    assert np.array_equal(first, second[:, ::-1])
+    first, second = written[None]
+    assert not np.array_equal(first, second[:, ::-1])
 
 
 def test_the_threshold_is_where_the_heavy_model_gains_most():

@@ -129,16 +129,21 @@ def evaluate_cmd(
     type=click.Path(exists=True, dir_okay=False),
     help="The run whose validation sets to score on.",
 )
+@click.option(
+    "--flip-average", is_flag=True, help="Average each model with its run on the mirror image."
+)
 @data_root_option
-def validate(models: tuple[str, ...], config_path: str, data_root: Path) -> None:
+def validate(
+    models: tuple[str, ...], config_path: str, flip_average: bool, data_root: Path
+) -> None:
     """Score models (names, files or auto) on a run's validation sets, as its snapshots are
     scored: PSNR-Y and the mean output - clean per RGB channel."""
-    from training.route import load_forward
+    from training import route
     from training.train import load_train_config, validate, validation_sets
 
     sets = validation_sets(load_train_config(config_path)[1], data_root)
     for name in models:
-        net = load_forward(name)
+        net = route.load_forward(name, wrap=route.flip_average if flip_average else None)
         scores = []
         for set_name, pairs in sets.items():
             r = validate(net, pairs)

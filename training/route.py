@@ -82,11 +82,25 @@ class Router:
         self._last_wish: bool | None = None  # what the last check asked for (True: heavy)
 
 
+def flip_average(forward: Forward) -> Forward:
+    """``forward`` averaged with its run on the left-right mirror image, at twice its cost.
+
+    Rain and scenes look as natural mirrored, and the network's errors on the two are partly
+    independent, so averaging cancels some of them: with ``auto``'s models +0.3 to +0.5 dB on
+    the held-out heavy pairs, light validation and Rain100L (README, Models)."""
+
+    def run(x: Tensor) -> Tensor:
+        return (forward(x) + forward(x.flip(-1)).flip(-1)) * 0.5
+
+    return run
+
+
 def load_forward(
     name: str | None, every: int = 1, wrap: Callable[[DerainModel], Forward] | None = None
 ) -> Forward:
     """A bundled model name, a model file or ``auto`` (a :class:`Router` checking every
-    ``every`` images) as one forward function; ``wrap`` puts each model on a backend."""
+    ``every`` images) as one forward function; ``wrap`` puts each model on a backend (or
+    :func:`flip_average`)."""
     wrap = wrap or (lambda model: model)
     if name == AUTO:
         return Router(wrap(load_model(LIGHT_MODEL)), wrap(load_model(HEAVY_MODEL)), every)
