@@ -77,6 +77,19 @@ def train(
     trainer.run(until=until, progress=not no_progress)
 
 
+FLIP_OPTION = click.option(
+    "--flip-average", is_flag=True, help="Average each model with its run on the mirror image."
+)
+
+
+def forward_of(name: str, flip_average: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A model name, file or auto as one forward function, flip-averaged if asked."""
+    from training.route import flip_average as flipped
+    from training.route import load_forward
+
+    return load_forward(name, wrap=flipped if flip_average else None)
+
+
 @main.command("eval")
 @click.option("--model", "model_source", required=True, help="Bundled model name or checkpoint.")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
@@ -97,6 +110,7 @@ def train(
     show_default=True,
     help="Scale each aligned pair's rain (rainy - clean) by this first.",
 )
+@FLIP_OPTION
 def evaluate_cmd(
     model_source: str,
     data_dir: str,
@@ -104,13 +118,13 @@ def evaluate_cmd(
     limit: int | None,
     sheet_images: int,
     rain_scale: float,
+    flip_average: bool,
 ) -> None:
     """PSNR/SSIM (RGB and Y) of a model on a folder of pairs, beside the rainy input's."""
     from training.data import find_pairs
     from training.evaluate import evaluate
-    from training.route import load_forward
 
-    model = load_forward(model_source)
+    model = forward_of(model_source, flip_average)
     pairs = find_pairs(data_dir)[:limit]
     try:
         result = evaluate(model, pairs, out_dir, sheet_images, rain_scale)
@@ -129,21 +143,18 @@ def evaluate_cmd(
     type=click.Path(exists=True, dir_okay=False),
     help="The run whose validation sets to score on.",
 )
-@click.option(
-    "--flip-average", is_flag=True, help="Average each model with its run on the mirror image."
-)
+@FLIP_OPTION
 @data_root_option
 def validate(
     models: tuple[str, ...], config_path: str, flip_average: bool, data_root: Path
 ) -> None:
     """Score models (names, files or auto) on a run's validation sets, as its snapshots are
     scored: PSNR-Y and the mean output - clean per RGB channel."""
-    from training import route
     from training.train import load_train_config, validate, validation_sets
 
     sets = validation_sets(load_train_config(config_path)[1], data_root)
     for name in models:
-        net = route.load_forward(name, wrap=route.flip_average if flip_average else None)
+        net = forward_of(name, flip_average)
         scores = []
         for set_name, pairs in sets.items():
             r = validate(net, pairs)
@@ -182,17 +193,17 @@ def gaps(light_name: str, heavy_name: str, data_root: Path) -> None:
 
 @main.command("real-rain")
 @click.argument("models", nargs=-1, required=True)
+@FLIP_OPTION
 @data_root_option
-def real_rain(models: tuple[str, ...], data_root: Path) -> None:
+def real_rain(models: tuple[str, ...], flip_average: bool, data_root: Path) -> None:
     """Real rain has no clean picture: how much of the fence bars behind the plants each model
     keeps, and how much of the streaks over the dark planters it leaves (NTURain ra1 frame 30)."""
     from training.data import read_rgb
     from training.evaluate import REAL_RAIN_FRAME, bars_kept, derain_rgb, streaks_left
-    from training.route import load_forward
 
     rainy = read_rgb(data_root / REAL_RAIN_FRAME)
     for name in models:
-        derained = derain_rgb(load_forward(name), rainy)
+        derained = derain_rgb(forward_of(name, flip_average), rainy)
         kept, correlation = bars_kept(derained, rainy)
         click.echo(
             f"{name}: fence bars kept {kept:.2f} (correlation {correlation:.2f}), "
