@@ -154,13 +154,16 @@ def derain_video(
         )
         if on_start is not None:
             on_start(pipeline, decoder)
+        runner.prepare(
+            decoder.info.height,
+            decoder.info.width,
+            one_scene=not decoder.is_image_folder,
+            live=decoder.live,
+        )
         if log.isEnabledFor(logging.DEBUG):  # the -v banner; describing costs a little
             log.debug("input   %s", decoder.describe())
             log.debug("model   %s", runner.describe())
             log.debug("output  %s", encoder.describe())
-        runner.prepare(
-            decoder.info.height, decoder.info.width, one_scene=not decoder.is_image_folder
-        )
         pipeline.stats.setup = time.perf_counter() - began
         if decoder.live:
             notice.info("%s: connected, deraining (Ctrl-C stops)", decoder.name)

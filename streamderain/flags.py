@@ -23,6 +23,7 @@ from streamderain.options import (
     BACKENDS,
     COMPARE_MODES,
     ENCODERS,
+    FLIP_MODES,
     PRECISIONS,
     RTSP_TRANSPORTS,
     TEMPORAL_MODES,
@@ -115,9 +116,11 @@ _MODEL = [
     ),
     click.option(
         "--flip-average",
-        is_flag=True,
+        type=click.Choice(FLIP_MODES),
+        default="auto",
+        show_default=True,
         help="Also derain each frame's mirror image and average the two: cleaner (+0.3 to "
-        "+0.5 dB) at twice the model's time.",
+        "+0.5 dB) at twice the model's time; auto: on for files, off for live sources.",
     ),
 ]
 _ENCODE = [

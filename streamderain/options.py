@@ -19,7 +19,7 @@ BACKENDS = ("auto", "torch", "openvino")
 ENCODERS = ("pyav", "ffmpeg")
 COMPARE_MODES = ("side-by-side", "stacked")
 RTSP_TRANSPORTS = ("tcp", "udp")
-TEMPORAL_MODES = ("auto", "on", "off")
+TEMPORAL_MODES = FLIP_MODES = ("auto", "on", "off")
 
 
 def _check(rules: list[tuple[bool, str]]) -> None:
@@ -85,7 +85,9 @@ class ModelOptions:
         temporal: combine each derained frame with its neighbours where the scene holds still
             (``on``; ``auto``: on for video, off for a folder of unrelated pictures; ``off``).
         flip_average: also run the model on each frame's mirror image and average the two
-            (+0.3 to +0.5 dB, at twice the model's time; :func:`training.route.flip_average`).
+            (+0.3 to +0.5 dB, at twice the model's time; :func:`training.route.flip_average`):
+            ``on``; ``auto``: on for files and folders, off for live sources, where frames/s
+            is what counts, and in :class:`~streamderain.api.Derainer`; ``off``.
     """
 
     model: str | None = None
@@ -95,7 +97,7 @@ class ModelOptions:
     batch: int = 1
     tile: int = 0
     temporal: str = "auto"
-    flip_average: bool = False
+    flip_average: str = "auto"
 
     def __post_init__(self) -> None:
         if self.model is not None:
@@ -107,6 +109,7 @@ class ModelOptions:
                 _choice("--precision", self.precision, PRECISIONS),
                 _choice("--backend", self.backend, BACKENDS),
                 _choice("--temporal", self.temporal, TEMPORAL_MODES),
+                _choice("--flip-average", self.flip_average, FLIP_MODES),
             ]
         )
 

@@ -95,6 +95,17 @@ def tiled(
     return out[..., :h, :w]
 
 
+class Mirrored:
+    """A forward that, while ``on``, is averaged with its run on the mirror image
+    (:func:`training.route.flip_average`); a runner turns it on or off per stream."""
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], on: bool) -> None:
+        self.plain, self.both, self.on = forward, flip_average(forward), on
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.both(x) if self.on else self.plain(x)
+
+
 class ModelRunner(Stage):
     """Turns batches of RGB uint8 frames into batches of derained RGB uint8 frames.
 
@@ -132,7 +143,8 @@ class ModelRunner(Stage):
         self.forwards: list[Callable[[torch.Tensor], torch.Tensor]] = [
             OpenVINOBackend(m, self.threads) if self.backend == "openvino" else m for m in models
         ]
-        runs = [flip_average(f) if options.flip_average else f for f in self.forwards]
+        self.mirrors = [Mirrored(f, options.flip_average == "on") for f in self.forwards]
+        runs: list[Callable[[torch.Tensor], torch.Tensor]] = list(self.mirrors)
         # tiles inside the router: with auto, a whole frame chooses its model
         runs = [
             partial(tiled, f, tile=self.tile, stride=self.stride) if self.tile else f for f in runs
@@ -144,12 +156,16 @@ class ModelRunner(Stage):
             self._compute = torch.cuda.Stream(self.device)
             self._pending: tuple[Batch, torch.Tensor, torch.cuda.Event] | None = None
 
-    def prepare(self, height: int, width: int, one_scene: bool = True) -> None:
+    def prepare(self, height: int, width: int, one_scene: bool = True, live: bool = False) -> None:
         """Get ready for a stream of frames of this size (OpenVINO compiles per shape: seconds),
         so that the time before the first frame is setup, not processing. With ``auto`` the
         stream's first frames choose its model anew, and then every
         :data:`~training.route.VIDEO_CHECK_EVERY` frames, or every frame where they are not
-        ``one_scene`` (a folder of pictures)."""
+        ``one_scene`` (a folder of pictures). ``--flip-average auto`` is on unless ``live``."""
+        for mirror in self.mirrors:
+            mirror.on = self.options.flip_average == "on" or (
+                self.options.flip_average == "auto" and not live
+            )
         if isinstance(self.forward, Router):
             self.forward.reset(VIDEO_CHECK_EVERY if one_scene else 1)
         for forward in self.forwards:
@@ -164,7 +180,7 @@ class ModelRunner(Stage):
             name += f": {LIGHT_MODEL}, {HEAVY_MODEL} where the rain leaves a veil"
         params = sum(p.numel() for p in self.model.parameters())
         tile = f"tiles of {self.tile}" if self.tile else "whole frames"
-        tile += ", averaged with their mirror images" if self.options.flip_average else ""
+        tile += ", averaged with their mirror images" if self.mirrors[0].on else ""
         threads = f", {self.threads} threads" if self.device.type == "cpu" else ""
         return (
             f"{name}: DCSFN {info.config.channels} channels x {info.config.num_blocks} blocks, "

@@ -120,8 +120,8 @@ def test_a_folder_of_pictures_chooses_for_each_picture(tmp_path, shared):
     result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     written = [cv2.imread(str(p))[..., ::-1] for p in sorted(out.iterdir())]
-    models = [load_model(HEAVY_MODEL), load_model(LIGHT_MODEL), load_model(HEAVY_MODEL)]
-    for image, picture, model in zip(written, pictures, models):
+    heavy, lite = (flip_average(load_model(name)) for name in (HEAVY_MODEL, LIGHT_MODEL))
+    for image, picture, model in zip(written, pictures, (heavy, lite, heavy)):
         assert np.abs(image.astype(int) - derain_rgb(model, picture)).max() <= 1
 
 
@@ -152,24 +152,43 @@ def test_flip_averaging_is_mirror_symmetric(shared):
 
 
 def test_the_command_line_averages_with_the_mirror_image(tmp_path, shared):
-    """``--flip-average`` through the whole command (OpenVINO, auto): a picture and its mirror
-    come out as mirrors of each other, which the model alone does not do."""
+    """``--flip-average`` (on for files by default) through the whole command (OpenVINO, auto):
+    a picture and its mirror come out as mirrors of each other, which the model alone does
+    not do."""
     src = tmp_path / "pictures"
     src.mkdir()
     picture = veiled()[0]
     for name, image in (("1.png", picture), ("2.png", picture[:, ::-1])):
         cv2.imwrite(str(src / name), np.ascontiguousarray(image[..., ::-1]))
     written = {}
-    for flag in ("--flip-average", None):
-        out = tmp_path / f"out{flag}"
-        cmd = [sys.executable, "-m", "streamderain", src, out, "-q", *([flag] if flag else [])]
+    for mode in ("default", "off"):
+        out = tmp_path / mode
+        flags = ["--flip-average", mode] if mode != "default" else []
+        cmd = [sys.executable, "-m", "streamderain", src, out, "-q", *flags]
         result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
-        written[flag] = [cv2.imread(str(out / name)) for name in ("1.png", "2.png")]
-    first, second = written["--flip-average"]
+        written[mode] = [cv2.imread(str(out / name)) for name in ("1.png", "2.png")]
+    first, second = written["default"]
     assert np.array_equal(first, second[:, ::-1])
-    first, second = written[None]
+    first, second = written["off"]
     assert not np.array_equal(first, second[:, ::-1])
+
+
+def test_flip_average_auto_is_on_for_files_and_off_for_live_sources(shared):
+    from streamderain.options import ModelOptions
+    from streamderain.runner import ModelRunner
+
+    frame = torch.from_numpy(veiled()[0][None])
+    out = {}
+    for mode in ("auto", "on", "off"):
+        runner = ModelRunner(ModelOptions(flip_average=mode, device="cpu", backend="torch"))
+        for live in (False, True):
+            runner.prepare(*frame.shape[1:3], live=live)
+            out[mode, live] = runner.infer(frame)
+    assert torch.equal(out["auto", False], out["on", False])
+    assert torch.equal(out["auto", True], out["off", True])
+    assert torch.equal(out["on", True], out["on", False])
+    assert not torch.equal(out["on", False], out["off", False])
 
 
 def test_the_threshold_is_where_the_heavy_model_gains_most():
