@@ -40,7 +40,8 @@ from training.data import data_root_option
 from training.evaluate import derain_rgb
 from training.metrics import luma, psnr
 from training.rain import rain_video
-from training.route import AUTO, VIDEO_CHECK_EVERY, Router, load_forward
+from training.route import AUTO, VIDEO_CHECK_EVERY, Router, flip_average, load_forward
+from training.weights import DerainModel
 
 SIZE = (640, 360)
 # Fixed-camera scenes: still backgrounds, and the pictures the moving objects are cut from.
@@ -124,9 +125,11 @@ def davis_clip(folder: Path, frames: int) -> list[np.ndarray]:
     return [fit(read_rgb(f)) for f in files]
 
 
-def load_net(threads: int, model_name: str = AUTO) -> Callable[[torch.Tensor], torch.Tensor]:
+def load_net(
+    threads: int, model_name: str = AUTO, flip: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A model (bundled name, file or ``auto``, which checks like a stream does) on
-    ``threads``.
+    ``threads``, averaged with its run on the mirror image if ``flip``.
 
     Through OpenVINO when it is installed: the same pixels as PyTorch (the backends agree to
     2.4e-7) in about half the time.
@@ -134,7 +137,11 @@ def load_net(threads: int, model_name: str = AUTO) -> Callable[[torch.Tensor], t
     from streamderain.backends import OpenVINOBackend, openvino_available
 
     torch.set_num_threads(threads)
-    wrap = (lambda model: OpenVINOBackend(model, threads)) if openvino_available() else None
+
+    def wrap(model: DerainModel) -> Callable[[torch.Tensor], torch.Tensor]:
+        forward = OpenVINOBackend(model, threads) if openvino_available() else model
+        return flip_average(forward) if flip else forward
+
     return load_forward(model_name, VIDEO_CHECK_EVERY, wrap)
 
 
@@ -321,6 +328,14 @@ def before_after(versions: dict[str, list[np.ndarray]], clip: Clip, path: Path) 
     show_default=True,
     help="A bundled model's name, auto (the default of streamderain) or a model file.",
 )
+@click.option(
+    "--flip-average",
+    "flip_mode",
+    type=click.Choice(("on", "off")),
+    default="on",
+    show_default=True,
+    help="Average the model with its run on the mirror image (streamderain's default on files).",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -341,6 +356,7 @@ def main(
     davis_presets: str,
     threads: int,
     model_name: str,
+    flip_mode: str,
     seed: int,
     json_path: Path | None,
     picture: Path | None,
@@ -350,9 +366,9 @@ def main(
     fixed = tuple(p for p in fixed_presets.split(",") if p)
     davis = tuple(p for p in davis_presets.split(",") if p)
     todo = clips(data_root, frames, davis_frames, fixed, davis)
-    net = load_net(threads, model_name)
-    if cache is not None:
-        cache = cache / Path(model_name).stem  # one model's outputs never stand for another's
+    net = load_net(threads, model_name, flip_mode == "on")
+    if cache is not None:  # one model's outputs never stand for another's
+        cache = cache / (Path(model_name).stem + ("-flip" if flip_mode == "on" else ""))
     rows = []
     for i, clip in enumerate(todo):
         t0 = time.perf_counter()
