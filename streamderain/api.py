@@ -38,7 +38,8 @@ class Derainer:
     One Derainer per stream: with ``temporal="on"`` it keeps the last frames it was given and
     combines each new one with them where the scene holds still (past frames only, so every
     call returns its own frame at once); ``auto`` (the default) is off here, as the frames
-    may not come from one scene.
+    may not come from one scene. ``flip_average="auto"`` is off here too (frames may be live);
+    ``"on"`` averages each frame with its mirror image, at twice the model's time.
 
     Args:
         options: the model and where it runs (or give its fields as keywords:

@@ -20,13 +20,12 @@ import click
 from streamderain.errors import InputError, StreamDerainError
 from streamderain.live import is_live
 from streamderain.options import (
+    AUTO_ON_OFF,
     BACKENDS,
     COMPARE_MODES,
     ENCODERS,
-    FLIP_MODES,
     PRECISIONS,
     RTSP_TRANSPORTS,
-    TEMPORAL_MODES,
     RunOptions,
 )
 
@@ -76,6 +75,13 @@ def one_line_errors(verbose: bool) -> Iterator[None]:
         fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for details)", verbose, 2)
 
 
+def _auto_on_off(name: str, help: str) -> Callable:
+    """A switch whose ``auto`` (the default) the run decides by its source."""
+    return click.option(
+        name, type=click.Choice(AUTO_ON_OFF), default="auto", show_default=True, help=help
+    )
+
+
 _MODEL = [
     click.option(
         "--model",
@@ -99,12 +105,9 @@ _MODEL = [
         show_default=True,
         help="Inference backend; auto: OpenVINO for fp32 on a CPU (exact, faster), else PyTorch.",
     ),
-    click.option(
+    _auto_on_off(
         "--temporal",
-        type=click.Choice(TEMPORAL_MODES),
-        default="auto",
-        show_default=True,
-        help="Use the neighbouring frames where the scene holds still (steadier, fewer streaks "
+        "Use the neighbouring frames where the scene holds still (steadier, fewer streaks "
         "left); auto: on for video, off for a folder of pictures.",
     ),
     click.option(
@@ -114,13 +117,10 @@ _MODEL = [
         show_default=True,
         help="Process frames in tiles of at most this size (bounds memory; 0: off).",
     ),
-    click.option(
+    _auto_on_off(
         "--flip-average",
-        type=click.Choice(FLIP_MODES),
-        default="auto",
-        show_default=True,
-        help="Also derain each frame's mirror image and average the two: cleaner (+0.3 to "
-        "+0.5 dB) at twice the model's time; auto: on for files, off for live sources.",
+        "Also derain each frame's mirror image and average the two: cleaner (+0.3 to +0.5 dB) "
+        "at twice the model's time; auto: on for files, off for live sources.",
     ),
 ]
 _ENCODE = [

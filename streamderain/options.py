@@ -19,7 +19,7 @@ BACKENDS = ("auto", "torch", "openvino")
 ENCODERS = ("pyav", "ffmpeg")
 COMPARE_MODES = ("side-by-side", "stacked")
 RTSP_TRANSPORTS = ("tcp", "udp")
-TEMPORAL_MODES = FLIP_MODES = ("auto", "on", "off")
+AUTO_ON_OFF = ("auto", "on", "off")
 
 
 def _check(rules: list[tuple[bool, str]]) -> None:
@@ -108,8 +108,8 @@ class ModelOptions:
                 (self.tile < 0, f"--tile must be 0 (off) or positive, got {self.tile}"),
                 _choice("--precision", self.precision, PRECISIONS),
                 _choice("--backend", self.backend, BACKENDS),
-                _choice("--temporal", self.temporal, TEMPORAL_MODES),
-                _choice("--flip-average", self.flip_average, FLIP_MODES),
+                _choice("--temporal", self.temporal, AUTO_ON_OFF),
+                _choice("--flip-average", self.flip_average, AUTO_ON_OFF),
             ]
         )
 
