@@ -144,10 +144,10 @@ class ModelRunner(Stage):
             OpenVINOBackend(m, self.threads) if self.backend == "openvino" else m for m in models
         ]
         self.mirrors = [Mirrored(f, options.flip_average == "on") for f in self.forwards]
-        runs: list[Callable[[torch.Tensor], torch.Tensor]] = list(self.mirrors)
         # tiles inside the router: with auto, a whole frame chooses its model
         runs = [
-            partial(tiled, f, tile=self.tile, stride=self.stride) if self.tile else f for f in runs
+            partial(tiled, m, tile=self.tile, stride=self.stride) if self.tile else m
+            for m in self.mirrors
         ]
         self.forward = Router(*runs, every=VIDEO_CHECK_EVERY) if len(runs) > 1 else runs[0]
         self._cuda = self.device.type == "cuda"
