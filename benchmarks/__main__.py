@@ -265,29 +265,31 @@ def main() -> None:
             "interleaved:",
             flush=True,
         )
-        runs: dict[tuple[str, str], list[dict]] = {
-            (camera, mode): [] for camera in ("moving", "still") for mode in ("on", "off")
+        # (camera, --temporal, --flip-average)
+        runs: dict[tuple[str, str, str], list[dict]] = {
+            (camera, mode, "auto"): [] for camera in ("moving", "still") for mode in ("on", "off")
         }
-        runs["moving", "on, flip-average off"] = []
+        runs["moving", "on", "off"] = []
         for _ in range(3):
-            for camera, mode in runs:
+            for camera, mode, flip in runs:
                 run = pipeline_run(
                     clip if camera == "moving" else still,
-                    tmp / f"out-{camera}-{mode}.mp4".replace(", ", "-"),
+                    tmp / f"out-{camera}-{mode}-{flip}.mp4",
                     batch=1,
-                    temporal=mode.split(",")[0],
+                    temporal=mode,
                     model=args.model,
-                    flip_average="off" if mode.endswith("flip-average off") else "auto",
+                    flip_average=flip,
                 )
-                runs[camera, mode].append(run)
+                runs[camera, mode, flip].append(run)
                 print(
-                    f"  {camera} camera, temporal {mode}: {run['fps']:.2f} fps, busy {run['busy']}",
+                    f"  {camera} camera, temporal {mode}, flip-average {flip}: "
+                    f"{run['fps']:.2f} fps, busy {run['busy']}",
                     flush=True,
                 )
         median = {key: sorted(r, key=lambda r: r["fps"])[1] for key, r in runs.items()}
-        pipe, plain = median["moving", "on"], median["moving", "off"]
-        still_on, still_off = median["still", "on"], median["still", "off"]
-        unflipped = median["moving", "on, flip-average off"]
+        pipe, plain = median["moving", "on", "auto"], median["moving", "off", "auto"]
+        still_on, still_off = median["still", "on", "auto"], median["still", "off", "auto"]
+        unflipped = median["moving", "on", "off"]
         result["naive_fps"] = naive
         result["pipeline"] = pipe
         result["pipeline_temporal_off"] = plain

@@ -95,6 +95,11 @@ def tiled(
     return out[..., :h, :w]
 
 
+def flip_on(mode: str, live: bool) -> bool:
+    """``--flip-average``: ``auto`` is on for files and folders, off for live sources."""
+    return mode == "on" or (mode == "auto" and not live)
+
+
 class Mirrored:
     """A forward that, while ``on``, is averaged with its run on the mirror image
     (:func:`training.route.flip_average`); a runner turns it on or off per stream."""
@@ -143,7 +148,9 @@ class ModelRunner(Stage):
         self.forwards: list[Callable[[torch.Tensor], torch.Tensor]] = [
             OpenVINOBackend(m, self.threads) if self.backend == "openvino" else m for m in models
         ]
-        self.mirrors = [Mirrored(f, options.flip_average == "on") for f in self.forwards]
+        # off under auto until prepare() says the source is not live (Derainer never does)
+        on = flip_on(options.flip_average, live=True)
+        self.mirrors = [Mirrored(f, on) for f in self.forwards]
         # tiles inside the router: with auto, a whole frame chooses its model
         runs = [
             partial(tiled, m, tile=self.tile, stride=self.stride) if self.tile else m
@@ -163,9 +170,7 @@ class ModelRunner(Stage):
         :data:`~training.route.VIDEO_CHECK_EVERY` frames, or every frame where they are not
         ``one_scene`` (a folder of pictures). ``--flip-average auto`` is on unless ``live``."""
         for mirror in self.mirrors:
-            mirror.on = self.options.flip_average == "on" or (
-                self.options.flip_average == "auto" and not live
-            )
+            mirror.on = flip_on(self.options.flip_average, live)
         if isinstance(self.forward, Router):
             self.forward.reset(VIDEO_CHECK_EVERY if one_scene else 1)
         for forward in self.forwards:
