@@ -44,7 +44,7 @@ MIN_FRAMES = 5
 
 
 def persistent(removed: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
-    """The detail to add to a frame's output (float32, H x W x 3).
+    """The detail to add to a frame's output (int16, H x W x 3), in whole grey levels towards 0.
 
     Args:
         removed: what the model took out of the frame (first) and of each neighbour: source
@@ -66,4 +66,6 @@ def persistent(removed: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray
     veil = cv2.GaussianBlur(veil, (0, 0), side / 4)
     veil = cv2.resize(veil, (w, h), interpolation=cv2.INTER_LINEAR)
     share = agreeing.astype(np.float32) / len(masks)
-    return cv2.subtract(least, veil, dtype=cv2.CV_32F) * share[..., None]
+    detail = cv2.subtract(least, veil, dtype=cv2.CV_32F) * share[..., None]
+    # the veil lies between bins, so halves are common: rounding them is left to no library
+    return np.trunc(detail).astype(np.int16)
