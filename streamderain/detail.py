@@ -67,5 +67,6 @@ def persistent(removed: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray
     veil = cv2.resize(veil, (w, h), interpolation=cv2.INTER_LINEAR)
     share = agreeing.astype(np.float32) / len(masks)
     detail = cv2.subtract(least, veil, dtype=cv2.CV_32F) * share[..., None]
-    # the veil lies between bins, so halves are common: rounding them is left to no library
+    # the veil lies between bins, so halves are common; OpenCV rounds them differently from one
+    # version to the next (5.1 adds in float32), so they are rounded here, towards 0
     return np.trunc(detail).astype(np.int16)
