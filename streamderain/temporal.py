@@ -10,7 +10,7 @@ How, per output frame t:
 - Motion is analysed on a half-size grey copy. The camera's motion between consecutive frames is
   a similarity transform fitted (RANSAC) to tracked corners (``calcOpticalFlowPyrLK``). The
   camera counts as still when the transform from the oldest held frame to the newest moves no
-  corner by :data:`STILL_PX`; then nothing is warped, so nothing is blurred by resampling.
+  corner by :data:`STILL_PX`; only then are frames combined, as they are (no resampling).
   (Pairwise estimates alone cannot tell: under heavy rain they stray 0.2-0.6 px a frame, as far
   as a slow pan moves; over several frames the two part.)
 - A neighbour j counts, pixel by pixel, only where it agrees with frame t; elsewhere frame t's
@@ -22,16 +22,19 @@ How, per output frame t:
   (the median difference to the next frame where the envelopes agree), kept between
   :data:`STILL_MIN` and :data:`STILL_MAX` grey levels: light rain keeps it strict, so slow
   textured objects are not smoothed; heavy rain loosens it, so its blotches are taken out.
-- A moving camera is warped into frame t's coordinates and held to fixed, strict limits
-  (:data:`MOVING_ENVELOPE`, and :data:`MOVING_RAW` on the plain difference): after a warp,
-  parallax, non-rigid motion and sub-pixel errors look like rain.
+- A moving camera keeps the model's frames: after a warp, parallax, non-rigid motion and
+  sub-pixel errors look like rain. Until 2026-12-03 warped neighbours were combined where they
+  agreed under strict limits, but as many had to agree as the whole window held, so past a
+  stream's first frames no pixel changed (none of NTURain's panning ra1). Left to the median of
+  the 5 warped frames alone, it gained at most +0.02 dB in heavy rain on the DAVIS clips, lost
+  up to 0.16 dB on a file and 0.50 live in light rain, and ra1 kept its streaks.
 - On a still camera, what the model took out of every frame of the window is given back where
   it is fine-scale scene, not veil (:mod:`streamderain.detail`).
 - Files look ahead (frames held back, written in order); live sources use past frames only.
 
 Measured (``python -m training eval-video``, the default model): on a still camera +5.2 to
 +6.3 dB PSNR-Y in light rain (files; +4.2 to +5.9 live), +0.8 to +3.6 dB in heavy rain, flicker
-down 1.8 to 5.6 times; on the moving DAVIS clips within 0.05 dB of the model. Without the detail
+down 1.8 to 5.6 times; on the moving DAVIS clips the model's own frames. Without the detail
 given back, the same clips gained +0.5 to +2.4 dB in light rain. Veiled heavy rain gains least
 because the model leaves JORDER's veil, which does not change from frame to frame: a perfect
 motion mask got +0.6 to +1.4 dB there.
@@ -66,18 +69,12 @@ BLUR = 5
 STILL_PX = 0.75
 #: a still camera accepts envelope differences below twice the rain level, within these bounds
 STILL_MIN, STILL_MAX = 4.0, 24.0
-#: a moving camera accepts envelope and plain differences below these
-MOVING_ENVELOPE, MOVING_RAW = 2.0, 8.0
-#: a moving camera combines frames up to this far either side (each costs a warp); the
-#: frames beyond still count, as disagreeing ones
-MOVING_SPAN = 2
 #: past frames combined with each frame: the more there are, the surer a pixel's persistent
 #: detail is free of rain (live sources have no look ahead to help)
 HISTORY = 6
 #: corners tracked from each frame
 CORNERS = 200
 
-_IDENTITY = np.eye(3)
 _KERNEL = np.ones((3, 3), np.uint8)
 
 
@@ -200,27 +197,15 @@ class TemporalFilter:
         full[:2, 2] *= SCALE
         return full
 
-    def _transform(self, j: int, t: int) -> np.ndarray | None:
-        """The map from held frame ``j``'s coordinates to held frame ``t``'s, or None."""
-        m = _IDENTITY
-        for k in range(min(j, t), max(j, t)):
-            step = self._held[k].to_next
-            if step is None:
-                return None
-            m = step @ m
-        return m if j <= t else np.linalg.inv(m)
-
     def _output(self) -> Frame:
         t = self._next
         cur = self._held[t]
         lo, hi = max(0, t - self.history - 1), min(len(self._held), t + self.future + 2)
         if hi - lo < 3:
             return self._done(cur.frame.image)
-        if self._held[hi - 1].still:
-            image = self._combine_still(t, lo, hi)
-        else:
-            image = self._combine_moving(t, lo, hi)
-        return self._done(image)
+        if not self._held[hi - 1].still:
+            return self._done(cur.frame.image)  # a moving camera: the model's frame (module doc)
+        return self._done(self._combine_still(t, lo, hi))
 
     def _done(self, image: np.ndarray) -> Frame:
         frame = self._held[self._next].frame.with_image(image)
@@ -230,10 +215,9 @@ class TemporalFilter:
             self._next -= 1
         return frame
 
-    def _neighbours(self, t: int, span: int) -> range:
-        """Held frames up to ``span`` either side of ``t`` (and within history and look ahead)."""
-        lo, hi = t - min(self.history, span), t + min(self.future, span) + 1
-        return range(max(0, lo), min(len(self._held), hi))
+    def _neighbours(self, t: int) -> range:
+        """Held frames within history and look ahead of ``t``, ``t`` included."""
+        return range(max(0, t - self.history), min(len(self._held), t + self.future + 1))
 
     @staticmethod
     def _envelopes(greys: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
@@ -252,7 +236,7 @@ class TemporalFilter:
         greys = {j: self._held[j].grey for j in range(lo, hi)}
         env = self._envelopes(greys)
         limit = self._still_limit(t, greys, env)
-        window = [j for j in self._neighbours(t, len(self._held)) if j != t]
+        window = [j for j in self._neighbours(t) if j != t]
         others = [self._held[j].frame for j in window]
         masks = [
             self._mask(cur, cv2.compare(_blurred_diff(env[t], env[j]), limit, cv2.CMP_LT))
@@ -294,47 +278,6 @@ class TemporalFilter:
         plain = _blurred_diff(greys[t], greys[k])[_blurred_diff(env[t], env[k]) < STILL_MIN]
         level = float(np.median(plain)) if plain.size > greys[t].size // 10 else 0.0
         return float(np.clip(2 * level, STILL_MIN, STILL_MAX))
-
-    def _combine_moving(self, t: int, lo: int, hi: int) -> np.ndarray:
-        cur = self._held[t]
-        h, w = cur.frame.size
-        sh, sw = cur.grey.shape
-        greys, valid, maps = {t: cur.grey}, {}, {}
-        for j in range(max(lo, t - MOVING_SPAN - 1), min(hi, t + MOVING_SPAN + 2)):
-            m = None if j == t else self._transform(j, t)
-            if m is None:
-                continue
-            small = m[:2].copy()
-            small[:, 2] /= SCALE
-            greys[j] = cv2.warpAffine(
-                self._held[j].grey, small, (sw, sh), borderMode=cv2.BORDER_REPLICATE
-            )
-            valid[j] = cv2.warpAffine(
-                np.full((sh, sw), 255, np.uint8), small, (sw, sh), flags=cv2.INTER_NEAREST
-            )
-            maps[j] = m
-        env = self._envelopes(greys)
-        values = [cur.frame.image]
-        for j in self._neighbours(t, MOVING_SPAN):
-            if j == t:
-                continue
-            if j not in maps:
-                values.append(cur.frame.image)
-                continue
-            agree = cv2.compare(_blurred_diff(env[t], env[j]), MOVING_ENVELOPE, cv2.CMP_LT)
-            agree &= cv2.compare(_blurred_diff(cur.grey, greys[j]), MOVING_RAW, cv2.CMP_LT)
-            agree &= valid[j]
-            if not cv2.countNonZero(agree):
-                values.append(cur.frame.image)
-                continue
-            warped = cv2.warpAffine(
-                self._held[j].frame.image, maps[j][:2], (w, h), borderMode=cv2.BORDER_REPLICATE
-            )
-            values.append(cv2.copyTo(warped, self._mask(cur, agree), cur.frame.image.copy()))
-        # frames beyond the span count as disagreeing: as many agreeing frames are needed to
-        # move the median as in the whole window
-        window = len(self._neighbours(t, len(self._held)))
-        return _median(values + [cur.frame.image] * (window - len(values)))
 
     @staticmethod
     def _mask(cur: _Held, agree: np.ndarray) -> np.ndarray:

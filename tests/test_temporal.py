@@ -244,14 +244,15 @@ def test_fine_scene_comes_back_where_the_model_leaves_heavy_rain_all_over(lookah
     assert e["bars"] < 0.3 * e["bars_without_sources"]
 
 
-def test_a_panning_camera_is_never_made_worse() -> None:
-    clean, masks = scene(24, pan=2.5)
+def test_a_panning_camera_keeps_the_models_frames() -> None:
+    """After a warp, parallax and sub-pixel errors look like rain: a moving camera's frames
+    come back as the model made them, every one, files and live alike."""
+    clean, _ = scene(24, pan=2.5)
     noisy = rain(clean)
-    everywhere = [np.ones((H, W), bool)] * len(clean)
     for lookahead in (0, 3):
         out = run_filter(noisy, lookahead)
-        assert error(out, clean, everywhere) <= error(noisy, clean, everywhere) + 0.1
-        assert error(out, clean, masks) <= error(noisy, clean, masks) + 0.5
+        assert len(out) == len(noisy)
+        assert all(np.array_equal(a, b) for a, b in zip(out, noisy))
 
 
 def test_the_command_keeps_every_frame_and_time_with_the_stage_on(tmp_path, shared) -> None:
