@@ -85,7 +85,6 @@ class _Held:
     frame: Frame
     grey: np.ndarray  # half-size grey
     corners: np.ndarray | None = None  # features to track from here, found when first needed
-    to_next: np.ndarray | None = None  # 3 x 3 map to the next frame's coordinates; None: unknown
     still: bool = False  # the camera did not move since the oldest frame held with this one
     removed: np.ndarray | None = None  # source minus picture (int16), found when first needed
 
@@ -154,9 +153,9 @@ class TemporalFilter:
         held = _Held(frame, cv2.resize(grey, small, interpolation=cv2.INTER_AREA))
         if self._held:
             prev, oldest = self._held[-1], self._held[0]
-            prev.to_next = self._track(prev, held)
+            to_next = self._track(prev, held)
             # a jump this large cannot be undone by noise: skip the second tracking
-            jumped = prev.to_next is None or _displacement(prev.to_next, h, w) > 4 * STILL_PX
+            jumped = to_next is None or _displacement(to_next, h, w) > 4 * STILL_PX
             if oldest is not prev and not jumped:
                 direct = self._track(oldest, held)
                 held.still = direct is not None and _displacement(direct, h, w) < STILL_PX
