@@ -200,10 +200,8 @@ class TemporalFilter:
         t = self._next
         cur = self._held[t]
         lo, hi = max(0, t - self.history - 1), min(len(self._held), t + self.future + 2)
-        if hi - lo < 3:
+        if hi - lo < 3 or not self._held[hi - 1].still:  # too few frames, or a moving camera
             return self._done(cur.frame.image)
-        if not self._held[hi - 1].still:
-            return self._done(cur.frame.image)  # a moving camera: the model's frame (module doc)
         return self._done(self._combine_still(t, lo, hi))
 
     def _done(self, image: np.ndarray) -> Frame:
