@@ -1,5 +1,5 @@
 """The training package's command line: ``python -m training
-train|eval|validate|gaps|real-rain|export|average|rain-samples|rain-stats|eval-video``."""
+train|pack-data|eval|validate|gaps|real-rain|export|average|rain-samples|rain-stats|eval-video``."""
 
 from __future__ import annotations
 
@@ -41,8 +41,30 @@ def main(verbose: bool) -> None:
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    help="bf16 autocast: about 1.5x faster on CPUs with AVX512-BF16 or AMX "
+    help="bf16 autocast: about 1.5x faster on CPUs with AVX512-BF16 or AMX, and on GPUs "
     "(default: a resumed run's own, else fp32).",
+)
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop after this long, the weights of then validated and snapshotted.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="cpu, cuda or cuda:N; auto: a CUDA GPU where there is one.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    help="Processes drawing the batches (default: none on a CPU; on a GPU all cores but two, "
+    "at most 12).",
+)
+@click.option(
+    "--no-eval",
+    is_flag=True,
+    help="Leave the evaluation-only set out of the snapshots' scores (data packed without it).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def train(
@@ -54,19 +76,35 @@ def train(
     steps: int | None,
     threads: int | None,
     precision: str | None,
+    minutes: float | None,
+    device: str,
+    workers: int | None,
+    no_eval: bool,
     no_progress: bool,
 ) -> None:
     """Train a model from a config file (see configs/)."""
+    import os
     from dataclasses import replace
 
     from training.train import Trainer, load_train_config
 
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise click.ClickException(f"--device {device}: one of auto, cpu, cuda, cuda:N")
+    on_gpu = device != "cpu"
+    if on_gpu and not torch.cuda.is_available():
+        raise click.ClickException(f"--device {device}: no CUDA GPU here")
+    if workers is None:
+        workers = min(12, max(1, (os.cpu_count() or 1) - 2)) if on_gpu else 0
     if threads:
         torch.set_num_threads(threads)
     model_cfg, train_cfg = load_train_config(config_path)
     if steps:
         train_cfg = replace(train_cfg, steps=steps)
-    trainer = Trainer(model_cfg, train_cfg, data_root, out_dir, precision)
+    if no_eval:
+        train_cfg = replace(train_cfg, eval_dir="")
+    trainer = Trainer(model_cfg, train_cfg, data_root, out_dir, precision, device)
     if resume:
         if not trainer.checkpoint_path.exists():
             raise click.ClickException(f"{trainer.checkpoint_path}: nothing to resume")
@@ -74,7 +112,40 @@ def train(
         click.echo(f"resumed at step {trainer.step}", err=True)
     elif trainer.checkpoint_path.exists():
         raise click.ClickException(f"{out_dir} holds a run already: pass --resume or another --out")
-    trainer.run(until=until, progress=not no_progress)
+    trainer.run(until=until, progress=not no_progress, minutes=minutes, workers=workers)
+
+
+@main.command("pack-data")
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False)
+)
+@click.option("--out", required=True, type=click.Path(exists=False, path_type=Path))
+@data_root_option
+@click.option("--with-eval", is_flag=True, help="Take the evaluation-only set along too.")
+@click.option(
+    "--max-mib",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Size to keep within: the clean pictures' JPEG quality is lowered (95 down to 70) "
+    "until the folder fits.",
+)
+def pack_data(
+    config_path: str, out: Path, data_root: Path, with_eval: bool, max_mib: float | None
+) -> None:
+    """Copy the data a config trains on into OUT, to train elsewhere with --data-root OUT."""
+    from training.pack import PackTooLarge, pack
+    from training.train import load_train_config
+
+    if out.exists():
+        raise click.ClickException(f"{out} exists: give a new folder")
+    max_bytes = int(max_mib * 2**20) if max_mib else None
+    try:
+        packed = pack(load_train_config(config_path)[1], data_root, out, with_eval, max_bytes)
+    except PackTooLarge as e:
+        raise click.ClickException(f"{out}: not written: {e}") from None
+    click.echo(
+        f"{out}: {packed.copied} files copied, {packed.encoded} clean pictures as JPEG at "
+        f"quality {packed.quality}, {packed.size_bytes / 2**20:.1f} MiB"
+    )
 
 
 FLIP_OPTION = click.option(

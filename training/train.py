@@ -1,7 +1,9 @@
 """Training DCSFN with the paper's recipe on real pairs mixed with synthetic rain.
 
 Runs for hours in the background: it checkpoints every few minutes (atomically) and
-``--resume`` continues exactly where it stopped (weights, optimizer, schedule, RNG).
+``--resume`` continues exactly where it stopped (weights, optimizer, schedule; each step's batch
+depends on the seed and the step alone). On a GPU the batches are drawn by worker processes,
+since drawing synthetic rain on the CPU would otherwise hold the GPU back.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from training.config import DCSFNConfig, build_network, read_toml
@@ -240,6 +244,23 @@ class PatchSampler:
         return to(rainy), to(clean)
 
 
+class StepBatches(Dataset):
+    """The batches of steps ``first + 1`` to ``last``, item ``i`` being step ``first + i + 1``'s.
+
+    Each is drawn from a generator seeded by the run's seed and its step alone, so worker
+    processes can draw them side by side and a resumed run draws the very batches it would
+    have drawn without stopping."""
+
+    def __init__(self, sampler: PatchSampler, seed: int, first: int, last: int) -> None:
+        self.sampler, self.seed, self.first, self.last = sampler, seed, first, last
+
+    def __len__(self) -> int:
+        return self.last - self.first
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sampler.batch(np.random.default_rng((self.seed, self.first + i + 1)))
+
+
 ImagePairs = list[tuple[np.ndarray, np.ndarray]]
 
 
@@ -264,11 +285,15 @@ def validation_sets(cfg: TrainConfig, data_root: Path) -> dict[str, ImagePairs]:
 def validate(net: Callable[[torch.Tensor], torch.Tensor], pairs: ImagePairs) -> dict[str, Any]:
     """Mean PSNR-Y of ``net`` on ``pairs``, and its mean brightness error per RGB channel.
 
-    A network in training mode is scored in eval mode and left as it was."""
+    A network in training mode is scored in eval mode and left as it was; one on a GPU is given
+    the pictures there."""
     module = net if isinstance(net, torch.nn.Module) else None
     was_training = module is not None and module.training
     if module is not None:
         module.eval()
+        device = next(module.parameters()).device
+        if device.type != "cpu":
+            net = lambda x: module(x.to(device)).cpu()  # noqa: E731
     psnrs, biases = [], []
     for rainy, clean in pairs:
         out = derain_rgb(net, rainy)
@@ -292,12 +317,15 @@ class Trainer:
         data_root: Path,
         out_dir: Path,
         precision: str | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
-        """``precision``: ``fp32`` or ``bf16``; None keeps a resumed run's own (else fp32)."""
+        """``precision``: ``fp32`` or ``bf16``; None keeps a resumed run's own (else fp32).
+        ``device``: where the network trains (``cpu``, ``cuda``, ``cuda:N``)."""
         if precision not in (None, *PRECISIONS):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         self.model_cfg, self.cfg = model_cfg, cfg
         self.data_root, self.out_dir = data_root, out_dir
+        self.device = torch.device(device)
         self.precision = precision or "fp32"
         self._precision_given = precision is not None
         torch.manual_seed(cfg.seed)
@@ -315,7 +343,7 @@ class Trainer:
             self.net.load_state_dict(weights)
             self.earlier_stage = start.info.metadata
         # Channels-last convolutions run 1.2-1.5x faster on this CPU's oneDNN, bf16 more still.
-        self.net.to(memory_format=torch.channels_last)
+        self.net.to(self.device, memory_format=torch.channels_last)
         self.ema = (
             AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
             if cfg.ema_decay
@@ -325,7 +353,6 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.MultiStepLR(
             self.opt, [int(m * cfg.steps) for m in cfg.milestones], gamma=0.1
         )
-        self.rng = np.random.default_rng(cfg.seed)
         self.step = 0
         self.wall = 0.0
 
@@ -349,7 +376,6 @@ class Trainer:
             "net": self.net.state_dict(),
             "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(),
-            "numpy_rng": json.dumps(self.rng.bit_generator.state),
             "torch_rng": torch.get_rng_state(),
             "model_config": self.model_cfg.to_dict(),
             "precision": self.precision,
@@ -374,7 +400,6 @@ class Trainer:
             if state.get("ema") is None:
                 raise ValueError(f"{self.checkpoint_path}: kept no weight average to resume")
             self.ema.load_state_dict(state["ema"])
-        self.rng.bit_generator.state = json.loads(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.wall = state["step"], state["wall"]
         if not self._precision_given:
@@ -459,8 +484,11 @@ class Trainer:
         return " + ".join(terms)
 
     def train_step(self, rainy: torch.Tensor, clean: torch.Tensor) -> float:
+        rainy = rainy.to(self.device, non_blocking=True)
         rainy = rainy.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        clean = clean.to(self.device, non_blocking=True)
+        bf16 = self.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = self.net(rainy)
         out = out.float()
         loss = -ssim(out, clean)
@@ -481,10 +509,34 @@ class Trainer:
         self.step += 1
         return loss.item()
 
-    def run(self, until: int | None = None, progress: bool = True) -> None:
-        """Train to step ``until`` (default: the planned total), checkpointing as it goes."""
+    def run(
+        self,
+        until: int | None = None,
+        progress: bool = True,
+        minutes: float | None = None,
+        workers: int = 0,
+    ) -> None:
+        """Train to step ``until`` (default: the planned total), checkpointing as it goes.
+
+        ``minutes``: stop sooner, once this much time has gone by, with the weights of then
+        validated and snapshotted (a lease of a GPU machine ends on time, not on a step).
+        ``workers``: processes drawing the batches (0: this one, between steps)."""
         until = self.cfg.steps if until is None else min(until, self.cfg.steps)
+        deadline = time.monotonic() + minutes * 60 if minutes else None
         sampler = PatchSampler(self.cfg, self.data_root)
+        if workers:
+            # OpenCV's thread pool does not survive fork(): a worker whose copy of a pool that had
+            # run (reading the pictures resizes them) is set up again hangs. The workers are the
+            # parallelism, so the pool goes before they are forked (PyTorch's own threads are
+            # set to 1 in each worker by the loader).
+            cv2.setNumThreads(1)
+        batches = DataLoader(
+            StepBatches(sampler, self.cfg.seed, self.step, until),
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+        )
         val = validation_sets(self.cfg, self.data_root)
         self.net.train()
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -496,15 +548,16 @@ class Trainer:
             total=until, initial=self.step, disable=not progress, unit="step", smoothing=0.05
         )
         with open(self.log_path, "a") as log_file:
-            while self.step < until:
+            for rainy, clean in batches:
                 t0 = time.monotonic()
-                loss = self.train_step(*sampler.batch(self.rng))
+                loss = self.train_step(rainy, clean)
                 self.wall += time.monotonic() - t0
                 window.append(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.sched.get_last_lr()[0]:.1e}")
+                out_of_time = deadline is not None and time.monotonic() > deadline
                 record: dict[str, Any] = {}
-                if self.step % 100 == 0 or self.step == until:
+                if self.step % 100 == 0 or self.step == until or out_of_time:
                     elapsed = time.monotonic() - window_start
                     record = {
                         "step": self.step,
@@ -515,7 +568,8 @@ class Trainer:
                         "precision": self.precision,
                     }
                     window, window_start = [], time.monotonic()
-                if val and (self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps):
+                at_val_step = self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps
+                if val and (at_val_step or out_of_time):
                     scores = {name: validate(self.kept, pairs) for name, pairs in val.items()}
                     for name, score in scores.items():
                         record[f"{name}_psnr_y"] = score["psnr_y"]
@@ -524,6 +578,8 @@ class Trainer:
                 if record:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
+                if out_of_time:
+                    break
                 if time.monotonic() - last_ckpt > self.cfg.checkpoint_minutes * 60:
                     self.save_checkpoint()
                     last_ckpt = time.monotonic()

@@ -34,8 +34,6 @@ import cv2
 import numpy as np
 import torch
 
-from streamderain.frames import Frame
-from streamderain.temporal import TemporalFilter
 from training.data import data_root_option
 from training.evaluate import derain_rgb
 from training.metrics import luma, psnr
@@ -149,7 +147,13 @@ def temporal(
     images: list[np.ndarray], originals: list[np.ndarray], lookahead: int
 ) -> list[np.ndarray]:
     """Derained ``images`` (of the rainy ``originals``) as the frames of one stream through a
-    :class:`TemporalFilter`, in order."""
+    :class:`~streamderain.temporal.TemporalFilter`, in order.
+
+    Imported here: the runtime pulls in PyAV, which the rest of ``python -m training`` (its
+    ``train`` above all, on a GPU machine that lacks it) does without."""
+    from streamderain.frames import Frame
+    from streamderain.temporal import TemporalFilter
+
     f = TemporalFilter(lookahead)
     frames = [
         Frame(i, i, Fraction(1, 25), image, original=original)
