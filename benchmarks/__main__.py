@@ -218,6 +218,26 @@ def pipeline_run(
     }
 
 
+def gpu_benchmark(args: argparse.Namespace, result: dict) -> None:
+    """The GPU rows (:mod:`benchmarks.gpu`) on a 1280x720 clip, printed and saved."""
+    from benchmarks import gpu
+
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(tmp) / "rainy-720p.mp4"
+        make_clip(clip, args.frames, (1280, 720))
+        result.update(gpu.run(args.device, clip, Path(tmp), args.quick, args.repeats))
+    for row in result["pipeline_gpu"]:
+        print(
+            f"pipeline {row['model']:10s} {row['precision']} batch {row['batch']:2d}: "
+            f"{row['fps']:7.1f} fps, {row.get('vs_model_only', float('nan')):.2f}x model-only, "
+            f"GPU busy {row['gpu_utilisation']}%, waits/frame {row.get('syncs_per_frame')}"
+        )
+    out = args.out or ROOT / "benchmarks" / "results" / f"gpu-{datetime.now():%Y%m%d-%H%M}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -234,12 +254,23 @@ def main() -> None:
         "rows and the naive loop then run its light-rain network, which runs on all but one "
         "frame in 50)",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cuda or cuda:N: the GPU benchmark instead (benchmarks/gpu.py)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="GPU: 1280x720, fp16, batches 1 and 8 only"
+    )
     args = parser.parse_args()
 
     result: dict = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
     }
+    if args.device != "cpu":
+        gpu_benchmark(args, result)
+        return
     print("model only, 640x360:", flush=True)
     network = LIGHT_MODEL if args.model == AUTO else args.model
     rows = model_only(network, args.repeats)
