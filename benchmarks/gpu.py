@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import statistics
 import threading
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from benchmarks.__main__ import PAPER, ROOT, time_model
 from streamderain.api import derain_video
 from training import build_network, load_config, load_model, save_model
 from training.route import LIGHT_MODEL
 
-ROOT = Path(__file__).resolve().parents[1]
-PAPER = "paper"
 SIZES = {"640x360": (360, 640), "1280x720": (720, 1280), "1920x1080": (1080, 1920)}
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BATCHES = (1, 4, 8, 16)
@@ -41,30 +39,6 @@ def network(name: str) -> torch.nn.Module:
     if name == PAPER:
         return build_network(load_config(ROOT / "configs" / "dcsfn-paper.toml"))
     return load_model(name).net
-
-
-def seconds_per_call(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """Median seconds per call after a warm-up call: by CUDA events on a GPU, with one wait
-    for the GPU at the end, else by the wall clock."""
-    with torch.inference_mode():
-        model(x)
-        if x.device.type != "cuda":
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times)
-        events = [
-            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            for _ in range(repeats)
-        ]
-        for start, end in events:
-            start.record()
-            model(x)
-            end.record()
-        torch.cuda.synchronize()
-        return statistics.median(start.elapsed_time(end) / 1000 for start, end in events)
 
 
 def model_rows(
@@ -87,7 +61,7 @@ def model_rows(
                     row = {"model": name, "precision": precision, "size": size, "batch": batch}
                     try:
                         x = torch.rand(batch, 3, h, w, device=device, dtype=dtype)
-                        s = seconds_per_call(
+                        s = time_model(
                             model, x.contiguous(memory_format=torch.channels_last), repeats
                         )
                         row["fps"] = batch / s
