@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from streamderain.api import derain_video
-from training import build_network, load_config, load_model
+from training import DCSFNConfig, build_network, load_config, load_model
 from training.rain import rain_video
 from training.route import AUTO, LIGHT_MODEL
 from training.video_eval import still_scene
@@ -92,15 +92,20 @@ def time_model(model, x: torch.Tensor, repeats: int) -> float:
         return statistics.median(start.elapsed_time(end) / 1000 for start, end in events)
 
 
+def paper_config() -> DCSFNConfig:
+    return load_config(ROOT / "configs" / "dcsfn-paper.toml")
+
+
+def network(name: str) -> torch.nn.Module:
+    """A bundled model or checkpoint's network, or ``paper``: the paper's network with fresh
+    weights (its speed does not depend on them)."""
+    return build_network(paper_config()) if name == PAPER else load_model(name).net
+
+
 def model_only(config_name: str, repeats: int, size=(360, 640)) -> list[dict]:
-    """``config_name``: a bundled model or checkpoint, or ``paper`` (the paper's network, fresh
-    weights: its speed does not depend on them)."""
+    """``config_name``: a bundled model or checkpoint, or ``paper`` (see :func:`network`)."""
     rows = []
-    if config_name == PAPER:
-        model = build_network(load_config(ROOT / "configs" / "dcsfn-paper.toml"))
-    else:
-        model = load_model(config_name).net
-    model.eval()
+    model = network(config_name).eval()
     variants = [
         ("fp32", "contiguous", 2, 1),
         ("fp32", "channels_last", 2, 1),

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.__main__ import PAPER, ROOT, time_model
+from benchmarks.__main__ import PAPER, network, paper_config, time_model
 from streamderain.api import derain_video
-from training import build_network, load_config, load_model, save_model
+from training import build_network, save_model
 from training.route import LIGHT_MODEL
 
 SIZES = {"640x360": (360, 640), "1280x720": (720, 1280), "1920x1080": (1080, 1920)}
@@ -32,13 +32,6 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 BATCHES = (1, 4, 8, 16)
 # What the CUDA runtime calls when the host waits for the GPU.
 SYNCS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize")
-
-
-def network(name: str) -> torch.nn.Module:
-    """The bundled network ``name``, or the paper's with fresh weights."""
-    if name == PAPER:
-        return build_network(load_config(ROOT / "configs" / "dcsfn-paper.toml"))
-    return load_model(name).net
 
 
 def model_rows(
@@ -147,7 +140,7 @@ def pipeline_row(
 
 def paper_checkpoint(path: Path) -> Path:
     """The paper's network, fresh weights, as a model file the pipeline can load."""
-    config = load_config(ROOT / "configs" / "dcsfn-paper.toml")
+    config = paper_config()
     save_model(path, build_network(config), config, "RGB", {"purpose": "speed only"})
     return path
 

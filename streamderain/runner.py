@@ -16,12 +16,14 @@ from streamderain.frames import Batch
 from streamderain.options import ModelOptions
 from streamderain.pipeline import Stage
 from training import DerainModel, load_model
+from training import pick_device as network_device
 from training.route import (
     AUTO,
     HEAVY_MODEL,
     LIGHT_MODEL,
     VIDEO_CHECK_EVERY,
     Router,
+    below_input,
     flip_average,
 )
 
@@ -32,22 +34,10 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` is the first GPU if there is one, else the CPU; ``cuda`` without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise StreamDerainError(f"device {name!r} asked for, but no CUDA GPU is available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise StreamDerainError(
-                f"device {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist"
-            )
-    elif device.type != "cpu":
-        raise StreamDerainError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
-    return device
+        return network_device(name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # Context each tile keeps around its core. With the stage-3 default model 128 pixels left tiles
@@ -205,12 +195,17 @@ class ModelRunner(Stage):
         return backend
 
     @torch.inference_mode()
+    def derain(self, x: torch.Tensor) -> torch.Tensor:
+        """N x 3 x H x W RGB in [0, 1], channels-last on the runner's device and dtype -> the
+        same, derained: in [0, 1] and never brighter than ``x`` (rain only adds light)."""
+        return below_input(self.forward(x), x)
+
+    @torch.inference_mode()
     def infer(self, images: torch.Tensor) -> torch.Tensor:
         """N x H x W x 3 uint8 RGB on the runner's device -> the same, derained."""
         x = images.permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
-        x = x.contiguous(memory_format=torch.channels_last)
-        y = self.forward(x)
-        return y.clamp_(0, 1).mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1)
+        y = self.derain(x.contiguous(memory_format=torch.channels_last))
+        return y.mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1)
 
     def process(self, batch: Batch) -> Iterable[Batch]:
         if not self._cuda:

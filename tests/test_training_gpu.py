@@ -116,7 +116,7 @@ def test_a_pack_that_cannot_fit_is_refused_and_writes_nothing(shared, tmp_path):
 
 @pytest.mark.parametrize(
     "device, message",
-    [("tpu", "one of auto, cpu, cuda, cuda:N"), ("cuda", "no CUDA GPU here")],
+    [("tpu", "use auto, cpu, cuda or cuda:N"), ("cuda", "no CUDA GPU is available")],
 )
 def test_a_device_it_cannot_train_on_is_a_one_line_error(shared, tmp_path, device, message):
     if device == "cuda" and torch.cuda.is_available():

@@ -8,6 +8,7 @@ from training.weights import (
     ModelLoadError,
     bundled_models,
     load_model,
+    pick_device,
     save_model,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "bundled_models",
     "load_config",
     "load_model",
+    "pick_device",
     "save_model",
 ]

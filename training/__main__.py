@@ -87,14 +87,13 @@ def train(
     from dataclasses import replace
 
     from training.train import Trainer, load_train_config
+    from training.weights import pick_device
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise click.ClickException(f"--device {device}: one of auto, cpu, cuda, cuda:N")
+    try:
+        device = str(pick_device(device))
+    except ValueError as exc:
+        raise click.ClickException(f"--device: {exc}") from None
     on_gpu = device != "cpu"
-    if on_gpu and not torch.cuda.is_available():
-        raise click.ClickException(f"--device {device}: no CUDA GPU here")
     if workers is None:
         workers = min(12, max(1, (os.cpu_count() or 1) - 2)) if on_gpu else 0
     if threads:

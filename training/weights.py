@@ -230,6 +230,31 @@ def resolve_source(source: str | Path | None) -> Path:
     raise ModelLoadError(f"{name}: unknown model name (bundled models: {known})")
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """Where a network runs, for training and the runtime alike: ``auto`` is the first GPU if
+    there is one, else the CPU.
+
+    Raises:
+        ValueError: a device that is not the CPU or a CUDA GPU this machine has (one line).
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but no CUDA GPU is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
+    return device
+
+
 def load_model(source: str | Path | None = None, device: str | torch.device = "cpu") -> DerainModel:
     """A model in eval mode, from a bundled name, our checkpoint or an original-code checkpoint.
 
