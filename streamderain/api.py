@@ -92,7 +92,7 @@ class Derainer:
                 f"expected a float tensor N x 3 x H x W, got {x.dtype} {tuple(x.shape)}"
             )
         inp = x.to(self.runner.device, self.runner.dtype)
-        y = self.runner.forward(inp.contiguous(memory_format=torch.channels_last)).clamp(0, 1)
+        y = self.runner.derain(inp.contiguous(memory_format=torch.channels_last))
         return y.to(x.device, x.dtype).contiguous()
 
 

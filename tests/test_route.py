@@ -197,3 +197,23 @@ def test_the_threshold_is_where_the_heavy_model_gains_most():
     assert best_thresholds(rows) == (5.0, 9.0, 4.0 / 6)
     assert best_thresholds([(1.0, -1.0)]) == (1.0, float("inf"), 0.0)
     assert best_thresholds([(1.0, 2.0)]) == (float("-inf"), 1.0, 2.0)
+
+
+def test_no_derained_pixel_is_brighter_than_the_rainy_one(shared):
+    """Rain only adds light: the product takes the network's output down to the input where it
+    brightens, which the bare network does on this picture, and that brings it nearer the clean."""
+    from streamderain import Derainer
+
+    rainy = light()
+    clean = cv2.resize(read_rgb(list_images(DATA / "clean" / "images" / "kodak24")[20]), SIZE)
+    x = torch.from_numpy(rainy).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        bare = load_model(LIGHT_MODEL)(x).clamp(0, 1)[0].permute(1, 2, 0).mul(255).round()
+    bare = bare.byte().numpy()
+    brightened = bare > rainy
+    assert brightened.sum() > 100
+    for image in (Derainer(model=LIGHT_MODEL)(rainy), derain_rgb(load_model(LIGHT_MODEL), rainy)):
+        assert (image <= rainy).all()
+        assert np.array_equal(image[~brightened], bare[~brightened])
+        error = lambda a: np.abs(a[brightened].astype(int) - clean[brightened]).mean()  # noqa: E731
+        assert error(image) < error(bare)

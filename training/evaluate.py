@@ -20,6 +20,7 @@ import torch
 from training.data import Pair, read_pair
 from training.metrics import luma, psnr, ssim_image
 from training.rain import rain_layer, transplant
+from training.route import below_input
 
 METRICS = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
 
@@ -27,10 +28,10 @@ METRICS = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
 @torch.inference_mode()
 def derain_rgb(net: Callable[[torch.Tensor], torch.Tensor], image: np.ndarray) -> np.ndarray:
     """One RGB uint8 picture through an RGB network (a model, a bare RGB net, a backend or a
-    router); RGB back."""
+    router); RGB back, as the product gives it (:func:`~training.route.below_input`)."""
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255.0)
-    y = net(x)
-    return y[0].clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).numpy()
+    y = below_input(net(x), x)
+    return y[0].mul(255.0).round().byte().permute(1, 2, 0).numpy()
 
 
 def scores(image: np.ndarray, clean: np.ndarray) -> dict[str, float]:

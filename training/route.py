@@ -84,6 +84,16 @@ class Router:
         self._last_wish: bool | None = None  # what the last check asked for (True: heavy)
 
 
+def below_input(derained: Tensor, rainy: Tensor) -> Tensor:
+    """The network's output in [0, 1] and nowhere brighter than the rainy input.
+
+    Rain only ever adds light (in every aligned heavy pair ``rainy - clean >= 0``), so a pixel
+    the network brightens is an error: with ``auto`` + mirror average taking the pixel-wise
+    minimum lifts the light validation 34.62 -> 34.67 dB and Rain100L 33.30 -> 33.35 (brightness
+    +1.2 -> +1.0) and leaves the held-out heavy pairs as they were (README, Models)."""
+    return torch.minimum(derained.clamp(0, 1), rainy)
+
+
 def flip_average(forward: Forward) -> Forward:
     """``forward`` averaged with its run on the left-right mirror image, at twice its cost.
 
