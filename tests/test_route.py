@@ -207,12 +207,12 @@ def test_no_derained_pixel_is_brighter_than_the_rainy_one(shared):
     rainy = light()
     clean = cv2.resize(read_rgb(list_images(DATA / "clean" / "images" / "kodak24")[20]), SIZE)
     x = torch.from_numpy(rainy).permute(2, 0, 1)[None].float() / 255
+    lite = load_model(LIGHT_MODEL)
     with torch.inference_mode():
-        bare = load_model(LIGHT_MODEL)(x).clamp(0, 1)[0].permute(1, 2, 0).mul(255).round()
-    bare = bare.byte().numpy()
+        bare = lite(x).clamp(0, 1)[0].permute(1, 2, 0).mul(255).round().byte().numpy()
     brightened = bare > rainy
     assert brightened.sum() > 100
-    for image in (Derainer(model=LIGHT_MODEL)(rainy), derain_rgb(load_model(LIGHT_MODEL), rainy)):
+    for image in (Derainer(model=LIGHT_MODEL)(rainy), derain_rgb(lite, rainy)):
         assert (image <= rainy).all()
         assert np.array_equal(image[~brightened], bare[~brightened])
         error = lambda a: np.abs(a[brightened].astype(int) - clean[brightened]).mean()  # noqa: E731
