@@ -30,6 +30,13 @@ How, per output frame t:
   up to 0.16 dB on a file and 0.50 live in light rain, and ra1 kept its streaks.
 - On a still camera, what the model took out of every frame of the window is given back where
   it is fine-scale scene, not veil (:mod:`streamderain.detail`).
+- Then no pixel of a still frame stays brighter than the darkest of its agreeing rainy sources
+  plus the camera's noise (a floor). Rain only adds light, and in 7 to 10 frames nearly every
+  pixel was dry once, so this takes out what the model leaves of a downpour, which the median
+  keeps where rain covers a pixel in most frames. The noise margin (:data:`FLOOR_MIN` grey
+  levels plus :data:`FLOOR_GAPS` times the median gap between the two darkest sources) keeps a
+  dry, noisy camera from being darkened; no pixel is lowered by more than the still camera's
+  tolerance, so nothing that moved leaves a dark trail.
 - Files look ahead (frames held back, written in order); live sources use past frames only.
 
 Measured (``python -m training eval-video``, the default model): on a still camera +5.2 to
@@ -74,6 +81,10 @@ STILL_MIN, STILL_MAX = 4.0, 24.0
 HISTORY = 6
 #: corners tracked from each frame
 CORNERS = 200
+#: a still frame is at most FLOOR_MIN grey levels above its darkest agreeing source, plus
+#: FLOOR_GAPS times the median gap to the second darkest (the camera's noise; about 0.3-0.5 of its
+#: deviation, read on one pixel in NOISE_STEP x NOISE_STEP)
+FLOOR_MIN, FLOOR_GAPS, NOISE_STEP = 4.0, 3.0, 4
 
 _KERNEL = np.ones((3, 3), np.uint8)
 
@@ -257,7 +268,28 @@ class TemporalFilter:
             for j in window
         ]
         removed = [self._removed(h) for h in (cur, *(self._held[j] for j in window))]
-        return cv2.add(median, detail.persistent(removed, strict), dtype=cv2.CV_8U)
+        combined = cv2.add(median, detail.persistent(removed, strict), dtype=cv2.CV_8U)
+        floored = cv2.min(combined, self._rain_floor(cur.frame, others, masks))
+        # lowered by no more than the still camera's tolerance: where an object crept into the
+        # agreeing neighbours, the floor leaves no dark trail of it
+        return cv2.max(floored, cv2.subtract(combined, (limit, limit, limit, 0)))
+
+    @staticmethod
+    def _rain_floor(cur: Frame, others: list[Frame], masks: list[np.ndarray]) -> np.ndarray:
+        """The darkest source where the neighbours agree, plus a margin for the camera's noise:
+        rain only adds light, so no picture of a still scene is brighter than that.
+
+        The noise is read from how far the second darkest source lies above the darkest: rain
+        seldom lifts the two darkest of 7 to 10 sources, so the gap is the noise's own."""
+        darkest, second = cur.original.copy(), np.full_like(cur.original, 255)
+        for other, mask in zip(others, masks):
+            cv2.copyTo(cv2.min(second, cv2.max(darkest, other.original)), mask, second)
+            cv2.copyTo(cv2.min(darkest, other.original), mask, darkest)
+        gap = cv2.subtract(second, darkest)[::NOISE_STEP, ::NOISE_STEP]
+        seen = gap[second[::NOISE_STEP, ::NOISE_STEP] < 255]
+        noise = float(np.median(seen)) if seen.size else 0.0
+        margin = FLOOR_MIN + FLOOR_GAPS * noise
+        return cv2.add(darkest, (margin, margin, margin, 0))
 
     @staticmethod
     def _removed(held: _Held) -> np.ndarray:

@@ -244,6 +244,67 @@ def test_fine_scene_comes_back_where_the_model_leaves_heavy_rain_all_over(lookah
     assert e["bars"] < 0.3 * e["bars_without_sources"]
 
 
+def through_stage(
+    derained: list[np.ndarray], sources: list[np.ndarray | None], lookahead: int
+) -> list[np.ndarray]:
+    """Derained frames through the stage, with their rainy sources (or none)."""
+    f = TemporalFilter(lookahead)
+    out = []
+    for i, (image, source) in enumerate(zip(derained, sources)):
+        out += f.push(Frame(i, i, Fraction(1, 25), image, original=source))
+    return [o.image for o in out + f.flush()]
+
+
+def downpour(clean: list[np.ndarray], seed: int = 4) -> tuple[list, list]:
+    """Rain over more than half of every frame (sources), and what a model leaves of it: a
+    quarter of each streak, too often at a pixel for a median to drop it (derained)."""
+    rng = np.random.default_rng(seed)
+    sources, derained = [], []
+    for frame in clean:
+        streaks = np.zeros((H, W), np.float32)
+        for _ in range(1400):
+            x, y = int(rng.integers(0, W)), int(rng.integers(-9, H))
+            cv2.line(streaks, (x, y), (x + 2, y + 9), 1.0, 1)
+        base = frame + rng.normal(0, 1.5, frame.shape)
+        sources.append(np.clip(base + 60 * streaks[..., None], 0, 255).astype(np.uint8))
+        derained.append(np.clip(base + 15 * streaks[..., None], 0, 255).astype(np.uint8))
+    return sources, derained
+
+
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_what_the_model_leaves_of_a_downpour_goes_where_a_source_was_dry(lookahead: int) -> None:
+    """Rain only adds light: on a still camera no pixel is brighter than its darkest agreeing
+    source (plus the noise), and in a window of 7 to 10 frames nearly every pixel was dry in one.
+    Without the sources (the median alone) the left-over streaks stay."""
+    clean, masks = scene(30)
+    sources, derained = downpour(clean)
+    background_px = [~np.any(masks, axis=0)] * len(clean)
+    k = 6  # from the frame on where the window is long enough
+    with_sources = through_stage(derained, sources, lookahead)
+    without = through_stage(derained, [None] * len(clean), lookahead)
+    e_with = error(with_sources[k:], clean[k:], background_px[k:])
+    e_without = error(without[k:], clean[k:], background_px[k:])
+    assert e_with < 0.6 * e_without, (e_with, e_without)
+
+
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_a_noisy_still_scene_without_rain_keeps_its_brightness(lookahead: int) -> None:
+    """The darkest of several noisy sources lies below the scene; the margin read from the noise
+    keeps the floor above it, so a dry, noisy camera is not darkened."""
+    clean, masks = scene(30)
+    rng = np.random.default_rng(8)
+    noisy = [
+        np.clip(np.round(c + rng.normal(0, 4, c.shape)), 0, 255).astype(np.uint8) for c in clean
+    ]
+    smoother = [
+        np.clip(np.round(c + rng.normal(0, 2, c.shape)), 0, 255).astype(np.uint8) for c in clean
+    ]
+    out = through_stage(smoother, noisy, lookahead)
+    background = ~np.any(masks, axis=0)
+    shift = np.mean([(o.astype(float) - c)[background].mean() for o, c in zip(out, clean)])
+    assert abs(shift) < 0.5, shift
+
+
 def test_a_panning_camera_keeps_the_models_frames() -> None:
     """After a warp, parallax and sub-pixel errors look like rain: a moving camera's frames
     come back as the model made them, every one, files and live alike."""
