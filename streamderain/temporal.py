@@ -40,9 +40,10 @@ How, per output frame t:
 - Files look ahead (frames held back, written in order); live sources use past frames only.
 
 Measured (``python -m training eval-video``, the default model): on a still camera +5.2 to
-+6.3 dB PSNR-Y in light rain (files; +4.2 to +5.9 live), +0.8 to +3.6 dB in heavy rain, flicker
-down 1.8 to 5.6 times; on the moving DAVIS clips the model's own frames. Without the detail
-given back, the same clips gained +0.5 to +2.4 dB in light rain. Veiled heavy rain gains least
++6.3 dB PSNR-Y in light rain (files; +4.3 to +5.9 live), +0.7 to +6.0 dB in heavy rain (+0.5 to
++3.5 live; without the floor +0.6 to +3.9), flicker down 1.6 to 8.7 times; on the moving DAVIS
+clips the model's own frames. Without the detail given back, the same clips gained +0.5 to
++2.4 dB in light rain. Veiled heavy rain gains least
 because the model leaves JORDER's veil, which does not change from frame to frame: a perfect
 motion mask got +0.6 to +1.4 dB there.
 
