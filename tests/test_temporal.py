@@ -186,6 +186,17 @@ def blotches(images: list[np.ndarray], level: float, seed: int = 3) -> list[np.n
     return out
 
 
+def through_stage(
+    derained: list[np.ndarray], sources: list[np.ndarray | None], lookahead: int
+) -> list[np.ndarray]:
+    """Derained frames through the stage, with their rainy sources (or none)."""
+    f = TemporalFilter(lookahead)
+    out = []
+    for i, (image, source) in enumerate(zip(derained, sources)):
+        out += f.push(Frame(i, i, Fraction(1, 25), image, original=source))
+    return [o.image for o in out + f.flush()]
+
+
 def bars_given_back(lookahead: int, blotch_level: float) -> dict[str, float]:
     """Thin bars that a model removes from every frame, as it would a fence behind rain, run
     through the stage with and without the rainy sources: errors on the bars, on the moving
@@ -204,13 +215,8 @@ def bars_given_back(lookahead: int, blotch_level: float) -> dict[str, float]:
         np.clip(c.astype(float) + 30 + s.astype(float) - b, 0, 255).astype(np.uint8)
         for c, s, b in zip(clean, rain(clean_base, seed=2), clean_base)
     ]
-    f, g = TemporalFilter(lookahead), TemporalFilter(lookahead)
-    with_sources, without = [], []
-    for i, (image, source) in enumerate(zip(derained, sources)):
-        with_sources += f.push(Frame(i, i, Fraction(1, 25), image, original=source))
-        without += g.push(Frame(i, i, Fraction(1, 25), image))
-    with_sources = [o.image for o in with_sources + f.flush()]
-    without = [o.image for o in without + g.flush()]
+    with_sources = through_stage(derained, sources, lookahead)
+    without = through_stage(derained, [None] * len(derained), lookahead)
     still_bars = [bars & ~np.any(masks, axis=0)] * len(clean)
     k = 6  # from the frame on where the window is long enough
     return {
@@ -242,17 +248,6 @@ def test_fine_scene_comes_back_where_the_model_leaves_heavy_rain_all_over(lookah
     still count as agreeing (with a fixed limit the bars' error stayed at 0.64x)."""
     e = bars_given_back(lookahead, blotch_level=10)
     assert e["bars"] < 0.3 * e["bars_without_sources"]
-
-
-def through_stage(
-    derained: list[np.ndarray], sources: list[np.ndarray | None], lookahead: int
-) -> list[np.ndarray]:
-    """Derained frames through the stage, with their rainy sources (or none)."""
-    f = TemporalFilter(lookahead)
-    out = []
-    for i, (image, source) in enumerate(zip(derained, sources)):
-        out += f.push(Frame(i, i, Fraction(1, 25), image, original=source))
-    return [o.image for o in out + f.flush()]
 
 
 def downpour(clean: list[np.ndarray], seed: int = 4) -> tuple[list, list]:
