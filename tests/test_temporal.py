@@ -11,6 +11,7 @@ import pytest
 
 from streamderain.frames import Batch, Frame
 from streamderain.temporal import TemporalFilter, TemporalStage
+from training.video_eval import temporal as stage_output
 
 H, W = 96, 160
 OBJECT = 24  # side of the moving square, pixels
@@ -186,17 +187,6 @@ def blotches(images: list[np.ndarray], level: float, seed: int = 3) -> list[np.n
     return out
 
 
-def through_stage(
-    derained: list[np.ndarray], sources: list[np.ndarray | None], lookahead: int
-) -> list[np.ndarray]:
-    """Derained frames through the stage, with their rainy sources (or none)."""
-    f = TemporalFilter(lookahead)
-    out = []
-    for i, (image, source) in enumerate(zip(derained, sources)):
-        out += f.push(Frame(i, i, Fraction(1, 25), image, original=source))
-    return [o.image for o in out + f.flush()]
-
-
 def bars_given_back(lookahead: int, blotch_level: float) -> dict[str, float]:
     """Thin bars that a model removes from every frame, as it would a fence behind rain, run
     through the stage with and without the rainy sources: errors on the bars, on the moving
@@ -215,8 +205,8 @@ def bars_given_back(lookahead: int, blotch_level: float) -> dict[str, float]:
         np.clip(c.astype(float) + 30 + s.astype(float) - b, 0, 255).astype(np.uint8)
         for c, s, b in zip(clean, rain(clean_base, seed=2), clean_base)
     ]
-    with_sources = through_stage(derained, sources, lookahead)
-    without = through_stage(derained, [None] * len(derained), lookahead)
+    with_sources = stage_output(derained, sources, lookahead)
+    without = stage_output(derained, [None] * len(derained), lookahead)
     still_bars = [bars & ~np.any(masks, axis=0)] * len(clean)
     k = 6  # from the frame on where the window is long enough
     return {
@@ -275,8 +265,8 @@ def test_what_the_model_leaves_of_a_downpour_goes_where_a_source_was_dry(lookahe
     sources, derained = downpour(clean)
     background_px = [~np.any(masks, axis=0)] * len(clean)
     k = 6  # from the frame on where the window is long enough
-    with_sources = through_stage(derained, sources, lookahead)
-    without = through_stage(derained, [None] * len(clean), lookahead)
+    with_sources = stage_output(derained, sources, lookahead)
+    without = stage_output(derained, [None] * len(clean), lookahead)
     e_with = error(with_sources[k:], clean[k:], background_px[k:])
     e_without = error(without[k:], clean[k:], background_px[k:])
     assert e_with < 0.6 * e_without, (e_with, e_without)
@@ -294,7 +284,7 @@ def test_a_noisy_still_scene_without_rain_keeps_its_brightness(lookahead: int) -
     smoother = [
         np.clip(np.round(c + rng.normal(0, 2, c.shape)), 0, 255).astype(np.uint8) for c in clean
     ]
-    out = through_stage(smoother, noisy, lookahead)
+    out = stage_output(smoother, noisy, lookahead)
     background = ~np.any(masks, axis=0)
     shift = np.mean([(o.astype(float) - c)[background].mean() for o, c in zip(out, clean)])
     assert abs(shift) < 0.5, shift

@@ -144,10 +144,10 @@ def load_net(
 
 
 def temporal(
-    images: list[np.ndarray], originals: list[np.ndarray], lookahead: int
+    images: list[np.ndarray], originals: list[np.ndarray | None], lookahead: int
 ) -> list[np.ndarray]:
-    """Derained ``images`` (of the rainy ``originals``) as the frames of one stream through a
-    :class:`~streamderain.temporal.TemporalFilter`, in order.
+    """Derained ``images`` (of the rainy ``originals``, or None for frames without them) as
+    the frames of one stream through a :class:`~streamderain.temporal.TemporalFilter`, in order.
 
     Imported here: the runtime pulls in PyAV, which the rest of ``python -m training`` (its
     ``train`` above all, on a GPU machine that lacks it) does without."""
