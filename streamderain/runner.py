@@ -121,6 +121,10 @@ class ModelRunner(Stage):
         self.threads = threads or len(os.sched_getaffinity(0))
         if self.device.type == "cpu":
             torch.set_num_threads(self.threads)
+        else:
+            # A video's frames share one size: cuDNN times its kernels for it once, on the
+            # first batch, and keeps the fastest.
+            torch.backends.cudnn.benchmark = True
         chosen = options.model or AUTO
         log.debug("loading the model (%s) on %s", chosen, self.device)
         names = (LIGHT_MODEL, HEAVY_MODEL) if chosen == AUTO else (chosen,)

@@ -344,7 +344,7 @@ def test_openvino_backend_matches_pytorch_on_real_frames(shared):
 def test_cuda_runner_overlaps_batches_and_matches_the_cpu(shared):
     """The CUDA path (pinned memory, copy and compute streams, one batch in flight) returns every
     batch, in order, with the CPU's result (within a few grey levels: cuDNN may run fp32
-    convolutions in TF32); fp16 stays close to it. Not yet run: no GPU was lent so far."""
+    convolutions in TF32); fp16 stays close to it."""
     import cv2
 
     from streamderain.frames import Batch
@@ -367,3 +367,25 @@ def test_cuda_runner_overlaps_batches_and_matches_the_cpu(shared):
         for want, have in zip(expected, got, strict=True):
             diff = np.abs(want.images.astype(int) - have.images.astype(int))
             assert diff.max() <= tolerance, (precision, int(diff.max()))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_whole_pipeline_on_the_gpu_gives_the_cpu_picture(vfr_clip, tmp_path):
+    """``streamderain in.mp4 out.mp4 --device cuda`` end to end: every frame at its time, the
+    audio as it was, and the CPU's picture (fp16 batches of 4 against the CPU's fp32)."""
+    src, pts_ms, _ = vfr_clip
+    decoded = {}
+    for device, extra in (("cuda", ("--precision", "fp16", "--batch", "4")), ("cpu", ())):
+        out = tmp_path / f"{device}.mp4"
+        result = run_cli(src, out, "-q", "--device", device, *extra)
+        assert result.returncode == 0, result.stderr
+        decoded[device] = decode_all(out)
+    images, times, _ = decoded["cuda"]
+    assert len(images) == len(pts_ms)
+    assert max(abs(t - p / 1000) for t, p in zip(times, pts_ms, strict=True)) <= 0.002
+    assert [b for _, b in packets(tmp_path / "cuda.mp4", "audio")] == [
+        b for _, b in packets(src, "audio")
+    ]
+    agreement = [psnr(g, c) for g, c in zip(images, decoded["cpu"][0], strict=True)]
+    assert min(agreement) >= 35, min(agreement)

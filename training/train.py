@@ -344,6 +344,7 @@ class Trainer:
             self.earlier_stage = start.info.metadata
         # Channels-last convolutions run 1.2-1.5x faster on this CPU's oneDNN, bf16 more still.
         self.net.to(self.device, memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = self.device.type == "cuda"  # patches of one size
         self.ema = (
             AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
             if cfg.ema_decay
