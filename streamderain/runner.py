@@ -121,10 +121,6 @@ class ModelRunner(Stage):
         self.threads = threads or len(os.sched_getaffinity(0))
         if self.device.type == "cpu":
             torch.set_num_threads(self.threads)
-        else:
-            # A video's frames share one size: cuDNN times its kernels for it once, on the
-            # first batch, and keeps the fastest.
-            torch.backends.cudnn.benchmark = True
         chosen = options.model or AUTO
         log.debug("loading the model (%s) on %s", chosen, self.device)
         names = (LIGHT_MODEL, HEAVY_MODEL) if chosen == AUTO else (chosen,)
@@ -165,6 +161,11 @@ class ModelRunner(Stage):
         ``one_scene`` (a folder of pictures). ``--flip-average auto`` is on unless ``live``."""
         for mirror in self.mirrors:
             mirror.on = flip_on(self.options.flip_average, live)
+        if self._cuda:
+            # A video's frames share one size: cuDNN times its kernels for it on the first
+            # batch and keeps the fastest. A folder's pictures may each have their own size,
+            # where timing every size would cost more than it saves.
+            torch.backends.cudnn.benchmark = one_scene
         if isinstance(self.forward, Router):
             self.forward.reset(VIDEO_CHECK_EVERY if one_scene else 1)
         for forward in self.forwards:
