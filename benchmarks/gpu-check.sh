@@ -51,5 +51,5 @@ for name in ("h264_nvenc", "h264_cuvid"):
 EOF
 
 echo "== benchmark"
-timeout 300 python3 -m benchmarks --device cuda --frames 120 --out "$OUT/gpu.json" 2>&1 \
+timeout 420 python3 -m benchmarks --device cuda --frames 90 --repeats 3 --out "$OUT/gpu.json" 2>&1 \
   | tee "$OUT/bench.log" | grep -v "^  model"
