@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from streamderain import StreamDerainError, derain_video
+from streamderain.options import ModelOptions
+from streamderain.runner import ModelRunner
 from tests.media import clean_frames, decode_all, make_clip
 
 RUN_LIMIT_S = 60
@@ -34,12 +36,12 @@ def _corrupt_copies(clip: bytes, count: int, seed: int = 7):
             yield f"cut-{i}", bytes(data[: int(rng.integers(1, len(data)))])
 
 
-def _run_bounded(src: Path, dst: Path) -> tuple[str, object]:
+def _run_bounded(src: Path, dst: Path, runner: ModelRunner) -> tuple[str, object]:
     outcome: list[tuple[str, object]] = []
 
     def target() -> None:
         try:
-            outcome.append(("output", derain_video(src, dst, device="cpu")))
+            outcome.append(("output", derain_video(src, dst, device="cpu", runner=runner)))
         except StreamDerainError as exc:
             outcome.append(("error", str(exc)))
         except BaseException as exc:  # noqa: BLE001 - the test reports it
@@ -51,8 +53,17 @@ def _run_bounded(src: Path, dst: Path) -> tuple[str, object]:
     return outcome[0] if outcome else ("hang", None)
 
 
+@pytest.fixture(scope="module")
+def runner() -> ModelRunner:
+    """One loaded model for every fuzzed clip, as a batch job keeps one: the damage is to the
+    files, and loading the model anew for each took two thirds of the test's time."""
+    return ModelRunner(ModelOptions(device="cpu"))
+
+
 @pytest.mark.parametrize("suffix, count", [(".mp4", 100), (".ts", 40), (".mkv", 40)])
-def test_fuzzed_clips_give_playable_output_or_a_clean_error(tmp_path, shared, suffix, count):
+def test_fuzzed_clips_give_playable_output_or_a_clean_error(
+    tmp_path, shared, runner, suffix, count
+):
     clip = tmp_path / f"clip{suffix}"
     make_clip(clip, clean_frames(10, (96, 64)))
     counts = {"output": 0, "error": 0}
@@ -60,7 +71,7 @@ def test_fuzzed_clips_give_playable_output_or_a_clean_error(tmp_path, shared, su
         src = tmp_path / f"{name}{suffix}"
         src.write_bytes(data)
         dst = tmp_path / f"{name}-out.mp4"
-        kind, detail = _run_bounded(src, dst)
+        kind, detail = _run_bounded(src, dst, runner)
         assert kind in ("output", "error"), f"{name}: {kind} {detail}"
         if kind == "output":
             images, _, _ = decode_all(dst)
