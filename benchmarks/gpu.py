@@ -117,7 +117,8 @@ def pipeline_row(
     """``streamderain clip out`` with these settings: frames/s, stage busy shares, GPU
     utilisation and, with ``profile``, the host's waits for the GPU per frame. A ``warm`` clip
     runs first, untimed: cuDNN times its kernels on a batch shape's first call, waiting for the
-    GPU thousands of times (seen on an H200: 73 waits a frame over a 90-frame clip)."""
+    GPU as it does (an H200 run without it counted 73 waits a frame over 90 frames, where the
+    runner itself waits once a batch)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
 
