@@ -2,7 +2,8 @@
 # The GPU checks in one call of a lent GPU machine (README, "Performance"): the CUDA tests, the
 # training step's speed there, whether FFmpeg's NVIDIA codecs open, and `python -m benchmarks
 # --device cuda`. Run from the repository root with PyAV's wheels in .whl/ and a copy of the
-# shared data the tests read in .gpu-shared/ (both carried); logs and results go to $OUT.
+# shared data the tests read in .gpu-shared/ (both made by benchmarks/gpu-pack.sh and
+# carried); logs and results go to $OUT.
 # Each part has its own time limit, so one that hangs leaves the others' figures.
 set -u
 OUT=${OUT:-/tmp/gpu-check}
