@@ -24,7 +24,7 @@ from training.metrics import ssim
 from training.train import PRECISIONS, load_train_config
 
 
-def step_times(config: str, precision: str, steps: int, device: str = "cpu") -> list[float]:
+def step_times(config: str, precision: str, steps: int, device: str) -> list[float]:
     """Seconds of each of ``steps`` training steps, after one warm-up step."""
     model_cfg, cfg = load_train_config(config)
     torch.manual_seed(0)
@@ -34,7 +34,8 @@ def step_times(config: str, precision: str, steps: int, device: str = "cpu") -> 
     rainy = torch.rand(shape, device=device).contiguous(memory_format=torch.channels_last)
     clean = torch.rand(shape, device=device)
     kind = torch.device(device).type
-    torch.backends.cudnn.benchmark = kind == "cuda"
+    if kind == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the trainer has it
     times = []
     for _ in range(steps + 1):
         t0 = time.perf_counter()
