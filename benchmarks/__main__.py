@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from streamderain.api import derain_video
-from training import DCSFNConfig, build_network, load_config, load_model
+from training import DCSFNConfig, build_network, bundled_models, load_config, load_model
 from training.rain import rain_video
 from training.route import AUTO, LIGHT_MODEL
 from training.video_eval import still_scene
@@ -143,14 +143,16 @@ def model_only(config_name: str, repeats: int, size=(360, 640)) -> list[dict]:
         from streamderain.backends import OpenVINOBackend, openvino_available
 
         if openvino_available():
-            runner = OpenVINOBackend(load_model(config_name), threads=2)
-            for batch in (1, 2):
+            model = load_model(config_name)
+            shipped = config_name in bundled_models()
+            for dtype, batch in [("fp32", 1), ("fp32", 2)] + [("int8", 1), ("int8", 2)] * shipped:
+                runner = OpenVINOBackend(model, threads=2, int8=dtype == "int8")
                 x = torch.rand(batch, 3, *size)
                 s = time_model(runner, x, repeats)
                 rows.append(
                     {
                         "config": config_name,
-                        "dtype": "fp32",
+                        "dtype": dtype,
                         "format": "openvino",
                         "threads": 2,
                         "batch": batch,
@@ -159,7 +161,7 @@ def model_only(config_name: str, repeats: int, size=(360, 640)) -> list[dict]:
                     }
                 )
                 print(
-                    f"  model {config_name} fp32 openvino batch={batch}: {batch / s:.2f} fps",
+                    f"  model {config_name} {dtype} openvino batch={batch}: {batch / s:.2f} fps",
                     flush=True,
                 )
     torch.set_num_threads(os.cpu_count() or 1)
@@ -203,6 +205,7 @@ def pipeline_run(
     temporal: str = "auto",
     model: str = AUTO,
     flip_average: str = "auto",
+    precision: str = "fp32",
 ) -> dict:
     """The real pipeline; RSS is read when the frame count passes each of ``marks``."""
     seen, rss = 0, {}
@@ -222,6 +225,7 @@ def pipeline_run(
         temporal=temporal,
         model=model,
         flip_average=flip_average,
+        precision=precision,
         on_frame=on_frame,
     )
     return {
@@ -307,47 +311,58 @@ def main() -> None:
         naive = naive_loop(clip, tmp / "naive.mp4", network)
         print(f"  {naive:.2f} fps", flush=True)
         print(
-            "pipeline, temporal stage on (the default) and off, and with --flip-average off, "
-            "interleaved:",
+            "pipeline, temporal stage on (the default) and off, with --flip-average off, and "
+            "with --precision int8, interleaved:",
             flush=True,
         )
-        # (camera, --temporal, --flip-average)
-        runs: dict[tuple[str, str, str], list[dict]] = {
-            (camera, mode, "auto"): [] for camera in ("moving", "still") for mode in ("on", "off")
+        # (camera, --temporal, --flip-average, --precision)
+        runs: dict[tuple[str, str, str, str], list[dict]] = {
+            (camera, mode, "auto", "fp32"): []
+            for camera in ("moving", "still")
+            for mode in ("on", "off")
         }
-        runs["moving", "on", "off"] = []
+        runs["moving", "on", "off", "fp32"] = []
+        runs["moving", "on", "auto", "int8"] = []
         for _ in range(3):
-            for camera, mode, flip in runs:
+            for camera, mode, flip, precision in runs:
                 run = pipeline_run(
                     clip if camera == "moving" else still,
-                    tmp / f"out-{camera}-{mode}-{flip}.mp4",
+                    tmp / f"out-{camera}-{mode}-{flip}-{precision}.mp4",
                     batch=1,
                     temporal=mode,
                     model=args.model,
                     flip_average=flip,
+                    precision=precision,
                 )
-                runs[camera, mode, flip].append(run)
+                runs[camera, mode, flip, precision].append(run)
                 print(
-                    f"  {camera} camera, temporal {mode}, flip-average {flip}: "
+                    f"  {camera} camera, temporal {mode}, flip-average {flip}, {precision}: "
                     f"{run['fps']:.2f} fps, busy {run['busy']}",
                     flush=True,
                 )
         median = {key: sorted(r, key=lambda r: r["fps"])[1] for key, r in runs.items()}
-        pipe, plain = median["moving", "on", "auto"], median["moving", "off", "auto"]
-        still_on, still_off = median["still", "on", "auto"], median["still", "off", "auto"]
-        unflipped = median["moving", "on", "off"]
+        pipe, plain = (
+            median["moving", "on", "auto", "fp32"],
+            median["moving", "off", "auto", "fp32"],
+        )
+        still_on = median["still", "on", "auto", "fp32"]
+        still_off = median["still", "off", "auto", "fp32"]
+        unflipped = median["moving", "on", "off", "fp32"]
+        int8 = median["moving", "on", "auto", "int8"]
         result["naive_fps"] = naive
         result["pipeline"] = pipe
         result["pipeline_temporal_off"] = plain
         result["pipeline_still_camera"] = still_on
         result["pipeline_still_camera_temporal_off"] = still_off
         result["pipeline_flip_average_off"] = unflipped
+        result["pipeline_int8"] = int8
         result["ratios"] = {
             "pipeline_vs_naive": pipe["fps"] / naive,
             "pipeline_vs_model_only": pipe["fps"] / best["fps"],
             "temporal_on_vs_off": pipe["fps"] / plain["fps"],
             "temporal_on_vs_off_still_camera": still_on["fps"] / still_off["fps"],
             "flip_average_on_vs_off": pipe["fps"] / unflipped["fps"],
+            "int8_vs_fp32": int8["fps"] / pipe["fps"],
         }
         if not args.skip_soak:
             small = tmp / "small.mp4"
@@ -381,6 +396,8 @@ def main() -> None:
     print(f"pipeline / best model-only fp32:   {result['ratios']['pipeline_vs_model_only']:.2f}x")
     print(f"the default, --flip-average off:   {unflipped['fps']:.2f} fps", end="")
     print(f" (flip-average on / off: {result['ratios']['flip_average_on_vs_off']:.2f}x)")
+    print(f"the default, --precision int8:     {int8['fps']:.2f} fps", end="")
+    print(f" (int8 / fp32: {result['ratios']['int8_vs_fp32']:.2f}x)")
     if "memory" in result:
         print(f"RSS growth frame 200 -> 2000:      {result['memory']['rss_growth_mb']:.1f} MB")
     out = args.out or ROOT / "benchmarks" / "results" / f"cpu-{datetime.now():%Y%m%d-%H%M}.json"

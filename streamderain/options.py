@@ -14,7 +14,7 @@ from typing import Any
 
 from streamderain.errors import UsageError
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 BACKENDS = ("auto", "torch", "openvino")
 ENCODERS = ("pyav", "ffmpeg")
 COMPARE_MODES = ("side-by-side", "stacked")
@@ -77,8 +77,10 @@ class ModelOptions:
         model: a bundled model name, ``auto`` or a checkpoint path (None: ``auto``, the
             light-rain model or the heavy-rain one by the rain, :mod:`training.route`).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``; ``fp16``/``bf16`` on CUDA (``bf16`` also on CPUs that have it).
-        backend: ``auto`` (OpenVINO for fp32 on a CPU when installed, else PyTorch),
+        precision: ``fp32``; ``fp16``/``bf16`` on CUDA (``bf16`` also on CPUs that have it);
+            ``int8`` on a CPU with OpenVINO, for the bundled models (faster, a little less exact:
+            :mod:`training.quantize`).
+        backend: ``auto`` (OpenVINO for fp32 and int8 on a CPU when installed, else PyTorch),
             ``torch`` or ``openvino``.
         batch: frames per model call.
         tile: run frames larger than this in overlapping tiles of this size (0: never).
@@ -108,6 +110,10 @@ class ModelOptions:
                 (self.tile < 0, f"--tile must be 0 (off) or positive, got {self.tile}"),
                 _choice("--precision", self.precision, PRECISIONS),
                 _choice("--backend", self.backend, BACKENDS),
+                (
+                    self.precision == "int8" and self.backend == "torch",
+                    "--precision int8 runs with the openvino backend, not torch",
+                ),
                 _choice("--temporal", self.temporal, AUTO_ON_OFF),
                 _choice("--flip-average", self.flip_average, AUTO_ON_OFF),
             ]

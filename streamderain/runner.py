@@ -29,7 +29,13 @@ from training.route import (
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# int8 is the network's own number format (OpenVINO's); frames reach it in fp32
+PRECISIONS = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "int8": torch.float32,
+}
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -116,6 +122,8 @@ class ModelRunner(Stage):
         self.device = pick_device(options.device)
         if options.precision == "fp16" and self.device.type == "cpu":
             raise UsageError("fp16 needs a CUDA GPU; use fp32 or bf16 on a CPU")
+        if options.precision == "int8" and self.device.type != "cpu":
+            raise UsageError("int8 runs on a CPU; use fp16 on a GPU")
         self.dtype = PRECISIONS[options.precision]
         self.tile = options.tile
         self.threads = threads or len(os.sched_getaffinity(0))
@@ -136,7 +144,10 @@ class ModelRunner(Stage):
             raise UsageError(f"--tile must be 0 (off) or at least {min_tile(self.stride)}")
         self.backend = self._pick_backend(options.backend, options.precision)
         self.forwards: list[Callable[[torch.Tensor], torch.Tensor]] = [
-            OpenVINOBackend(m, self.threads) if self.backend == "openvino" else m for m in models
+            OpenVINOBackend(m, self.threads, int8=options.precision == "int8")
+            if self.backend == "openvino"
+            else m
+            for m in models
         ]
         # off under auto until prepare() says the source is not live (Derainer never does)
         on = flip_on(options.flip_average, live=True)
@@ -189,14 +200,17 @@ class ModelRunner(Stage):
         )
 
     def _pick_backend(self, backend: str, precision: str) -> str:
-        exact_cpu = self.device.type == "cpu" and precision == "fp32"
-        if backend == "openvino":
-            if not exact_cpu:
-                raise UsageError("the openvino backend runs fp32 on a CPU only")
+        on_openvino = self.device.type == "cpu" and precision in ("fp32", "int8")
+        if backend == "openvino" or precision == "int8":
+            if not on_openvino:
+                raise UsageError("the openvino backend runs fp32 or int8 on a CPU only")
             if not openvino_available():
-                raise UsageError("the openvino backend needs: pip install openvino")
+                raise UsageError(
+                    "the openvino backend (fp32 or int8 on a CPU) needs: pip install openvino"
+                )
+            return "openvino"
         if backend == "auto":
-            return "openvino" if exact_cpu and openvino_available() else "torch"
+            return "openvino" if on_openvino and openvino_available() else "torch"
         return backend
 
     @torch.inference_mode()

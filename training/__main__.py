@@ -1,5 +1,6 @@
 """The training package's command line: ``python -m training
-train|pack-data|eval|validate|gaps|real-rain|export|average|rain-samples|rain-stats|eval-video``."""
+train|pack-data|eval|validate|gaps|real-rain|export|average|quantize|rain-samples|rain-stats|
+eval-video``."""
 
 from __future__ import annotations
 
@@ -152,12 +153,27 @@ FLIP_OPTION = click.option(
 )
 
 
-def forward_of(name: str, flip_average: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A model name, file or auto as one forward function, flip-averaged if asked."""
+INT8_OPTION = click.option(
+    "--int8", is_flag=True, help="Run the bundled models' 8-bit networks (--precision int8)."
+)
+
+
+def forward_of(
+    name: str, flip_average: bool, int8: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A model name, file or auto as one forward function, flip-averaged if asked; ``int8``:
+    each model's shipped 8-bit network, as the product runs it."""
     from training.route import flip_average as flipped
     from training.route import load_forward
 
-    return load_forward(name, wrap=flipped if flip_average else None)
+    def wrap(model):
+        if int8:
+            from streamderain.backends import OpenVINOBackend
+
+            model = OpenVINOBackend(model, torch.get_num_threads(), int8=True)
+        return flipped(model) if flip_average else model
+
+    return load_forward(name, wrap=wrap)
 
 
 @main.command("eval")
@@ -181,6 +197,7 @@ def forward_of(name: str, flip_average: bool) -> Callable[[torch.Tensor], torch.
     help="Scale each aligned pair's rain (rainy - clean) by this first.",
 )
 @FLIP_OPTION
+@INT8_OPTION
 def evaluate_cmd(
     model_source: str,
     data_dir: str,
@@ -189,12 +206,13 @@ def evaluate_cmd(
     sheet_images: int,
     rain_scale: float,
     flip_average: bool,
+    int8: bool,
 ) -> None:
     """PSNR/SSIM (RGB and Y) of a model on a folder of pairs, beside the rainy input's."""
     from training.data import find_pairs
     from training.evaluate import evaluate
 
-    model = forward_of(model_source, flip_average)
+    model = forward_of(model_source, flip_average, int8)
     pairs = find_pairs(data_dir)[:limit]
     try:
         result = evaluate(model, pairs, out_dir, sheet_images, rain_scale)
@@ -214,9 +232,10 @@ def evaluate_cmd(
     help="The run whose validation sets to score on.",
 )
 @FLIP_OPTION
+@INT8_OPTION
 @data_root_option
 def validate(
-    models: tuple[str, ...], config_path: str, flip_average: bool, data_root: Path
+    models: tuple[str, ...], config_path: str, flip_average: bool, int8: bool, data_root: Path
 ) -> None:
     """Score models (names, files or auto) on a run's validation sets, as its snapshots are
     scored: PSNR-Y and the mean output - clean per RGB channel."""
@@ -224,7 +243,7 @@ def validate(
 
     sets = validation_sets(load_train_config(config_path)[1], data_root)
     for name in models:
-        net = forward_of(name, flip_average)
+        net = forward_of(name, flip_average, int8)
         scores = []
         for set_name, pairs in sets.items():
             r = validate(net, pairs)
@@ -397,6 +416,41 @@ def average(
     meta["metrics"] = {}  # BASE's scores do not describe the average
     ship(out_path, net, first.config, first.channel_order, meta, eval_data, purpose)
     click.echo(f"wrote {out_path}: {1 - share:.0%} {base}, {share:.0%} {other}")
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The .int8.xml to write (its .bin beside it) [default: beside the bundled weights].",
+)
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(0.0),
+    default=0.03,
+    show_default=True,
+    help="PSNR-Y in dB the 8 bits may cost on light rain; layers over it stay fp32.",
+)
+@data_root_option
+def quantize(model: str, out_path: Path | None, max_drop: float, data_root: Path) -> None:
+    """Write the 8-bit OpenVINO network of a model (``--precision int8``); needs nncf."""
+    import openvino as ov
+
+    from training.quantize import INT8_SUFFIX, quantize
+    from training.weights import WEIGHTS_DIR, bundled_models, load_model
+
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        raise click.ClickException("quantizing needs: pip install nncf") from None
+    out_path = out_path or WEIGHTS_DIR / f"{model}{INT8_SUFFIX}"
+    if model not in bundled_models() and out_path.parent == WEIGHTS_DIR:
+        raise click.ClickException(f"{model} is not a bundled model: give --out")
+    network = quantize(load_model(model), data_root, max_drop)
+    ov.save_model(network, out_path, compress_to_fp16=False)
+    click.echo(f"wrote {out_path}")
 
 
 @main.command("rain-samples")

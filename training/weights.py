@@ -6,6 +6,7 @@ only, so a file that tries to run code is refused before any of it runs.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 import warnings
@@ -105,6 +106,16 @@ class DerainModel(nn.Module):
     @property
     def config(self) -> DCSFNConfig:
         return self.info.config
+
+    def digest(self) -> str:
+        """A fingerprint of the network's configuration and weights: what a network converted
+        from them (OpenVINO's, cached or shipped) was made from."""
+        digest = hashlib.sha256()
+        for name, tensor in self.net.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        digest.update(repr(self.config).encode())
+        return digest.hexdigest()
 
     def to_net_order(self, x: Tensor) -> Tensor:
         """RGB to the network's channel order, and back (a flip undoes itself)."""

@@ -1,0 +1,71 @@
+"""``--precision int8``: the 8-bit networks shipped beside the bundled weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.media import clean_frames, decode_all, make_clip
+from tests.test_reliability import run_cli
+from training import load_model, save_model
+from training.metrics import psnr
+from training.quantize import INT8_SUFFIX, WEIGHTS_KEY, int8_network_file
+from training.route import HEAVY_MODEL, LIGHT_MODEL
+from training.weights import WEIGHTS_DIR, ModelLoadError
+
+
+def test_every_int8_network_was_made_from_the_weights_shipped_beside_it():
+    import openvino as ov
+
+    files = sorted(WEIGHTS_DIR.glob(f"*{INT8_SUFFIX}"))
+    names = {f.name[: -len(INT8_SUFFIX)] for f in files}
+    assert {LIGHT_MODEL, HEAVY_MODEL} <= names  # the default, auto, runs in 8 bits
+    for path in files:
+        model = load_model(path.name[: -len(INT8_SUFFIX)])
+        assert ov.Core().read_model(path).get_rt_info(WEIGHTS_KEY).value == model.digest()
+        assert int8_network_file(model) == path
+
+
+def test_int8_is_close_to_fp32_but_its_own_network(shared):
+    from streamderain.options import ModelOptions
+    from streamderain.runner import ModelRunner
+    from tests.conftest import DATA
+    from training.data import read_rgb
+
+    frame = read_rgb(DATA / "real-rain" / "nturain-rb2" / "00001.jpg")
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
+    exact = ModelRunner(ModelOptions(model=LIGHT_MODEL, device="cpu"))
+    fast = ModelRunner(ModelOptions(model=LIGHT_MODEL, device="cpu", precision="int8"))
+    assert fast.backend == "openvino" and "int8 with openvino" in fast.describe()
+    with torch.inference_mode():
+        a, b = exact.derain(x), fast.derain(x)
+    pixels = [t[0].mul(255).round().byte().permute(1, 2, 0).numpy() for t in (a, b)]
+    assert not np.array_equal(*pixels)  # the 8-bit network, not the fp32 one
+    assert psnr(*pixels) > 50.0  # 59.8 dB (mean 0.06 grey levels) when made
+    assert (b <= x).all()  # never brighter than the input, as in fp32
+
+
+def test_int8_from_the_command_line_and_its_clean_refusals(tmp_path, shared):
+    src = tmp_path / "in.mp4"
+    make_clip(src, clean_frames(3, (96, 64)))
+    done = run_cli(src, tmp_path / "out.mp4", "--precision", "int8", "-v")
+    assert done.returncode == 0, done.stderr
+    assert "int8 with openvino" in done.stderr
+    assert len(decode_all(tmp_path / "out.mp4")[0]) == 3
+
+    own = tmp_path / "own.pt"
+    model = load_model(LIGHT_MODEL)
+    with torch.no_grad():
+        next(model.net.parameters()).mul_(1.01)  # weights no 8-bit network was made from
+    save_model(own, model.net, model.config, "RGB", {})
+    for flags, words in (
+        (("--model", str(own)), "bundled models only"),
+        (("--backend", "torch"), "openvino backend"),
+        (("--device", "cuda"), ""),
+    ):
+        result = run_cli(src, tmp_path / "x.mp4", "--precision", "int8", *flags)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr
+    with pytest.raises(ModelLoadError, match="bundled models only"):
+        int8_network_file(model)
