@@ -11,6 +11,7 @@ a naive OpenCV loop (what a user would write first); their ratios; and RSS over 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -26,7 +27,8 @@ import numpy as np
 import torch
 
 from streamderain.api import derain_video
-from training import DCSFNConfig, build_network, bundled_models, load_config, load_model
+from training import DCSFNConfig, build_network, load_config, load_model
+from training.quantize import int8_models
 from training.rain import rain_video
 from training.route import AUTO, LIGHT_MODEL
 from training.video_eval import still_scene
@@ -144,9 +146,10 @@ def model_only(config_name: str, repeats: int, size=(360, 640)) -> list[dict]:
 
         if openvino_available():
             model = load_model(config_name)
-            shipped = config_name in bundled_models()
-            for dtype, batch in [("fp32", 1), ("fp32", 2)] + [("int8", 1), ("int8", 2)] * shipped:
-                runner = OpenVINOBackend(model, threads=2, int8=dtype == "int8")
+            runners = {"fp32": OpenVINOBackend(model, threads=2)}
+            if config_name in int8_models():
+                runners["int8"] = OpenVINOBackend(model, threads=2, int8=True)
+            for (dtype, runner), batch in itertools.product(runners.items(), (1, 2)):
                 x = torch.rand(batch, 3, *size)
                 s = time_model(runner, x, repeats)
                 rows.append(

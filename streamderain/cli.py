@@ -144,14 +144,16 @@ def _derain(src: str, dst: str, options: RunOptions, quiet: bool):
 def models() -> None:
     """List the bundled models: size, what each is for, how it was trained and its scores."""
     from training import bundled_models, load_model
+    from training.quantize import int8_models
     from training.route import AUTO, HEAVY_MODEL, LIGHT_MODEL, VIDEO_CHECK_EVERY
 
     for name in bundled_models():
         model = load_model(name)
         meta, config = model.info.metadata, model.config
+        int8 = ", also in 8 bits (--precision int8)" if name in int8_models() else ""
         click.echo(
             f"{name}: DCSFN, {config.channels} channels x {config.num_blocks} blocks, "
-            f"{meta.get('num_params', 0):,} parameters"
+            f"{meta.get('num_params', 0):,} parameters{int8}"
         )
         for line in model.info.describe():
             click.echo(f"  {line}")

@@ -10,7 +10,7 @@ from tests.media import clean_frames, decode_all, make_clip
 from tests.test_reliability import run_cli
 from training import load_model, save_model
 from training.metrics import psnr
-from training.quantize import INT8_SUFFIX, WEIGHTS_KEY, int8_network_file
+from training.quantize import WEIGHTS_KEY, int8_models, int8_network_file
 from training.route import HEAVY_MODEL, LIGHT_MODEL
 from training.weights import WEIGHTS_DIR, ModelLoadError
 
@@ -18,11 +18,11 @@ from training.weights import WEIGHTS_DIR, ModelLoadError
 def test_every_int8_network_was_made_from_the_weights_shipped_beside_it():
     import openvino as ov
 
-    files = sorted(WEIGHTS_DIR.glob(f"*{INT8_SUFFIX}"))
-    names = {f.name[: -len(INT8_SUFFIX)] for f in files}
-    assert {LIGHT_MODEL, HEAVY_MODEL} <= names  # the default, auto, runs in 8 bits
-    for path in files:
-        model = load_model(path.name[: -len(INT8_SUFFIX)])
+    shipped = int8_models()
+    assert {LIGHT_MODEL, HEAVY_MODEL} <= set(shipped)  # the default, auto, runs in 8 bits
+    assert all(path.parent == WEIGHTS_DIR for path in shipped.values())
+    for name, path in shipped.items():
+        model = load_model(name)
         assert ov.Core().read_model(path).get_rt_info(WEIGHTS_KEY).value == model.digest()
         assert int8_network_file(model) == path
 
@@ -67,5 +67,5 @@ def test_int8_from_the_command_line_and_its_clean_refusals(tmp_path, shared):
         result = run_cli(src, tmp_path / "x.mp4", "--precision", "int8", *flags)
         assert result.returncode != 0 and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr
-    with pytest.raises(ModelLoadError, match="bundled models only"):
+    with pytest.raises(ModelLoadError, match="bundled models only: dcsfn-lite"):
         int8_network_file(model)
