@@ -69,3 +69,22 @@ def test_int8_from_the_command_line_and_its_clean_refusals(tmp_path, shared):
         assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr
     with pytest.raises(ModelLoadError, match="bundled models only: dcsfn-lite"):
         int8_network_file(model)
+
+
+def test_quantize_refuses_what_it_could_not_write_before_it_starts(tmp_path):
+    """Quantizing takes half an hour: a wrong output is refused first (no NNCF needed)."""
+    import subprocess
+    import sys
+
+    own = tmp_path / "own.pt"
+    model = load_model(LIGHT_MODEL)
+    save_model(own, model.net, model.config, "RGB", {})
+    quantize = [sys.executable, "-m", "training", "quantize"]
+    for args, words in (
+        ((str(own),), "not a bundled model: give --out"),
+        ((str(own), "--out", str(WEIGHTS_DIR / "own.int8.xml")), "outside the package"),
+        ((LIGHT_MODEL, "--out", str(tmp_path / "no" / "x.int8.xml")), "no such folder"),
+    ):
+        result = subprocess.run([*quantize, *args], capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0 and words in result.stderr, result.stderr
+    assert not (WEIGHTS_DIR / "own.int8.xml").exists()

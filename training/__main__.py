@@ -441,13 +441,18 @@ def quantize(model: str, out_path: Path | None, max_drop: float, data_root: Path
     from training.quantize import INT8_SUFFIX, quantize
     from training.weights import WEIGHTS_DIR, bundled_models, load_model
 
+    bundled = model in bundled_models()
+    if out_path is None and not bundled:
+        raise click.ClickException(f"{model} is not a bundled model: give --out")
+    out_path = out_path or WEIGHTS_DIR / f"{model}{INT8_SUFFIX}"
+    if not bundled and out_path.resolve().parent == WEIGHTS_DIR.resolve():
+        raise click.ClickException(f"{model} is not a bundled model: write it outside the package")
+    if not out_path.parent.is_dir():  # refused now, not after half an hour of quantizing
+        raise click.ClickException(f"{out_path.parent}: no such folder")
     try:
         import nncf  # noqa: F401
     except ImportError:
         raise click.ClickException("quantizing needs: pip install nncf") from None
-    out_path = out_path or WEIGHTS_DIR / f"{model}{INT8_SUFFIX}"
-    if model not in bundled_models() and out_path.parent == WEIGHTS_DIR:
-        raise click.ClickException(f"{model} is not a bundled model: give --out")
     network = quantize(load_model(model), data_root, max_drop)
     ov.save_model(network, out_path, compress_to_fp16=False)
     click.echo(f"wrote {out_path}")
