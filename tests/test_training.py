@@ -339,6 +339,21 @@ def test_thin_bars_are_long_and_in_the_clean_picture_too(shared, draw, option, m
         assert clean.any() == bool(fraction), "the clean patch carries the bars, if asked"
 
 
+def test_dry_patches_come_back_unchanged_and_are_scored_apart(shared):
+    cfg = _tiny_train(rain_presets={"heavy-streaks": 1.0}, real_fraction=0.0, batch=64)
+
+    def dry(config: TrainConfig) -> list[bool]:
+        rainy, clean = PatchSampler(config, DATA).batch(np.random.default_rng(2))
+        return [bool(torch.equal(r, c)) for r, c in zip(rainy, clean)]
+
+    assert np.mean(dry(cfg)) < 0.05, "heavy streaks reach nearly every patch"
+    share = np.mean(dry(replace(cfg, dry_fraction=0.25)))
+    assert 0.15 < share < 0.45, "about a quarter of the patches is left dry"
+    sets = validation_sets(replace(cfg, val_dir="clean/images/kodak24", val_images=2), DATA)
+    assert [np.array_equal(r, c) for r, c in sets["val_dry"]] == [True, True]
+    assert not any(np.array_equal(r, c) for r, c in sets["val"])
+
+
 def test_a_fence_is_evenly_spaced_bars():
     rng = np.random.default_rng(3)
     image = np.full((96, 160, 3), 100, np.uint8)

@@ -86,6 +86,9 @@ class TrainConfig:
             thin bars drawn into it (``training.data.draw_thin_structures``), to be kept.
         fence_fraction: share of synthetic-rain patches whose clean picture is first seen
             through a faint, partly hidden fence (``training.data.draw_fence``), to be kept.
+        dry_fraction: share of synthetic-rain patches given no rain at all, to come back
+            unchanged: footage is often dry, and a network that only ever saw rain takes fine
+            bright detail for it.
         clean_dirs: folders of clean pictures and video frames for synthetic rain.
         val_dir: held-out clean pictures, rained on with a fixed seed, to watch progress.
         val_images: how many of them.
@@ -121,6 +124,7 @@ class TrainConfig:
     layer_strength: tuple[float, float] = (0.3, 1.0)
     structure_fraction: float = 0.0
     fence_fraction: float = 0.0
+    dry_fraction: float = 0.0
     clean_dirs: tuple[str, ...] = ()
     val_dir: str = ""
     val_images: int = 12
@@ -229,7 +233,9 @@ class PatchSampler:
             if self.cfg.fence_fraction and rng.random() < self.cfg.fence_fraction:
                 clean = draw_fence(rng, clean)
             preset = self.presets[int(rng.choice(len(self.presets), p=self.preset_p))]
-            if preset == REAL_LAYERS:
+            if self.cfg.dry_fraction and rng.random() < self.cfg.dry_fraction:
+                rainy = clean
+            elif preset == REAL_LAYERS:
                 rainy = transplant(clean, self.layers.sample(rng, h, w))
             else:
                 rainy = RainField(h, w, PRESETS[preset], rng).apply(clean)
@@ -268,6 +274,7 @@ def validation_sets(cfg: TrainConfig, data_root: Path) -> dict[str, ImagePairs]:
     """The sets scored at each snapshot, by the name their scores are logged under.
 
     ``val``: held-out clean pictures with seeded synthetic rain, the same on every run;
+    ``val_dry``: the same pictures without rain, which should come back unchanged;
     ``val_heavy``: the held-out real heavy pairs; ``eval``: the evaluation-only pairs."""
     sets: dict[str, ImagePairs] = {}
     if cfg.val_dir:
@@ -275,6 +282,7 @@ def validation_sets(cfg: TrainConfig, data_root: Path) -> dict[str, ImagePairs]:
         files = list_images(data_root / cfg.val_dir)[: cfg.val_images]
         clean = [read_rgb(f, CLEAN_MAX_SIDE) for f in files]
         sets["val"] = [(add_rain(c, cfg.val_preset, rng), c) for c in clean]
+        sets["val_dry"] = [(c, c) for c in clean]
     if cfg.heavy_val_dir:
         sets["val_heavy"] = [read_pair(p) for p in heavy_validation_pairs(cfg, data_root)]
     if cfg.eval_dir:
@@ -437,6 +445,7 @@ class Trainer:
         cfg = self.cfg
         return {
             "val": f"val_synthetic_{cfg.val_preset}",
+            "val_dry": f"val_no_rain_{Path(cfg.val_dir).name}",
             "val_heavy": f"val_heavy_{Path(cfg.heavy_val_dir).name}",
             "eval": f"eval_only_{Path(cfg.eval_dir).name}",
         }
@@ -454,6 +463,7 @@ class Trainer:
                 "real_fraction": cfg.real_fraction,
                 "structure_fraction": cfg.structure_fraction,
                 "fence_fraction": cfg.fence_fraction,
+                "dry_fraction": cfg.dry_fraction,
                 "layer_strength": list(cfg.layer_strength),
                 "rain_presets": dict(cfg.rain_presets),
                 "started_from": cfg.init_from or None,
