@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from streamderain.errors import CannotOpen, InputError, NoVideoStream, reason
-from streamderain.frames import Frame, VideoInfo, rgb_image
+from streamderain.frames import Frame, VideoInfo, eight_bits, pixel_bits, rgb_image
 from streamderain.live import LiveClock, is_live, mask_url
 from streamderain.options import DecodeOptions
 from training.data import IMAGE_SUFFIXES, list_images
@@ -115,6 +115,7 @@ class Decoder:
             color_trc=ctx.color_trc,
             sample_aspect_ratio=ctx.sample_aspect_ratio,
             live=self.live,
+            bits=8 if self.live else pixel_bits(ctx.pix_fmt),
         )
 
     def _open_folder(self) -> VideoInfo:
@@ -314,15 +315,22 @@ class Decoder:
         stream = container.streams.video[0]
         if self.start > 0:
             container.seek(int(self.start / stream.time_base), stream=stream, backward=True)
-        index = 0
+        index, deep = 0, self.info.bits > 8
         for vf in self._decoded(container):
             keep = self._in_range(vf.time)
             if keep is None:
                 return
             if keep:
                 tb = vf.time_base or stream.time_base
-                image = rgb_image(vf)
-                yield Frame(index, vf.pts, tb, image, rotation=round(vf.rotation or 0))
+                image = rgb_image(vf, deep)
+                yield Frame(
+                    index,
+                    vf.pts,
+                    tb,
+                    eight_bits(image) if deep else image,
+                    rotation=round(vf.rotation or 0),
+                    deep=image if deep else None,
+                )
                 index += 1
 
     def _live_frames(self) -> Iterator[Frame]:

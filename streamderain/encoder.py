@@ -17,10 +17,11 @@ import av
 import numpy as np
 
 from streamderain.errors import OutputError, reason
-from streamderain.frames import Batch, Frame, VideoInfo
+from streamderain.frames import Batch, Frame, VideoInfo, with_fine_bits
 from streamderain.options import EncodeOptions
 from streamderain.pipeline import Stage
 from streamderain.writers import (
+    DEEP_CODECS,
     FFmpegWriter,
     FolderWriter,
     OutputSettings,
@@ -136,6 +137,7 @@ class Encoder(Stage):
         self._pace: tuple[float, float] | None = None  # (wall clock, source seconds) at start
         self._size: tuple[int, int] | None = None
         self._writer: Writer | None = None
+        self._deep = False  # writing 10 bits a channel, from frames that carry their deep source
         self._last_pts: int | None = None
         self._offset_pts: int | None = None
         self._tmp = None if self.live_format else partial_path(self.target)
@@ -148,13 +150,25 @@ class Encoder(Stage):
         o = self.options
         if self.folder:
             return f"{self.name}: PNG images"
-        fmt, codec = (
-            (self.live_format, "libx264")
-            if self.live_format
-            else CONTAINERS[self.target.suffix.lower()]
-        )
+        fmt, codec = self._format_and_codec()
         quality = f", crf {o.crf}" if o.crf is not None else ""
-        return f"{self.name}: {fmt}, {o.codec or codec}{quality}, written by {o.encoder}"
+        bits = ", 10 bits" if self._deep_output(codec) else ""
+        return f"{self.name}: {fmt}, {codec}{bits}{quality}, written by {o.encoder}"
+
+    def _format_and_codec(self) -> tuple[str, str]:
+        """The FFmpeg format and the video codec: the user's, else the container's default, and
+        for a file from a source of more than 8 bits HEVC, which keeps 10 where phones' HDR
+        video plays."""
+        if self.live_format:
+            return self.live_format, self.options.codec or "libx264"
+        fmt, codec = CONTAINERS[self.target.suffix.lower()]
+        if self.options.codec:
+            return fmt, self.options.codec
+        return fmt, DEEP_CODECS[0] if self.info.bits > 8 and codec == "libx264" else codec
+
+    def _deep_output(self, codec: str) -> bool:
+        """Whether a video file is written at 10 bits a channel, as its source had more than 8."""
+        return self.info.bits > 8 and not self.live_format and codec in DEEP_CODECS
 
     def process(self, batch: Batch) -> list[Batch]:
         for frame in batch.frames:
@@ -179,6 +193,8 @@ class Encoder(Stage):
         self._last_pts = pts
         if self.live_format and not self.info.live:
             self._wait_for(float(pts * frame.time_base))
+        if self._deep and frame.deep is not None and frame.deep.shape == image.shape:
+            image = with_fine_bits(image, frame.deep)
         try:
             self._writer.write(np.ascontiguousarray(image), pts, frame.time_base, frame.name)
         except OutputError as exc:
@@ -200,12 +216,9 @@ class Encoder(Stage):
             if self.folder:
                 self._writer = FolderWriter(self._tmp)
                 return
-            if self.live_format:
-                fmt, default_codec = self.live_format, "libx264"
-            else:
-                fmt, default_codec = CONTAINERS[self.target.suffix.lower()]
+            fmt, codec = self._format_and_codec()
+            self._deep = self._deep_output(codec)
             o = self.options
-            codec = o.codec or default_codec
             live_rate = float(self.info.rate or 25) if self.live_format else None
             settings = OutputSettings(
                 path=str(self._tmp or self.name),
@@ -220,6 +233,7 @@ class Encoder(Stage):
                 start=self.start,
                 end=self.end,
                 first_seconds=first.seconds,
+                bits=10 if self._deep else 8,
             )
             self._writer = (PyAVWriter if o.encoder == "pyav" else FFmpegWriter)(settings)
         except (av.error.FFmpegError, OSError, ValueError) as exc:

@@ -18,17 +18,37 @@ _TO_YUV = Interpolation.AREA | Interpolation.ACCURATE_RND | Interpolation.FULL_C
 _MATRICES = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
 
 
-def rgb_image(vf: av.VideoFrame) -> np.ndarray:
-    """H x W x 3 uint8 RGB, converted with the frame's own matrix and range."""
-    return vf.to_ndarray(format="rgb24", interpolation=_TO_RGB)
+def rgb_image(vf: av.VideoFrame, deep: bool = False) -> np.ndarray:
+    """H x W x 3 RGB, converted with the frame's own matrix and range: uint8, or with ``deep``
+    uint16 (for sources of more than 8 bits a channel)."""
+    return vf.to_ndarray(format="rgb48le" if deep else "rgb24", interpolation=_TO_RGB)
+
+
+def pixel_bits(pix_fmt: str | None) -> int:
+    """Bits per channel of an FFmpeg pixel format (8 where it is unknown)."""
+    return av.VideoFormat(pix_fmt).components[0].bits if pix_fmt else 8
+
+
+def eight_bits(deep: np.ndarray) -> np.ndarray:
+    """A uint16 picture rounded to uint8, the model's input."""
+    return ((deep.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def with_fine_bits(image: np.ndarray, deep: np.ndarray) -> np.ndarray:
+    """The uint8 result back in 16 bits, with the bits below 8 of the ``deep`` source it came
+    from: a pixel the stages left alone is the source exactly, so smooth skies keep every level."""
+    change = image.astype(np.int32) - eight_bits(deep)
+    return np.clip(deep.astype(np.int32) + 257 * change, 0, 65535).astype(np.uint16)
 
 
 def video_frame(
     image: np.ndarray, pix_fmt: str, colorspace: int, color_range: int
 ) -> av.VideoFrame:
-    """RGB to ``pix_fmt`` with the matrix and range the output is tagged with, so a player shows
-    the colours the source had (the encoder's own conversion would always use BT.601)."""
-    vf = av.VideoFrame.from_ndarray(image, format="rgb24")
+    """RGB (uint8 or uint16) to ``pix_fmt`` with the matrix and range the output is tagged with,
+    so a player shows the colours the source had (the encoder's own would always use BT.601)."""
+    vf = av.VideoFrame.from_ndarray(
+        image, format="rgb48le" if image.dtype == np.uint16 else "rgb24"
+    )
     out = vf.reformat(
         format=pix_fmt,
         interpolation=_TO_YUV,
@@ -56,6 +76,7 @@ class VideoInfo:
     color_trc: int = 2
     sample_aspect_ratio: Fraction | None = None
     live: bool = False
+    bits: int = 8  # per channel, of the source's pixel format as it is decoded
 
 
 @dataclass(frozen=True)
@@ -71,6 +92,8 @@ class Frame:
         rotation: how a player should rotate the picture, degrees counter-clockwise.
         name: the stem of the file the picture came from (image folders), for outputs that
             keep names.
+        deep: the source picture in 16 bits, where it has more than 8 a channel (10-bit HDR
+            video): the encoder gives the result back the source's finer levels.
     """
 
     index: int
@@ -80,6 +103,7 @@ class Frame:
     original: np.ndarray | None = None
     rotation: int = 0
     name: str | None = None
+    deep: np.ndarray | None = None
 
     @property
     def size(self) -> tuple[int, int]:

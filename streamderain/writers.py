@@ -40,6 +40,9 @@ class Writer(Protocol):
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 30}
 DEFAULT_PRESET = "fast"
 ENCODERS = ("pyav", "ffmpeg")
+# Codecs that write 10 bits a channel, for sources of more than 8; HEVC is what phones record
+# HDR video in, and it plays where they play (H.264's 10-bit profile plays in far fewer places).
+DEEP_CODECS = ("libx265", "libx264")
 
 
 def video_options(
@@ -56,6 +59,8 @@ def video_options(
         options["crf"] = str(crf)
     if codec in ("libx264", "libx265"):
         options["preset"] = preset or DEFAULT_PRESET
+    if codec == "libx265":
+        options["x265-params"] = "log-level=error"  # x265 prints its settings otherwise
     if codec == "libvpx-vp9":
         options.update({"b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"})
     if live_rate and codec in ("libx264", "libx265"):
@@ -64,10 +69,17 @@ def video_options(
     return options
 
 
-def pixel_format(codec: str, width: int, height: int) -> str:
-    """4:2:0 plays everywhere; x264/x265 cannot subsample odd sizes, so those keep 4:4:4."""
+def codec_tag(codec: str, fmt: str) -> str | None:
+    """HEVC in MP4 and MOV as ``hvc1``, the tag Apple's players need (FFmpeg writes ``hev1``)."""
+    return "hvc1" if codec == "libx265" and fmt in ("mp4", "mov") else None
+
+
+def pixel_format(codec: str, width: int, height: int, bits: int = 8) -> str:
+    """4:2:0 plays everywhere; x264/x265 cannot subsample odd sizes, so those keep 4:4:4;
+    ``bits`` > 8 (with :data:`DEEP_CODECS`): the same at 10 bits a channel."""
     odd = width % 2 or height % 2
-    return "yuv444p" if odd and codec in ("libx264", "libx265") else "yuv420p"
+    fmt = "yuv444p" if odd and codec in ("libx264", "libx265") else "yuv420p"
+    return f"{fmt}10le" if bits > 8 and codec in DEEP_CODECS else fmt
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,7 @@ class OutputSettings:
         copy_from: a source file whose audio and subtitles are brought along.
         start, end: the source time range processed, in seconds.
         first_seconds: the first frame's source time (the audio is shifted with it).
+        bits: bits a channel of the output's pixels (10 takes uint16 pictures).
     """
 
     path: str
@@ -100,6 +113,7 @@ class OutputSettings:
     start: float = 0.0
     end: float | None = None
     first_seconds: float | None = None
+    bits: int = 8
 
     @property
     def shift(self) -> float:
@@ -112,7 +126,7 @@ class OutputSettings:
 
     @property
     def pix_fmt(self) -> str:
-        return pixel_format(self.codec, self.size[1], self.size[0])
+        return pixel_format(self.codec, self.size[1], self.size[0], self.bits)
 
     def video_frame(self, image: np.ndarray, pts: int, time_base: Fraction) -> av.VideoFrame:
         """The picture in the output's pixel format, colour matrix and range, at ``pts``."""
@@ -152,6 +166,8 @@ class PyAVWriter:
         stream.width, stream.height = w, h
         stream.pix_fmt = settings.pix_fmt
         stream.time_base = settings.time_base
+        if tag := codec_tag(settings.codec, settings.fmt):
+            stream.codec_tag = tag
         ctx = stream.codec_context
         ctx.time_base = settings.time_base
         for tag in ("color_range", "colorspace", "color_primaries", "color_trc"):
@@ -224,6 +240,7 @@ class FFmpegWriter:
             "colorspace": info.colorspace,
             "color_primaries": info.color_primaries,
             "color_trc": info.color_trc,
+            "tag:v": codec_tag(settings.codec, settings.fmt),
         }
         out = ffmpeg.output(
             *streams,
