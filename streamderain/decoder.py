@@ -223,7 +223,8 @@ class Decoder:
             return f"{self.name}: {len(self._images)} images, {i.width}x{i.height}"
         assert self._container is not None
         video = self._container.streams.video[0]
-        parts = [f"{video.codec_context.name} {i.width}x{i.height}, {rate}"]
+        bits = f" {i.bits}-bit" if i.bits > 8 else ""
+        parts = [f"{video.codec_context.name}{bits} {i.width}x{i.height}, {rate}"]
         if i.frames:
             parts.append(f"{i.frames} frames")
         for a in self._container.streams.audio:

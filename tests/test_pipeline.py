@@ -140,8 +140,9 @@ def test_a_ten_bit_hdr_source_keeps_its_finer_levels(tmp_path, shared):
             vf.pts = i
             out.mux(v.encode(vf))
         out.mux(v.encode(None))
-    result = run_cli(src, tmp_path / "out.mov", "-q")
+    result = run_cli(src, tmp_path / "out.mov", "-v")
     assert result.returncode == 0, result.stderr
+    assert "hevc 10-bit 256x144" in result.stderr and "libx265, 10 bits" in result.stderr
     before, _ = _luma_10bit(src)
     after, stream = _luma_10bit(tmp_path / "out.mov")
     ctx = stream.codec_context
