@@ -21,7 +21,8 @@ from streamderain.frames import Batch, Frame, VideoInfo, with_fine_bits
 from streamderain.options import EncodeOptions
 from streamderain.pipeline import Stage
 from streamderain.writers import (
-    DEEP_CODECS,
+    DEEP_CODEC,
+    X26X,
     FFmpegWriter,
     FolderWriter,
     OutputSettings,
@@ -164,11 +165,11 @@ class Encoder(Stage):
         fmt, codec = CONTAINERS[self.target.suffix.lower()]
         if self.options.codec:
             return fmt, self.options.codec
-        return fmt, DEEP_CODECS[0] if self.info.bits > 8 and codec == "libx264" else codec
+        return fmt, DEEP_CODEC if self.info.bits > 8 and codec == "libx264" else codec
 
     def _deep_output(self, codec: str) -> bool:
         """Whether a video file is written at 10 bits a channel, as its source had more than 8."""
-        return self.info.bits > 8 and not self.live_format and codec in DEEP_CODECS
+        return self.info.bits > 8 and not self.live_format and codec in X26X
 
     def process(self, batch: Batch) -> list[Batch]:
         for frame in batch.frames:

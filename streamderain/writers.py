@@ -40,9 +40,11 @@ class Writer(Protocol):
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 30}
 DEFAULT_PRESET = "fast"
 ENCODERS = ("pyav", "ffmpeg")
-# Codecs that write 10 bits a channel, for sources of more than 8; HEVC is what phones record
-# HDR video in, and it plays where they play (H.264's 10-bit profile plays in far fewer places).
-DEEP_CODECS = ("libx265", "libx264")
+# x264 and x265: they cannot subsample odd sizes, and they write 10 bits a channel.
+X26X = ("libx264", "libx265")
+# The codec for a file from a source of more than 8 bits: HEVC is what phones record HDR video
+# in, and it plays where they play (H.264's 10-bit profile plays in far fewer places).
+DEEP_CODEC = "libx265"
 
 
 def video_options(
@@ -57,13 +59,13 @@ def video_options(
     crf = crf if crf is not None else DEFAULT_CRF.get(codec)
     if crf is not None:
         options["crf"] = str(crf)
-    if codec in ("libx264", "libx265"):
+    if codec in X26X:
         options["preset"] = preset or DEFAULT_PRESET
     if codec == "libx265":
         options["x265-params"] = "log-level=error"  # x265 prints its settings otherwise
     if codec == "libvpx-vp9":
         options.update({"b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"})
-    if live_rate and codec in ("libx264", "libx265"):
+    if live_rate and codec in X26X:
         gop = str(max(1, round(live_rate)))
         options.update({"preset": preset or "veryfast", "tune": "zerolatency", "g": gop, "bf": "0"})
     return options
@@ -76,10 +78,10 @@ def codec_tag(codec: str, fmt: str) -> str | None:
 
 def pixel_format(codec: str, width: int, height: int, bits: int = 8) -> str:
     """4:2:0 plays everywhere; x264/x265 cannot subsample odd sizes, so those keep 4:4:4;
-    ``bits`` > 8 (with :data:`DEEP_CODECS`): the same at 10 bits a channel."""
+    ``bits`` > 8: the same at 10 bits a channel."""
     odd = width % 2 or height % 2
-    fmt = "yuv444p" if odd and codec in ("libx264", "libx265") else "yuv420p"
-    return f"{fmt}10le" if bits > 8 and codec in DEEP_CODECS else fmt
+    fmt = "yuv444p" if odd and codec in X26X else "yuv420p"
+    return f"{fmt}10le" if bits > 8 else fmt
 
 
 @dataclass(frozen=True)
