@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from streamderain.api import derain_video
+from streamderain.runner import pick_precision
 from training import DCSFNConfig, build_network, load_config, load_model
 from training.quantize import int8_models
 from training.rain import rain_video
@@ -208,7 +209,7 @@ def pipeline_run(
     temporal: str = "auto",
     model: str = AUTO,
     flip_average: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> dict:
     """The real pipeline; RSS is read when the frame count passes each of ``marks``."""
     seen, rss = 0, {}
@@ -313,19 +314,21 @@ def main() -> None:
         print("naive loop (OpenCV VideoCapture -> model -> VideoWriter):", flush=True)
         naive = naive_loop(clip, tmp / "naive.mp4", network)
         print(f"  {naive:.2f} fps", flush=True)
+        default = pick_precision("auto", torch.device("cpu"), "auto", args.model)
+        other = "fp32" if default == "int8" else "int8"
         print(
-            "pipeline, temporal stage on (the default) and off, with --flip-average off, and "
-            "with --precision int8, interleaved:",
+            f"pipeline, temporal stage on (the default) and off, with --flip-average off, and "
+            f"with --precision {other} instead of the default's {default}, interleaved:",
             flush=True,
         )
         # (camera, --temporal, --flip-average, --precision)
         runs: dict[tuple[str, str, str, str], list[dict]] = {
-            (camera, mode, "auto", "fp32"): []
+            (camera, mode, "auto", default): []
             for camera in ("moving", "still")
             for mode in ("on", "off")
         }
-        runs["moving", "on", "off", "fp32"] = []
-        runs["moving", "on", "auto", "int8"] = []
+        runs["moving", "on", "off", default] = []
+        runs["moving", "on", "auto", other] = []
         for _ in range(3):
             for camera, mode, flip, precision in runs:
                 run = pipeline_run(
@@ -345,27 +348,29 @@ def main() -> None:
                 )
         median = {key: sorted(r, key=lambda r: r["fps"])[1] for key, r in runs.items()}
         pipe, plain = (
-            median["moving", "on", "auto", "fp32"],
-            median["moving", "off", "auto", "fp32"],
+            median["moving", "on", "auto", default],
+            median["moving", "off", "auto", default],
         )
-        still_on = median["still", "on", "auto", "fp32"]
-        still_off = median["still", "off", "auto", "fp32"]
-        unflipped = median["moving", "on", "off", "fp32"]
-        int8 = median["moving", "on", "auto", "int8"]
+        still_on = median["still", "on", "auto", default]
+        still_off = median["still", "off", "auto", default]
+        unflipped = median["moving", "on", "off", default]
+        by_precision = {default: pipe, other: median["moving", "on", "auto", other]}
+        int8 = by_precision["int8"]
         result["naive_fps"] = naive
         result["pipeline"] = pipe
         result["pipeline_temporal_off"] = plain
         result["pipeline_still_camera"] = still_on
         result["pipeline_still_camera_temporal_off"] = still_off
         result["pipeline_flip_average_off"] = unflipped
-        result["pipeline_int8"] = int8
+        result["precision"] = default
+        result[f"pipeline_{other}"] = by_precision[other]
         result["ratios"] = {
             "pipeline_vs_naive": pipe["fps"] / naive,
             "pipeline_vs_model_only": pipe["fps"] / best["fps"],
             "temporal_on_vs_off": pipe["fps"] / plain["fps"],
             "temporal_on_vs_off_still_camera": still_on["fps"] / still_off["fps"],
             "flip_average_on_vs_off": pipe["fps"] / unflipped["fps"],
-            "int8_vs_fp32": int8["fps"] / pipe["fps"],
+            "int8_vs_fp32": int8["fps"] / by_precision["fp32"]["fps"],
         }
         if not args.skip_soak:
             small = tmp / "small.mp4"
@@ -388,7 +393,7 @@ def main() -> None:
         print(
             f"{r['config']:{width}s} {r['dtype']:5s} {r['format']:14s} {r['threads']:3d} {r['batch']:5d} {r['fps']:7.2f}"
         )
-    print(f"pipeline (640x360, {args.model}): {pipe['fps']:.2f} fps (median of 3)")
+    print(f"pipeline (640x360, {args.model}, {default}): {pipe['fps']:.2f} fps (median of 3)")
     print(f"  the same, temporal stage off:    {plain['fps']:.2f} fps")
     print(f"temporal on / off:                 {result['ratios']['temporal_on_vs_off']:.2f}x")
     print(f"still camera, temporal on / off:   {still_on['fps']:.2f} / {still_off['fps']:.2f} fps")
@@ -399,7 +404,7 @@ def main() -> None:
     print(f"pipeline / best model-only fp32:   {result['ratios']['pipeline_vs_model_only']:.2f}x")
     print(f"the default, --flip-average off:   {unflipped['fps']:.2f} fps", end="")
     print(f" (flip-average on / off: {result['ratios']['flip_average_on_vs_off']:.2f}x)")
-    print(f"the default, --precision int8:     {int8['fps']:.2f} fps", end="")
+    print(f"the default, --precision {other}:     {by_precision[other]['fps']:.2f} fps", end="")
     print(f" (int8 / fp32: {result['ratios']['int8_vs_fp32']:.2f}x)")
     if "memory" in result:
         print(f"RSS growth frame 200 -> 2000:      {result['memory']['rss_growth_mb']:.1f} MB")

@@ -14,7 +14,7 @@ from typing import Any
 
 from streamderain.errors import UsageError
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 BACKENDS = ("auto", "torch", "openvino")
 ENCODERS = ("pyav", "ffmpeg")
 COMPARE_MODES = ("side-by-side", "stacked")
@@ -77,9 +77,10 @@ class ModelOptions:
         model: a bundled model name, ``auto`` or a checkpoint path (None: ``auto``, the
             light-rain model or the heavy-rain one by the rain, :mod:`training.route`).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32``; ``fp16``/``bf16`` on CUDA (``bf16`` also on CPUs that have it);
-            ``int8`` on a CPU with OpenVINO, for the bundled models (faster, a little less exact:
-            :mod:`training.quantize`).
+        precision: ``auto``: ``int8`` where fp32 cannot keep the pace (:func:`~streamderain.
+            runner.pick_precision`), else ``fp32``; ``fp16``/``bf16`` on CUDA (``bf16`` also on
+            CPUs that have it); ``int8`` on a CPU with OpenVINO, for the bundled models (faster,
+            a little less exact: :mod:`training.quantize`).
         backend: ``auto`` (OpenVINO for fp32 and int8 on a CPU when installed, else PyTorch),
             ``torch`` or ``openvino``.
         batch: frames per model call.
@@ -94,7 +95,7 @@ class ModelOptions:
 
     model: str | None = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     backend: str = "auto"
     batch: int = 1
     tile: int = 0

@@ -35,7 +35,7 @@ def test_int8_is_close_to_fp32_but_its_own_network(shared):
 
     frame = read_rgb(DATA / "real-rain" / "nturain-rb2" / "00001.jpg")
     x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
-    exact = ModelRunner(ModelOptions(model=LIGHT_MODEL, device="cpu"))
+    exact = ModelRunner(ModelOptions(model=LIGHT_MODEL, device="cpu", precision="fp32"))
     fast = ModelRunner(ModelOptions(model=LIGHT_MODEL, device="cpu", precision="int8"))
     assert fast.backend == "openvino" and "int8 with openvino" in fast.describe()
     with torch.inference_mode():
@@ -69,6 +69,37 @@ def test_int8_from_the_command_line_and_its_clean_refusals(tmp_path, shared):
         assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr
     with pytest.raises(ModelLoadError, match="bundled models only: dcsfn-lite"):
         int8_network_file(model)
+
+
+def test_the_default_precision_is_int8_where_fp32_is_slow(monkeypatch):
+    """``--precision auto``: the 8-bit networks on x86 CPUs without AVX-512 (where fp32 runs the
+    default under 2 frames/s), for bundled models only; fp32 anywhere else."""
+    from streamderain.runner import pick_precision
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert pick_precision("auto", cpu, "auto", None) == "int8"
+    assert pick_precision("auto", cpu, "openvino", HEAVY_MODEL) == "int8"
+    for device, backend, model in (
+        (cpu, "torch", None),  # PyTorch has no 8-bit network to run
+        (cpu, "auto", "dcsfn-deep"),  # no 8-bit network shipped
+        (cpu, "auto", "own.pt"),
+        (gpu, "auto", None),
+    ):
+        assert pick_precision("auto", device, backend, model) == "fp32", (device, backend, model)
+    assert pick_precision("fp32", cpu, "auto", None) == "fp32"  # asked for, kept
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert pick_precision("auto", cpu, "auto", None) == "fp32"
+
+
+def test_the_default_runs_what_this_cpu_picks(tmp_path, shared):
+    """The command line's default is ``auto``, and ``-v`` says what it picked."""
+    src = tmp_path / "in.mp4"
+    make_clip(src, clean_frames(3, (96, 64)))
+    done = run_cli(src, tmp_path / "out.mp4", "-v")
+    assert done.returncode == 0, done.stderr
+    picked = "int8" if torch.backends.cpu.get_cpu_capability() == "AVX2" else "fp32"
+    assert f"cpu {picked} with openvino" in done.stderr
 
 
 def test_quantize_refuses_what_it_could_not_write_before_it_starts(tmp_path):

@@ -391,7 +391,7 @@ def test_openvino_backend_matches_pytorch_on_real_frames(shared):
             for i in (1, 2)
         ]
     )
-    fast = ModelRunner(ModelOptions(device="cpu", backend="openvino"))
+    fast = ModelRunner(ModelOptions(device="cpu", backend="openvino", precision="fp32"))
     exact = ModelRunner(ModelOptions(device="cpu", backend="torch"))
     assert (
         fast.backend == "openvino" and ModelRunner(ModelOptions(device="cpu")).backend == "openvino"

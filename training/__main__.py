@@ -283,8 +283,9 @@ def gaps(light_name: str, heavy_name: str, data_root: Path) -> None:
 @main.command("real-rain")
 @click.argument("models", nargs=-1, required=True)
 @FLIP_OPTION
+@INT8_OPTION
 @data_root_option
-def real_rain(models: tuple[str, ...], flip_average: bool, data_root: Path) -> None:
+def real_rain(models: tuple[str, ...], flip_average: bool, int8: bool, data_root: Path) -> None:
     """Real rain has no clean picture: how much of the fence bars behind the plants each model
     keeps, and how much of the streaks over the dark planters it leaves (NTURain ra1 frame 30)."""
     from training.data import read_rgb
@@ -292,7 +293,7 @@ def real_rain(models: tuple[str, ...], flip_average: bool, data_root: Path) -> N
 
     rainy = read_rgb(data_root / REAL_RAIN_FRAME)
     for name in models:
-        derained = derain_rgb(forward_of(name, flip_average), rainy)
+        derained = derain_rgb(forward_of(name, flip_average, int8), rainy)
         kept, correlation = bars_kept(derained, rainy)
         click.echo(
             f"{name}: fence bars kept {kept:.2f} (correlation {correlation:.2f}), "

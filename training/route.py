@@ -107,6 +107,11 @@ def flip_average(forward: Forward) -> Forward:
     return run
 
 
+def model_names(name: str | None) -> tuple[str, ...]:
+    """The models a ``--model`` value loads: ``auto`` (or None) is two, anything else one."""
+    return (LIGHT_MODEL, HEAVY_MODEL) if name in (None, AUTO) else (name,)
+
+
 def load_forward(
     name: str | None, every: int = 1, wrap: Callable[[DerainModel], Forward] | None = None
 ) -> Forward:
