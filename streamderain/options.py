@@ -77,10 +77,10 @@ class ModelOptions:
         model: a bundled model name, ``auto`` or a checkpoint path (None: ``auto``, the
             light-rain model or the heavy-rain one by the rain, :mod:`training.route`).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``auto``: ``int8`` where fp32 cannot keep the pace (:func:`~streamderain.
-            runner.pick_precision`), else ``fp32``; ``fp16``/``bf16`` on CUDA (``bf16`` also on
-            CPUs that have it); ``int8`` on a CPU with OpenVINO, for the bundled models (faster,
-            a little less exact: :mod:`training.quantize`).
+        precision: ``auto``: ``int8`` where fp32 cannot keep the pace, else ``fp32``
+            (:func:`~streamderain.runner.pick_precision`); ``fp16``/``bf16`` on CUDA (``bf16``
+            also on CPUs that have it); ``int8`` on a CPU with OpenVINO, for the bundled models
+            (faster, a little less exact: :mod:`training.quantize`).
         backend: ``auto`` (OpenVINO for fp32 and int8 on a CPU when installed, else PyTorch),
             ``torch`` or ``openvino``.
         batch: frames per model call.
