@@ -143,6 +143,9 @@ def _derain(src: str, dst: str, options: RunOptions, quiet: bool):
 @main.command()
 def models() -> None:
     """List the bundled models: size, what each is for, how it was trained and its scores."""
+    import torch
+
+    from streamderain.runner import pick_precision
     from training import bundled_models, load_model
     from training.quantize import int8_models
     from training.route import AUTO, HEAVY_MODEL, LIGHT_MODEL, VIDEO_CHECK_EVERY
@@ -150,7 +153,11 @@ def models() -> None:
     for name in bundled_models():
         model = load_model(name)
         meta, config = model.info.metadata, model.config
-        int8 = ", also in 8 bits (--precision int8)" if name in int8_models() else ""
+        int8 = ""
+        if name in int8_models():
+            here = pick_precision("auto", torch.device("cpu"), "auto", name) == "int8"
+            default = ", the default on this CPU" if here else ""
+            int8 = f", also in 8 bits (--precision int8{default})"
         click.echo(
             f"{name}: DCSFN, {config.channels} channels x {config.num_blocks} blocks, "
             f"{meta.get('num_params', 0):,} parameters{int8}"

@@ -124,10 +124,11 @@ def davis_clip(folder: Path, frames: int) -> list[np.ndarray]:
 
 
 def load_net(
-    threads: int, model_name: str = AUTO, flip: bool = False
+    threads: int, model_name: str = AUTO, flip: bool = False, int8: bool = False
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A model (bundled name, file or ``auto``, which checks like a stream does) on
-    ``threads``, averaged with its run on the mirror image if ``flip``.
+    ``threads``, averaged with its run on the mirror image if ``flip``; ``int8``: the bundled
+    models' 8-bit networks (``--precision int8``).
 
     Through OpenVINO when it is installed: the same pixels as PyTorch (the backends agree to
     2.4e-7) in about half the time.
@@ -137,7 +138,7 @@ def load_net(
     torch.set_num_threads(threads)
 
     def wrap(model: DerainModel) -> Callable[[torch.Tensor], torch.Tensor]:
-        forward = OpenVINOBackend(model, threads) if openvino_available() else model
+        forward = OpenVINOBackend(model, threads, int8) if openvino_available() or int8 else model
         return flip_average(forward) if flip else forward
 
     return load_forward(model_name, VIDEO_CHECK_EVERY, wrap)
@@ -340,6 +341,7 @@ def before_after(versions: dict[str, list[np.ndarray]], clip: Clip, path: Path) 
     show_default=True,
     help="Average the model with its run on the mirror image (streamderain's default on files).",
 )
+@click.option("--int8", is_flag=True, help="Run the bundled models' 8-bit networks.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -361,6 +363,7 @@ def main(
     threads: int,
     model_name: str,
     flip_mode: str,
+    int8: bool,
     seed: int,
     json_path: Path | None,
     picture: Path | None,
@@ -370,9 +373,10 @@ def main(
     fixed = tuple(p for p in fixed_presets.split(",") if p)
     davis = tuple(p for p in davis_presets.split(",") if p)
     todo = clips(data_root, frames, davis_frames, fixed, davis)
-    net = load_net(threads, model_name, flip_mode == "on")
+    net = load_net(threads, model_name, flip_mode == "on", int8)
     if cache is not None:  # one model's outputs never stand for another's
-        cache = cache / (Path(model_name).stem + ("-flip" if flip_mode == "on" else ""))
+        flip = "-flip" if flip_mode == "on" else ""
+        cache = cache / (Path(model_name).stem + flip + ("-int8" if int8 else ""))
     rows = []
     for i, clip in enumerate(todo):
         t0 = time.perf_counter()
