@@ -180,10 +180,11 @@ class Encoder(Stage):
         image = frame.image
         if self._writer is None:
             self._open(frame, image.shape[:2])
-        elif image.shape[:2] != self._size:
+        elif image.shape[:2] != self._size and not self.folder:  # pictures keep their sizes
             raise OutputError(
                 f"{self.name}: frame {frame.index} is {image.shape[1]}x{image.shape[0]}, "
-                f"the output is {self._size[1]}x{self._size[0]} (size changes are not supported)"
+                f"the video is {self._size[1]}x{self._size[0]} (a video has one size; write "
+                "pictures of several sizes to a folder)"
             )
         pts = frame.pts if frame.pts is not None else frame.index
         if self._offset_pts is None:

@@ -139,6 +139,6 @@ def test_a_failed_run_leaves_the_existing_output_exactly_as_it_was(tmp_path, sha
         text=True,
         timeout=300,
     )
-    assert result.returncode == 1 and "size changes are not supported" in result.stderr
+    assert result.returncode == 1 and "a video has one size" in result.stderr
     assert victim.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp file left"

@@ -192,6 +192,29 @@ def test_image_folder_in_and_out_with_odd_sizes(tmp_path, shared):
     assert decode_all(odd)[0][0].shape == (45, 67, 3)
 
 
+def test_a_folder_of_pictures_of_several_sizes(tmp_path, shared):
+    """A photo folder is not one size: to a folder each picture keeps its own. A video has one
+    size: it is refused in one line, and like any failed run it keeps, playable, what it wrote
+    before (the first picture), with no hidden file left behind."""
+    import cv2
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    sizes = ((67, 45), (96, 64), (64, 96))
+    for i, size in enumerate(sizes):
+        cv2.imwrite(str(src / f"{i + 1}.png"), clean_frames(1, size)[0][..., ::-1])
+    result = run_cli(src, tmp_path / "derained", "-q")
+    assert result.returncode == 0, result.stderr
+    written = sorted((tmp_path / "derained").iterdir())
+    assert [cv2.imread(str(p)).shape[1::-1] for p in written] == list(sizes)
+    video = tmp_path / "photos.mp4"
+    result = run_cli(src, video, "-q")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "a video has one size" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert [image.shape for image in decode_all(video)[0]] == [(45, 67, 3)]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_compare_output_is_twice_as_wide(vfr_clip, tmp_path):
     out = tmp_path / "compare.mp4"
     result = run_cli(vfr_clip[0], out, "-q", "--compare", "side-by-side", "--max-frames", "3")
