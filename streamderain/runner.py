@@ -87,26 +87,33 @@ def tiled(
 
     Tiles start on the network's pooling grid (``stride``, 32 for 4 scales) so that every
     tile pools the same pixels as the whole frame would, and each tile keeps only its core,
-    with :data:`TILE_CONTEXT` pixels of context cut away. On frames whose sides are multiples of
-    the stride the result is within 1e-3 of the untiled one; other frames are padded to such a
-    size first (the network itself maps sizes off the grid slightly differently).
+    with at least :data:`TILE_CONTEXT` pixels of context cut away. Every tile of a frame has
+    one size (those at the far edges reach further in instead of being cut short): OpenVINO
+    compiles once per size, and with the edge tiles' 6 sizes it recompiled for every tile.
+    On frames whose sides are multiples of the stride the result is within 1e-3 of the
+    untiled one; other frames are padded to such a size first (the network itself maps sizes
+    off the grid slightly differently).
     """
     h, w = x.shape[-2:]
     if h <= tile and w <= tile:
         return run(x)
     context = _round_up(TILE_CONTEXT, stride)
-    core = (tile - 2 * context) // stride * stride
+    window = tile // stride * stride
+    core = window - 2 * context
     if tile < min_tile(stride):
         raise StreamDerainError(f"--tile must be at least {min_tile(stride)} for this model")
     ph, pw = _round_up(h, stride), _round_up(w, stride)
     padded = F.pad(x, (0, pw - w, 0, ph - h), mode="replicate") if (ph, pw) != (h, w) else x
     out = torch.empty_like(padded)
-    for cy in range(0, ph, core):
-        for cx in range(0, pw, core):
-            y0, x0 = max(cy - context, 0), max(cx - context, 0)
-            y1, x1 = min(cy + core + context, ph), min(cx + core + context, pw)
-            piece = run(padded[..., y0:y1, x0:x1])
-            ey, ex = min(cy + core, ph), min(cx + core, pw)
+    wh, ww = min(window, ph), min(window, pw)
+    # a side the window spans whole is one core, not several tiles of the same pixels
+    ch, cw = core if ph > window else ph, core if pw > window else pw
+    for cy in range(0, ph, ch):
+        for cx in range(0, pw, cw):
+            y0 = min(max(cy - context, 0), ph - wh)
+            x0 = min(max(cx - context, 0), pw - ww)
+            piece = run(padded[..., y0 : y0 + wh, x0 : x0 + ww])
+            ey, ex = min(cy + ch, ph), min(cx + cw, pw)
             out[..., cy:ey, cx:ex] = piece[..., cy - y0 : ey - y0, cx - x0 : ex - x0]
     return out[..., :h, :w]
 
