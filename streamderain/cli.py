@@ -150,14 +150,12 @@ def models() -> None:
     from training.quantize import int8_models
     from training.route import AUTO, HEAVY_MODEL, LIGHT_MODEL, VIDEO_CHECK_EVERY
 
+    here = pick_precision("auto", torch.device("cpu"), "auto", None) == "int8"
+    eight_bits = f", also in 8 bits (--precision int8{', the default on this CPU' if here else ''})"
     for name in bundled_models():
         model = load_model(name)
         meta, config = model.info.metadata, model.config
-        int8 = ""
-        if name in int8_models():
-            here = pick_precision("auto", torch.device("cpu"), "auto", name) == "int8"
-            default = ", the default on this CPU" if here else ""
-            int8 = f", also in 8 bits (--precision int8{default})"
+        int8 = eight_bits if name in int8_models() else ""
         click.echo(
             f"{name}: DCSFN, {config.channels} channels x {config.num_blocks} blocks, "
             f"{meta.get('num_params', 0):,} parameters{int8}"
