@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from streamderain.api import derain_video
-from streamderain.runner import pick_precision
+from streamderain.runner import pick_precision, ships_int8
 from training import DCSFNConfig, build_network, load_config, load_model
 from training.quantize import int8_models
 from training.rain import rain_video
-from training.route import AUTO, LIGHT_MODEL, model_names
+from training.route import AUTO, LIGHT_MODEL
 from training.video_eval import still_scene
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,8 +316,7 @@ def main() -> None:
         print(f"  {naive:.2f} fps", flush=True)
         default = pick_precision("auto", torch.device("cpu"), "auto", args.model)
         # the other precision, where the model has both (an 8-bit network ships for it)
-        both = all(name in int8_models() for name in model_names(args.model))
-        other = ("fp32" if default == "int8" else "int8") if both else None
+        other = ("fp32" if default == "int8" else "int8") if ships_int8(args.model) else None
         versus = f", and with --precision {other}" if other else ""
         print(
             f"pipeline ({default}), temporal stage on (the default) and off, with "

@@ -48,6 +48,11 @@ def pick_device(name: str = "auto") -> torch.device:
         raise UsageError(str(exc)) from None
 
 
+def ships_int8(model: str | None) -> bool:
+    """Whether every model a ``--model`` value loads has an 8-bit network in the package."""
+    return all(name in int8_models() for name in model_names(model))
+
+
 def pick_precision(precision: str, device: torch.device, backend: str, model: str | None) -> str:
     """``auto``: the bundled models' 8-bit networks on x86 CPUs without AVX-512, else fp32.
 
@@ -61,7 +66,7 @@ def pick_precision(precision: str, device: torch.device, backend: str, model: st
         and backend != "torch"
         and torch.backends.cpu.get_cpu_capability() == "AVX2"
         and openvino_available()
-        and all(name in int8_models() for name in model_names(model))
+        and ships_int8(model)
     )
     return "int8" if eight_bits else "fp32"
 
