@@ -57,8 +57,8 @@ def pick_precision(precision: str, device: torch.device, backend: str, model: st
     """``auto``: the bundled models' 8-bit networks on x86 CPUs without AVX-512, else fp32.
 
     Why: the default must keep 2 frames/s at 640x360 on a file, mirror average included. A
-    2-core AVX2 CPU runs it at 1.84 frames/s in fp32 and 2.44 in int8, which costs 0.08 dB or
-    less on every validation set; CPUs with AVX-512 run fp32 at 2.5-3 (README, Performance)."""
+    2-core AVX2 CPU runs it at 1.90 frames/s in fp32 and 2.44 in int8, which costs 0.08 dB or
+    less on every validation set; CPUs with AVX-512 ran fp32 at 2.56-3.05 (README, Performance)."""
     if precision != "auto":
         return precision
     eight_bits = (
