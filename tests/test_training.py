@@ -219,6 +219,11 @@ def test_short_training_lowers_the_loss(shared, tmp_path, precision):
             lambda out, clean: (F.avg_pool2d(out, 8) - F.avg_pool2d(clean, 8)).abs().mean(),
             "L1 of 8x8 block means",
         ),
+        (
+            "psnr_weight",
+            lambda out, clean: 10 * torch.log10((out - clean).pow(2).mean(dim=(1, 2, 3))).mean(),
+            "PSNR (dB per patch)",
+        ),
     ],
 )
 def test_a_loss_term_joins_the_loss_when_asked(shared, tmp_path, option, term, name):
@@ -229,8 +234,9 @@ def test_a_loss_term_joins_the_loss_when_asked(shared, tmp_path, option, term, n
     with torch.no_grad():
         out = trainer.net(rainy)
         expected = float(-ssim(out, clean) + 0.5 * term(out, clean))
-    assert trainer.train_step(rainy, clean) == pytest.approx(expected, abs=1e-6)
-    assert trainer.metadata({})["recipe"]["loss"] == f"-SSIM + 0.5 {name}"
+    assert trainer.train_step(rainy, clean) == pytest.approx(expected, abs=1e-5)
+    sign = "-" if option == "psnr_weight" else "+"
+    assert trainer.metadata({})["recipe"]["loss"] == f"-SSIM {sign} 0.5 {name}"
 
 
 def test_snapshots_hold_the_moving_average_of_the_weights_when_asked(shared, tmp_path):

@@ -63,6 +63,10 @@ class TrainConfig:
         batch: patches per step.
         patch: patch side; crops are ``patch`` +- patch/4 resized to it.
         lr: Adam learning rate; x0.1 at each fraction of ``steps`` in ``milestones``.
+        ssim_weight: weight of the paper's loss, -SSIM.
+        psnr_weight: weight of -PSNR (dB) per patch, averaged over the batch: the figures
+            that judge the model are mean PSNRs, and SSIM, judged in small windows, barely sees
+            a smooth error such as the veil heavy rain leaves.
         l1_weight: weight of a mean absolute error term added to the paper's -SSIM (0: the
             paper's loss). SSIM barely sees a shift of overall brightness, and PSNR does.
         mean_weight: weight of a term on each patch's mean colour error, per channel: keeps the
@@ -111,6 +115,8 @@ class TrainConfig:
     patch: int = 64
     lr: float = 5e-4
     milestones: tuple[float, ...] = (0.6, 0.8)
+    ssim_weight: float = 1.0
+    psnr_weight: float = 0.0
     l1_weight: float = 0.0
     mean_weight: float = 0.0
     lowpass_weight: float = 0.0
@@ -487,14 +493,20 @@ class Trainer:
         }
 
     def loss_name(self) -> str:
-        terms = ["-SSIM"]
+        terms = []
+        if self.cfg.ssim_weight:
+            terms.append(
+                "-SSIM" if self.cfg.ssim_weight == 1 else f"-{self.cfg.ssim_weight:g} SSIM"
+            )
+        if self.cfg.psnr_weight:
+            terms.append(f"-{self.cfg.psnr_weight:g} PSNR (dB per patch)")
         if self.cfg.l1_weight:
             terms.append(f"{self.cfg.l1_weight:g} L1")
         if self.cfg.mean_weight:
             terms.append(f"{self.cfg.mean_weight:g} |mean colour error|")
         if self.cfg.lowpass_weight:
             terms.append(f"{self.cfg.lowpass_weight:g} L1 of 8x8 block means")
-        return " + ".join(terms)
+        return " + ".join(terms).replace("+ -", "- ")
 
     def train_step(self, rainy: torch.Tensor, clean: torch.Tensor) -> float:
         rainy = rainy.to(self.device, non_blocking=True)
@@ -504,7 +516,10 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = self.net(rainy)
         out = out.float()
-        loss = -ssim(out, clean)
+        loss = -self.cfg.ssim_weight * ssim(out, clean)
+        if self.cfg.psnr_weight:
+            mse = (out - clean).pow(2).mean(dim=(1, 2, 3))
+            loss = loss + self.cfg.psnr_weight * 10 * torch.log10(mse + 1e-8).mean()
         if self.cfg.l1_weight:
             loss = loss + self.cfg.l1_weight * (out - clean).abs().mean()
         if self.cfg.mean_weight:
