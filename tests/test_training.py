@@ -239,6 +239,18 @@ def test_a_loss_term_joins_the_loss_when_asked(shared, tmp_path, option, term, n
     assert trainer.metadata({})["recipe"]["loss"] == f"-SSIM {sign} 0.5 {name}"
 
 
+def test_the_loss_can_leave_ssim_out(shared, tmp_path):
+    torch.set_num_threads(2)
+    cfg = _tiny_train(ssim_weight=0.0, psnr_weight=0.01)
+    rainy, clean = PatchSampler(cfg, DATA).batch(np.random.default_rng(5))
+    trainer = Trainer(TINY, cfg, DATA, tmp_path / "run")
+    with torch.no_grad():
+        mse = (trainer.net(rainy) - clean).pow(2).mean(dim=(1, 2, 3))
+        expected = float(0.1 * torch.log10(mse).mean())
+    assert trainer.train_step(rainy, clean) == pytest.approx(expected, abs=1e-5)
+    assert trainer.metadata({})["recipe"]["loss"] == "-0.01 PSNR (dB per patch)"
+
+
 def test_snapshots_hold_the_moving_average_of_the_weights_when_asked(shared, tmp_path):
     torch.set_num_threads(2)
     trainer = Trainer(TINY, _tiny_train(steps=3, ema_decay=0.9), DATA, tmp_path / "run")
