@@ -372,11 +372,9 @@ def main() -> None:
             "flip_average_on_vs_off": pipe["fps"] / unflipped["fps"],
         }
         if other:
-            by_precision = {default: pipe, other: median["moving", "on", "auto", other]}
-            result[f"pipeline_{other}"] = by_precision[other]
-            result["ratios"]["int8_vs_fp32"] = (
-                by_precision["int8"]["fps"] / by_precision["fp32"]["fps"]
-            )
+            result[f"pipeline_{other}"] = median["moving", "on", "auto", other]
+            fps = {default: pipe["fps"], other: result[f"pipeline_{other}"]["fps"]}
+            result["ratios"]["int8_vs_fp32"] = fps["int8"] / fps["fp32"]
         if not args.skip_soak:
             small = tmp / "small.mp4"
             make_clip(small, 2000, (160, 96))
@@ -410,7 +408,10 @@ def main() -> None:
     print(f"the default, --flip-average off:   {unflipped['fps']:.2f} fps", end="")
     print(f" (flip-average on / off: {result['ratios']['flip_average_on_vs_off']:.2f}x)")
     if other:
-        print(f"the default, --precision {other}:     {by_precision[other]['fps']:.2f} fps", end="")
+        print(
+            f"the default, --precision {other}:     {result[f'pipeline_{other}']['fps']:.2f} fps",
+            end="",
+        )
         print(f" (int8 / fp32: {result['ratios']['int8_vs_fp32']:.2f}x)")
     if "memory" in result:
         print(f"RSS growth frame 200 -> 2000:      {result['memory']['rss_growth_mb']:.1f} MB")
