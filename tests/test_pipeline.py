@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from streamderain.batcher import Batcher
+from streamderain.encoder import partial_path
 from streamderain.frames import Frame
 from tests.media import (
     clean_frames,
@@ -243,7 +244,13 @@ def test_sigint_leaves_a_playable_partial_file(tmp_path, shared):
     make_clip(src, frames)
     out = tmp_path / "partial.mp4"
     proc = subprocess.Popen([*CLI, str(src), str(out), "-q"], stderr=subprocess.PIPE, text=True)
-    time.sleep(6)
+    partial = partial_path(out)
+    deadline = time.monotonic() + 120
+    # interrupted once the first frame is written (the muxer writes nothing before it),
+    # however slow the machine is at the moment
+    while not (partial.exists() and partial.stat().st_size > 0):
+        assert proc.poll() is None and time.monotonic() < deadline, "no frame was written"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -347,6 +347,7 @@ def test_eval_video_scores_each_clip_under_the_same_rain_whatever_else_is_scored
     def rows(presets: str) -> dict[str, dict]:
         out = tmp_path / f"{presets}.json"
         cmd = [sys.executable, "-m", "training", "eval-video", "--frames", "6"]
+        cmd += ["--model", "dcsfn-lite", "--flip-average", "off"]
         cmd += ["--fixed-presets", presets, "--davis-presets", "", "--json", str(out)]
         subprocess.run(cmd, check=True, timeout=600, capture_output=True)
         return {r["clip"]: r for r in json.loads(out.read_text())}

@@ -15,6 +15,7 @@ import torch
 from training import video_eval
 from training.config import DCSFNConfig
 from training.data import DEFAULT_DATA_ROOT, data_root_option
+from training.route import evaluation_forward
 from training.train import PRECISIONS
 
 
@@ -158,24 +159,6 @@ INT8_OPTION = click.option(
 )
 
 
-def forward_of(
-    name: str, flip_average: bool, int8: bool = False
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A model name, file or auto as one forward function, flip-averaged if asked; ``int8``:
-    each model's shipped 8-bit network, as the product runs it."""
-    from training.route import flip_average as flipped
-    from training.route import load_forward
-
-    def wrap(model):
-        if int8:
-            from streamderain.backends import OpenVINOBackend
-
-            model = OpenVINOBackend(model, torch.get_num_threads(), int8=True)
-        return flipped(model) if flip_average else model
-
-    return load_forward(name, wrap=wrap)
-
-
 @main.command("eval")
 @click.option("--model", "model_source", required=True, help="Bundled model name or checkpoint.")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
@@ -212,7 +195,7 @@ def evaluate_cmd(
     from training.data import find_pairs
     from training.evaluate import evaluate
 
-    model = forward_of(model_source, flip_average, int8)
+    model = evaluation_forward(model_source, flip_average, int8)
     pairs = find_pairs(data_dir)[:limit]
     try:
         result = evaluate(model, pairs, out_dir, sheet_images, rain_scale)
@@ -243,7 +226,7 @@ def validate(
 
     sets = validation_sets(load_train_config(config_path)[1], data_root)
     for name in models:
-        net = forward_of(name, flip_average, int8)
+        net = evaluation_forward(name, flip_average, int8)
         scores = []
         for set_name, pairs in sets.items():
             r = validate(net, pairs)
@@ -293,7 +276,7 @@ def real_rain(models: tuple[str, ...], flip_average: bool, int8: bool, data_root
 
     rainy = read_rgb(data_root / REAL_RAIN_FRAME)
     for name in models:
-        derained = derain_rgb(forward_of(name, flip_average, int8), rainy)
+        derained = derain_rgb(evaluation_forward(name, flip_average, int8), rainy)
         kept, correlation = bars_kept(derained, rainy)
         click.echo(
             f"{name}: fence bars kept {kept:.2f} (correlation {correlation:.2f}), "

@@ -38,8 +38,7 @@ from training.data import data_root_option
 from training.evaluate import derain_rgb
 from training.metrics import luma, psnr
 from training.rain import rain_video
-from training.route import AUTO, VIDEO_CHECK_EVERY, Router, flip_average, load_forward
-from training.weights import DerainModel
+from training.route import AUTO, VIDEO_CHECK_EVERY, Router, evaluation_forward
 
 SIZE = (640, 360)
 # Fixed-camera scenes: still backgrounds, and the pictures the moving objects are cut from.
@@ -121,27 +120,6 @@ def davis_clip(folder: Path, frames: int) -> list[np.ndarray]:
     if not files:
         raise click.ClickException(f"no frames in {folder}")
     return [fit(read_rgb(f)) for f in files]
-
-
-def load_net(
-    threads: int, model_name: str = AUTO, flip: bool = False, int8: bool = False
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A model (bundled name, file or ``auto``, which checks like a stream does) on
-    ``threads``, averaged with its run on the mirror image if ``flip``; ``int8``: the bundled
-    models' 8-bit networks (``--precision int8``).
-
-    Through OpenVINO when it is installed: the same pixels as PyTorch (the backends agree to
-    2.4e-7) in about half the time.
-    """
-    from streamderain.backends import OpenVINOBackend, openvino_available
-
-    torch.set_num_threads(threads)
-
-    def wrap(model: DerainModel) -> Callable[[torch.Tensor], torch.Tensor]:
-        forward = OpenVINOBackend(model, threads, int8) if openvino_available() or int8 else model
-        return flip_average(forward) if flip else forward
-
-    return load_forward(model_name, VIDEO_CHECK_EVERY, wrap)
 
 
 def temporal(
@@ -373,7 +351,11 @@ def main(
     fixed = tuple(p for p in fixed_presets.split(",") if p)
     davis = tuple(p for p in davis_presets.split(",") if p)
     todo = clips(data_root, frames, davis_frames, fixed, davis)
-    net = load_net(threads, model_name, flip_mode == "on", int8)
+    from streamderain.backends import openvino_available
+
+    torch.set_num_threads(threads)
+    openvino = openvino_available()
+    net = evaluation_forward(model_name, flip_mode == "on", int8, openvino, VIDEO_CHECK_EVERY)
     if cache is not None:  # one model's outputs never stand for another's
         flip = "-flip" if flip_mode == "on" else ""
         cache = cache / (Path(model_name).stem + flip + ("-int8" if int8 else ""))
