@@ -117,15 +117,11 @@ class Command:
         while time.monotonic() < deadline:
             found = check()
             if found:
-                print("PHASE", what, round(time.monotonic() - T0, 1), flush=True)
                 return found
             if self.proc.poll() is not None:
                 pytest.fail(f"the command ended before {what}: {self.stop()[1]}")
             time.sleep(step)
         pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}: {self.stop()[1]}")
-
-
-T0 = time.monotonic()
 
 
 def children(parent: int, title: bytes) -> list[int]:
