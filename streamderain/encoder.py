@@ -28,6 +28,7 @@ from streamderain.writers import (
     OutputSettings,
     PyAVWriter,
     Writer,
+    muxer_options,
     video_options,
 )
 
@@ -222,11 +223,13 @@ class Encoder(Stage):
             self._deep = self._deep_output(codec)
             o = self.options
             live_rate = float(self.info.rate or 25) if self.live_format else None
+            recording = self.info.live and not self.live_format  # a live source to a file
             settings = OutputSettings(
                 path=str(self._tmp or self.name),
                 fmt=fmt,
                 codec=codec,
-                options=video_options(codec, o.crf, o.preset, live_rate),
+                options=video_options(codec, o.crf, o.preset, live_rate, zero_latency=recording),
+                muxer=muxer_options(fmt) if recording else {},
                 info=self.info,
                 size=size,
                 time_base=first.time_base,

@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
@@ -48,12 +48,19 @@ DEEP_CODEC = "libx265"
 
 
 def video_options(
-    codec: str, crf: int | None, preset: str | None, live_rate: float | None = None
+    codec: str,
+    crf: int | None,
+    preset: str | None,
+    live_rate: float | None = None,
+    zero_latency: bool = False,
 ) -> dict[str, str]:
     """Quality settings that add no visible loss, whichever backend writes the file.
 
-    With ``live_rate`` (a live publish): low-latency settings, no B-frames, a keyframe every
-    second so a viewer joining late waits at most that long.
+    ``zero_latency`` (a recording of a live source): x264/x265 hold no frame back (no look-ahead,
+    no B-frames), so a recording cut short loses only what the muxer had not written yet
+    (:func:`muxer_options`), not the encoder's 1 to 10 s of pending frames.
+    With ``live_rate`` (a live publish): the same, a fast preset, and a keyframe every second so
+    a viewer joining late waits at most that long.
     """
     options = {}
     crf = crf if crf is not None else DEFAULT_CRF.get(codec)
@@ -65,9 +72,21 @@ def video_options(
         options["x265-params"] = "log-level=error"  # x265 prints its settings otherwise
     if codec == "libvpx-vp9":
         options.update({"b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"})
+    if (zero_latency or live_rate) and codec in X26X:
+        options["tune"] = "zerolatency"
     if live_rate and codec in X26X:
         gop = str(max(1, round(live_rate)))
-        options.update({"preset": preset or "veryfast", "tune": "zerolatency", "g": gop, "bf": "0"})
+        options.update({"preset": preset or "veryfast", "g": gop, "bf": "0"})
+    return options
+
+
+def muxer_options(fmt: str) -> dict[str, str]:
+    """For a recording of a live source: every packet goes to disk as it is written, and
+    Matroska (which keeps a cluster in memory until it ends, 5 s by default) ends one every
+    second, so a recording cut short the hard way keeps all but its last second."""
+    options = {"flush_packets": "1"}
+    if fmt == "matroska":
+        options["cluster_time_limit"] = "1000"
     return options
 
 
@@ -93,6 +112,7 @@ class OutputSettings:
         fmt: FFmpeg format.
         codec: video codec.
         options: codec options.
+        muxer: format options (:func:`muxer_options`).
         info: the source's properties, kept in the output (colour tags, aspect ratio).
         size: (height, width) of the pictures.
         time_base: the first frame's, kept for every frame.
@@ -116,6 +136,7 @@ class OutputSettings:
     end: float | None = None
     first_seconds: float | None = None
     bits: int = 8
+    muxer: dict[str, str] = field(default_factory=dict)
 
     @property
     def shift(self) -> float:
@@ -143,6 +164,7 @@ class PyAVWriter:
     def __init__(self, settings: OutputSettings) -> None:
         self.settings = settings
         options = {"rtsp_transport": "tcp"} if settings.fmt == "rtsp" else {}
+        options.update(settings.muxer)
         self.container = av.open(
             settings.path, mode="w", format=settings.fmt, options=options, timeout=10.0
         )
@@ -256,6 +278,7 @@ class FFmpegWriter:
             **{k: v for k, v in tags.items() if v},
             **audio,
             **settings.options,
+            **settings.muxer,
         )
         args = ffmpeg.compile(
             out.global_args("-nostdin", "-loglevel", "error"), cmd=binary, overwrite_output=True

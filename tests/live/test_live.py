@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,47 @@ def test_a_camera_sending_only_garbage_is_a_clean_error(make_tcp_stream_server, 
     assert "source lost" in lines[0], lines[0]
     assert time.monotonic() - began < 60
     assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_a_recording_of_a_live_source_is_on_disk_within_a_second(
+    ts_bytes, make_tcp_stream_server, tmp_path, encoder
+):
+    """A recording cut short the hard way (SIGKILL, power loss) keeps all but its last second:
+    the encoder holds no frames back and the muxer writes each second out as it ends."""
+    import threading
+
+    import av
+
+    from streamderain import derain_video
+    from streamderain.encoder import partial_path
+
+    def readable(path: Path) -> int:
+        """Frames a player gets from a file cut anywhere, up to its first damage."""
+        n = 0
+        try:
+            with av.open(str(path)) as c:
+                for _ in c.decode(video=0):
+                    n += 1
+        except av.error.FFmpegError:
+            pass
+        return n
+
+    server = make_tcp_stream_server(ts_bytes)
+    out = tmp_path / "rec.mkv"
+    stop = threading.Event()
+    encoded: list[int] = []
+    cut: list[tuple[int, int]] = []
+
+    def on_frame(n: int) -> None:
+        encoded.append(n)
+        if sum(encoded) >= 60 and not cut:  # what a kill now would leave
+            copy = tmp_path / "cut.mkv"
+            copy.write_bytes(partial_path(out).read_bytes())
+            cut.append((sum(encoded), readable(copy)))
+            stop.set()
+
+    derain_video(server.url, out, model="dcsfn-lite", encoder=encoder, stop=stop, on_frame=on_frame)
+    [(done, kept)] = cut
+    assert kept >= done - 26, f"{kept} of {done} frames on disk"  # 1 s at 25 frames/s, + 1
+    assert len(decode_all(out)[0]) == sum(encoded)
