@@ -1,7 +1,8 @@
 """Live feeds: a list of cameras read from TOML, and the worker that derains one until stopped.
 
-A feed's worker records to a folder of Matroska segments (readable even when cut short) or
-publishes to a live URL. If its process dies, the worker started in its place first recovers
+A feed's worker records to a folder of Matroska segments (readable even when cut short, and
+on disk but for their last second: :func:`~streamderain.writers.muxer_options`) or publishes
+to a live URL. If its process dies, the worker started in its place first recovers
 the segment the dead one left, then goes on into a new one (``streamderain.cluster`` runs
 feeds on restartable Ray actors).
 """
