@@ -7,10 +7,12 @@ interrupted run still leaves a playable file holding what was done.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 
 import av
@@ -144,8 +146,23 @@ class Encoder(Stage):
         self._offset_pts: int | None = None
         self._tmp = None if self.live_format else partial_path(self.target)
         if self._tmp is not None and self._tmp.exists():
+            self._clear_killed_run()
+
+    def _clear_killed_run(self) -> None:
+        """A killed run's partial output: from a file it is redone, so it goes; from a live
+        source it cannot be, so it is kept beside the target (it plays up to its last second)."""
+        if not self.info.live or self.folder:
             log.warning("removing %s, left by a run that was killed", self._tmp)
             self._discard()
+            return
+        cut = datetime.fromtimestamp(self._tmp.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
+        kept = self.target.with_name(f"{self.target.stem}-cut-{cut}{self.target.suffix}")
+        for n in itertools.count(2):
+            if not kept.exists():
+                break
+            kept = kept.with_name(f"{self.target.stem}-cut-{cut}-{n}{self.target.suffix}")
+        os.replace(self._tmp, kept)
+        log.warning("kept %s, a recording cut short when its run was killed", kept)
 
     def describe(self) -> str:
         """One line on what is written, for the banner of ``-v``."""

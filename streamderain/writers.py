@@ -83,10 +83,14 @@ def video_options(
 def muxer_options(fmt: str) -> dict[str, str]:
     """For a recording of a live source: every packet goes to disk as it is written, and
     Matroska (which keeps a cluster in memory until it ends, 5 s by default) ends one every
-    second, so a recording cut short the hard way keeps all but its last second."""
+    second, so a recording cut short the hard way keeps all but its last second. MP4 and MOV
+    are written in 1-s fragments: a plain MP4 has its index only at the end, so one cut short
+    plays nothing at all."""
     options = {"flush_packets": "1"}
     if fmt == "matroska":
         options["cluster_time_limit"] = "1000"
+    if fmt in ("mp4", "mov"):
+        options.update({"movflags": "+empty_moov+default_base_moof", "frag_duration": "1000000"})
     return options
 
 

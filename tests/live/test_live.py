@@ -178,32 +178,36 @@ def test_a_camera_sending_only_garbage_is_a_clean_error(make_tcp_stream_server, 
     assert not out.exists() and not list(tmp_path.glob(".*partial*"))
 
 
-@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def readable(path: Path) -> int:
+    """Frames a player gets from a file cut anywhere, up to its first damage."""
+    import av
+
+    n = 0
+    try:
+        with av.open(str(path)) as c:
+            for _ in c.decode(video=0):
+                n += 1
+    except av.error.FFmpegError:
+        pass
+    return n
+
+
+@pytest.mark.parametrize(
+    "encoder, suffix", [("pyav", ".mkv"), ("ffmpeg", ".mkv"), ("pyav", ".mp4")]
+)
 def test_a_recording_of_a_live_source_is_on_disk_within_a_second(
-    ts_bytes, make_tcp_stream_server, tmp_path, encoder
+    ts_bytes, make_tcp_stream_server, tmp_path, encoder, suffix
 ):
     """A recording cut short the hard way (SIGKILL, power loss) keeps all but its last second:
-    the encoder holds no frames back and the muxer writes each second out as it ends."""
+    the encoder holds no frames back and the muxer writes each second out as it ends (MP4 in
+    fragments: a plain one cut short plays nothing)."""
     import threading
-
-    import av
 
     from streamderain import derain_video
     from streamderain.encoder import partial_path
 
-    def readable(path: Path) -> int:
-        """Frames a player gets from a file cut anywhere, up to its first damage."""
-        n = 0
-        try:
-            with av.open(str(path)) as c:
-                for _ in c.decode(video=0):
-                    n += 1
-        except av.error.FFmpegError:
-            pass
-        return n
-
     server = make_tcp_stream_server(ts_bytes)
-    out = tmp_path / "rec.mkv"
+    out = tmp_path / f"rec{suffix}"
     stop = threading.Event()
     encoded: list[int] = []
     cut: list[tuple[int, int]] = []
@@ -211,7 +215,7 @@ def test_a_recording_of_a_live_source_is_on_disk_within_a_second(
     def on_frame(n: int) -> None:
         encoded.append(n)
         if sum(encoded) >= 60 and not cut:  # what a kill now would leave
-            copy = tmp_path / "cut.mkv"
+            copy = tmp_path / f"cut{suffix}"
             copy.write_bytes(partial_path(out).read_bytes())
             cut.append((sum(encoded), readable(copy)))
             stop.set()
@@ -220,3 +224,31 @@ def test_a_recording_of_a_live_source_is_on_disk_within_a_second(
     [(done, kept)] = cut
     assert kept >= done - 26, f"{kept} of {done} frames on disk"  # 1 s at 25 frames/s, + 1
     assert len(decode_all(out)[0]) == sum(encoded)
+
+
+def test_a_killed_recording_is_kept_and_the_next_run_records_anew(
+    ts_bytes, make_tcp_stream_server, tmp_path
+):
+    """A live recording cannot be redone, so what a killed run left is kept beside the target
+    (a file's is removed: rerunning makes it again)."""
+    import signal
+
+    from streamderain.encoder import partial_path
+
+    server = make_tcp_stream_server(ts_bytes)
+    out = tmp_path / "rec.mp4"
+    proc = start_cli(server.url, out, "--model", "dcsfn-lite", "-q")
+    deadline = time.monotonic() + 120
+    while readable(partial_path(out)) < 30:
+        assert proc.poll() is None and time.monotonic() < deadline, "no frames recorded"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    again = start_cli(server.url, out, "--model", "dcsfn-lite", "--max-frames", "10")
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    [kept] = tmp_path.glob("rec-cut-*.mp4")
+    assert "kept" in err and kept.name in err, err
+    assert readable(kept) >= 30
+    assert len(decode_all(out)[0]) > 0
+    assert not partial_path(out).exists()
