@@ -162,12 +162,8 @@ def test_a_batch_whose_driver_is_killed_leaves_no_worker_and_finishes_on_rerun(
         make_clip(src / name, (clean_frames(75, (192, 108)) * 4)[:n])
     out = tmp_path / "ob"
     args = [*CLI, "batch", *sorted(map(str, src.iterdir())), "--out-dir", str(out), "-q"]
-    args += [
-        "--model",
-        "dcsfn-lite",
-        "--flip-average",
-        "off",
-    ]  # the driver is tested, not the model
+    # the driver is what is tested, not the model
+    args += ["--model", "dcsfn-lite", "--flip-average", "off"]
     driver = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while not (out.is_dir() and ours_left(out)) and time.monotonic() < deadline:
