@@ -67,8 +67,10 @@ class InnerScaleBlock(nn.Module):
         return self.fusion_all(torch.cat(fine_first, dim=1)) + x
 
 
-class Encoder(nn.Module):
-    """B densely connected inner-scale blocks; also returns each block's output for the decoder.
+class _DenseBlocks(nn.Module):
+    """B inner-scale blocks, densely connected: block i's 1x1 conv squeezes the input and
+    all i + 1 outputs so far back to C channels. The encoder and the decoder share this shape
+    and differ only in what each block is fed.
 
     Args:
         channels: feature channels C.
@@ -85,35 +87,21 @@ class Encoder(nn.Module):
         self.conv1x1 = nn.ModuleList(
             conv_unit((i + 2) * channels, channels, 1) for i in range(num_blocks)
         )
+
+
+class Encoder(_DenseBlocks):
+    """The dense blocks on the input; also returns each block's output for the decoder."""
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        outs, feats, h = [x], [], x
+        outs, h = [x], x
         for unit, squeeze in zip(self.units, self.conv1x1):
-            t = unit(h)
-            feats.append(t)
-            outs.append(t)
+            outs.append(unit(h))
             h = squeeze(torch.cat(outs, dim=1))
-        return h, feats
+        return h, outs[1:]
 
 
-class Decoder(nn.Module):
-    """B densely connected inner-scale blocks, each fed the matching encoder block's output.
-
-    Args:
-        channels: feature channels C.
-        num_blocks: blocks B.
-        scale_num: levels per inner-scale block.
-        conv_num: 3x3 conv units per level.
-    """
-
-    def __init__(self, channels: int, num_blocks: int, scale_num: int, conv_num: int) -> None:
-        super().__init__()
-        self.units = nn.ModuleList(
-            InnerScaleBlock(channels, scale_num, conv_num) for _ in range(num_blocks)
-        )
-        self.conv1x1 = nn.ModuleList(
-            conv_unit((i + 2) * channels, channels, 1) for i in range(num_blocks)
-        )
+class Decoder(_DenseBlocks):
+    """The dense blocks, each fed the matching encoder block's output."""
 
     def forward(self, x: Tensor, feats: list[Tensor]) -> Tensor:
         outs, h = [x], x
