@@ -21,7 +21,7 @@ import torch
 
 from training.config import build_network
 from training.metrics import ssim
-from training.train import PRECISIONS, load_train_config
+from training.recipe import PRECISIONS, load_train_config
 
 
 def step_times(config: str, precision: str, steps: int, device: str) -> list[float]:

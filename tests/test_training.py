@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from tests.conftest import DATA
 from training import DCSFNConfig, build_network, load_model
+from training.batches import PatchSampler
 from training.data import (
     DatasetError,
     draw_fence,
@@ -42,7 +43,9 @@ from training.rain import (
     rain_video,
     transplant,
 )
-from training.train import PatchSampler, TrainConfig, Trainer, validation_sets
+from training.recipe import TrainConfig
+from training.train import Trainer
+from training.validation import validation_sets
 
 
 @pytest.mark.parametrize(
@@ -467,7 +470,7 @@ def test_train_config_rejects_unknown_options():
 
 
 def test_shipped_configs_parse():
-    from training.train import load_train_config
+    from training.recipe import load_train_config
 
     for path in Path(__file__).resolve().parents[1].glob("configs/*.toml"):
         model_cfg, _ = load_train_config(path)

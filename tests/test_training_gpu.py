@@ -13,16 +13,12 @@ import torch
 from tests.conftest import DATA
 from tests.test_training import TINY, _tiny_train
 from training import load_model
+from training.batches import PatchSampler
 from training.data import find_pairs, pixel_digest, read_rgb
 from training.metrics import psnr
 from training.pack import PackTooLarge, pack, recipe_files
-from training.train import (
-    CLEAN_MAX_SIDE,
-    PatchSampler,
-    TrainConfig,
-    Trainer,
-    load_train_config,
-)
+from training.recipe import CLEAN_MAX_SIDE, TrainConfig, load_train_config
+from training.train import Trainer
 
 HELD_OUT = ("norain-15.png", "norain-16.png")
 

@@ -15,8 +15,8 @@ import torch
 from training import video_eval
 from training.config import DCSFNConfig
 from training.data import DEFAULT_DATA_ROOT, data_root_option
+from training.recipe import PRECISIONS
 from training.route import evaluation_forward
-from training.train import PRECISIONS
 
 
 @click.group()
@@ -88,7 +88,8 @@ def train(
     import os
     from dataclasses import replace
 
-    from training.train import Trainer, load_train_config
+    from training.recipe import load_train_config
+    from training.train import Trainer
     from training.weights import pick_device
 
     try:
@@ -134,7 +135,7 @@ def pack_data(
 ) -> None:
     """Copy the data a config trains on into OUT, to train elsewhere with --data-root OUT."""
     from training.pack import PackTooLarge, pack
-    from training.train import load_train_config
+    from training.recipe import load_train_config
 
     if out.exists():
         raise click.ClickException(f"{out} exists: give a new folder")
@@ -222,7 +223,8 @@ def validate(
 ) -> None:
     """Score models (names, files or auto) on a run's validation sets, as its snapshots are
     scored: PSNR-Y and the mean output - clean per RGB channel."""
-    from training.train import load_train_config, validate, validation_sets
+    from training.recipe import load_train_config
+    from training.validation import validate, validation_sets
 
     sets = validation_sets(load_train_config(config_path)[1], data_root)
     for name in models:
@@ -356,7 +358,8 @@ def export(
     purpose: str | None,
 ) -> None:
     """Write a run's weights in the shipping format, with their metadata."""
-    from training.train import Trainer, load_train_config
+    from training.recipe import load_train_config
+    from training.train import Trainer
     from training.weights import load_model
 
     model_cfg, train_cfg = load_train_config(config_path)
@@ -497,9 +500,10 @@ def rain_stats(data_root: Path, config_path: str, draws: int) -> None:
     import cv2
     import numpy as np
 
+    from training.batches import heavy_validation_pairs, training_pairs
     from training.data import find_clean_images, read_pair, read_rgb
     from training.rain import PRESETS, add_rain, layer_stats, rain_layer
-    from training.train import heavy_validation_pairs, load_train_config, training_pairs
+    from training.recipe import load_train_config
 
     _, cfg = load_train_config(config_path)
     held = heavy_validation_pairs(cfg, data_root)

@@ -3,7 +3,7 @@
 Why: a GPU machine lent for a few minutes starts bare and takes a few tens of megabytes along
 (README, "Training on a GPU"), while the shared data is several times that. Pairs and the
 validation pictures are copied byte for byte; the clean pictures that synthetic rain is drawn
-on are stored as the pictures training reads (shrunk to :data:`~training.train.CLEAN_MAX_SIDE`)
+on are stored as the pictures training reads (shrunk to :data:`~training.recipe.CLEAN_MAX_SIDE`)
 in JPEG, at the highest of :data:`QUALITIES` that keeps the folder within the size asked for.
 The layout under the folder is the shared data's, so ``--data-root FOLDER`` trains on it as on
 the original. The evaluation-only set stays out unless asked for (train with ``--no-eval``).
@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 
 from training.data import find_clean_images, find_pairs, list_images, read_rgb
-from training.train import CLEAN_MAX_SIDE, TrainConfig
+from training.recipe import CLEAN_MAX_SIDE, TrainConfig
 
 QUALITIES = (95, 90, 85, 80, 75, 70)
 
