@@ -254,6 +254,23 @@ def test_the_loss_can_leave_ssim_out(shared, tmp_path):
     assert trainer.metadata({})["recipe"]["loss"] == "-0.01 PSNR (dB per patch)"
 
 
+def test_the_loss_can_judge_what_the_product_gives(shared, tmp_path):
+    torch.set_num_threads(2)
+    cfg = _tiny_train(as_product=True)
+    rainy, clean = PatchSampler(cfg, DATA).batch(np.random.default_rng(5))
+    trainer = Trainer(TINY, cfg, DATA, tmp_path / "run")
+    with torch.no_grad():
+        bare = trainer.net(rainy)
+        mirrored = trainer.net(rainy.flip(-1)).flip(-1)
+        product = torch.minimum(((bare + mirrored) / 2).clamp(0, 1), rainy)
+        expected = float(-ssim(product, clean))
+    assert float(-ssim(bare, clean)) != pytest.approx(expected, abs=1e-4)
+    assert trainer.train_step(rainy, clean) == pytest.approx(expected, abs=1e-5)
+    assert trainer.metadata({})["recipe"]["loss"] == (
+        "-SSIM, on the mirror average kept below the input"
+    )
+
+
 def test_snapshots_hold_the_moving_average_of_the_weights_when_asked(shared, tmp_path):
     torch.set_num_threads(2)
     trainer = Trainer(TINY, _tiny_train(steps=3, ema_decay=0.9), DATA, tmp_path / "run")

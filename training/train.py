@@ -29,6 +29,7 @@ from training.config import DCSFNConfig, build_network
 from training.grow import deepen
 from training.metrics import ssim
 from training.recipe import PRECISIONS, TrainConfig
+from training.route import below_input, flip_average
 from training.validation import validate, validation_sets
 from training.weights import load_model, save_model
 
@@ -220,16 +221,20 @@ class Trainer:
             terms.append(f"{self.cfg.mean_weight:g} |mean colour error|")
         if self.cfg.lowpass_weight:
             terms.append(f"{self.cfg.lowpass_weight:g} L1 of 8x8 block means")
-        return " + ".join(terms).replace("+ -", "- ")
+        loss = " + ".join(terms).replace("+ -", "- ")
+        return (
+            f"{loss}, on the mirror average kept below the input" if self.cfg.as_product else loss
+        )
 
     def train_step(self, rainy: torch.Tensor, clean: torch.Tensor) -> float:
         rainy = rainy.to(self.device, non_blocking=True)
         rainy = rainy.contiguous(memory_format=torch.channels_last)
         clean = clean.to(self.device, non_blocking=True)
         bf16 = self.precision == "bf16"
+        forward = flip_average(self.net) if self.cfg.as_product else self.net
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = self.net(rainy)
-        out = out.float()
+            out = forward(rainy)
+        out = below_input(out.float(), rainy) if self.cfg.as_product else out.float()
         loss = -self.cfg.ssim_weight * ssim(out, clean)
         if self.cfg.psnr_weight:
             mse = (out - clean).pow(2).mean(dim=(1, 2, 3))
