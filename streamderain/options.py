@@ -88,7 +88,7 @@ class ModelOptions:
         temporal: combine each derained frame with its neighbours where the scene holds still
             (``on``; ``auto``: on for video, off for a folder of unrelated pictures; ``off``).
         flip_average: also run the model on each frame's mirror image and average the two
-            (+0.3 to +0.5 dB, at twice the model's time; :func:`training.route.flip_average`):
+            (+0.3 to +0.7 dB, at about twice the model's time; :class:`training.route.FlipAverage`):
             ``on``; ``auto``: on for files and folders, off for live sources, where frames/s
             is what counts, and in :class:`~streamderain.api.Derainer`; ``off``.
     """

@@ -23,10 +23,12 @@ from training.route import (
     HEAVY_MODEL,
     LIGHT_MODEL,
     VIDEO_CHECK_EVERY,
+    FlipAverage,
     Router,
     below_input,
-    flip_average,
+    mirror_scale,
     model_names,
+    scaled_size,
 )
 
 log = logging.getLogger(__name__)
@@ -128,17 +130,6 @@ def flip_on(mode: str, live: bool) -> bool:
     return mode == "on" or (mode == "auto" and not live)
 
 
-class Mirrored:
-    """A forward that, while ``on``, is averaged with its run on the mirror image
-    (:func:`training.route.flip_average`); a runner turns it on or off per stream."""
-
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], on: bool) -> None:
-        self.plain, self.both, self.on = forward, flip_average(forward), on
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.both(x) if self.on else self.plain(x)
-
-
 class ModelRunner(Stage):
     """Turns batches of RGB uint8 frames into batches of derained RGB uint8 frames.
 
@@ -185,13 +176,20 @@ class ModelRunner(Stage):
         ]
         # off under auto until prepare() says the source is not live (Derainer never does)
         on = flip_on(options.flip_average, live=True)
-        self.mirrors = [Mirrored(f, on) for f in self.forwards]
         # tiles inside the router: with auto, a whole frame chooses its model
-        runs = [
-            partial(tiled, m, tile=self.tile, stride=self.stride) if self.tile else m
-            for m in self.mirrors
+        self.mirrors = [
+            FlipAverage(
+                partial(tiled, f, tile=self.tile, stride=self.stride) if self.tile else f,
+                mirror_scale(m),
+                on,
+            )
+            for f, m in zip(self.forwards, models, strict=True)
         ]
-        self.forward = Router(*runs, every=VIDEO_CHECK_EVERY) if len(runs) > 1 else runs[0]
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
+            Router(*self.mirrors, every=VIDEO_CHECK_EVERY)
+            if len(self.mirrors) > 1
+            else self.mirrors[0]
+        )
         self._cuda = self.device.type == "cuda"
         if self._cuda:
             self._upload = torch.cuda.Stream(self.device)
@@ -213,9 +211,11 @@ class ModelRunner(Stage):
             torch.backends.cudnn.benchmark = one_scene
         if isinstance(self.forward, Router):
             self.forward.reset(VIDEO_CHECK_EVERY if one_scene else 1)
-        for forward in self.forwards:
+        for forward, mirror in zip(self.forwards, self.mirrors, strict=True):
             if isinstance(forward, OpenVINOBackend) and not self.tile:
                 forward.prepare(self.options.batch, height, width)
+                if mirror.on and mirror.scale != 1.0:
+                    forward.prepare(self.options.batch, *scaled_size(height, width, mirror.scale))
 
     def describe(self) -> str:
         """One line on what runs, for the banner of ``-v``."""

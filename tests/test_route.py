@@ -18,10 +18,12 @@ from training.rain import add_rain
 from training.route import (
     HEAVY_MODEL,
     LIGHT_MODEL,
+    FlipAverage,
     Router,
     best_thresholds,
-    flip_average,
     load_forward,
+    mirror_scale,
+    scaled_size,
 )
 from training.weights import load_model
 
@@ -120,7 +122,9 @@ def test_a_folder_of_pictures_chooses_for_each_picture(tmp_path, shared):
     result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     written = [cv2.imread(str(p))[..., ::-1] for p in sorted(out.iterdir())]
-    heavy, lite = (flip_average(load_model(name)) for name in (HEAVY_MODEL, LIGHT_MODEL))
+    heavy, lite = (
+        FlipAverage(m, mirror_scale(m)) for m in map(load_model, (HEAVY_MODEL, LIGHT_MODEL))
+    )
     for image, picture, model in zip(written, pictures, (heavy, lite, heavy)):
         assert np.abs(image.astype(int) - derain_rgb(model, picture)).max() <= 1
 
@@ -145,19 +149,60 @@ def test_flip_averaging_is_mirror_symmetric(shared):
     rainy = veiled()[0]
     mirrored = np.ascontiguousarray(rainy[:, ::-1])
     assert not np.array_equal(derain_rgb(heavy, mirrored), derain_rgb(heavy, rainy)[:, ::-1])
-    both = flip_average(heavy)
+    both = FlipAverage(heavy)
     out = derain_rgb(both, rainy)
     assert np.array_equal(derain_rgb(both, mirrored), out[:, ::-1])
     assert np.abs(out.astype(int) - derain_rgb(heavy, rainy)).mean() > 0.1
 
 
+def test_the_heavy_model_averages_with_a_smaller_mirror_image(shared):
+    """Its weights name the size of its mirror run; the light model's mirror keeps the size."""
+    heavy, lite = load_model(HEAVY_MODEL), load_model(LIGHT_MODEL)
+    assert mirror_scale(heavy) == 0.95 and mirror_scale(lite) == 1.0
+    shapes = []
+
+    def seen(x: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(x.shape[-2:]))
+        return heavy(x)
+
+    rainy = veiled()[0]
+    with torch.inference_mode():
+        out = derain_rgb(FlipAverage(seen, 0.95), rainy)
+    assert shapes == [(160, 240), scaled_size(160, 240, 0.95)] == [(160, 240), (152, 228)]
+    by_mirror = derain_rgb(FlipAverage(heavy), rainy)
+    assert np.abs(out.astype(int) - by_mirror).mean() > 0.1
+
+
+def test_a_check_judges_each_model_on_its_own_run_and_adds_one_mirror_run(shared):
+    """The choice is the bare models' (the threshold's), and only the chosen model's mirror
+    image runs."""
+    calls: list[str] = []
+
+    def counted(name: str):
+        model = load_model(name)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            calls.append(name)
+            return model(x)
+
+        return FlipAverage(forward, mirror_scale(model))
+
+    router = Router(counted(LIGHT_MODEL), counted(HEAVY_MODEL))
+    rainy = veiled()[0]
+    with torch.inference_mode():
+        out = derain_rgb(router, rainy)
+    assert calls == [LIGHT_MODEL, HEAVY_MODEL, HEAVY_MODEL] and router.heavy_chosen
+    heavy = load_model(HEAVY_MODEL)
+    assert np.array_equal(out, derain_rgb(FlipAverage(heavy, mirror_scale(heavy)), rainy))
+
+
 def test_the_command_line_averages_with_the_mirror_image(tmp_path, shared):
-    """``--flip-average`` (on for files by default) through the whole command (OpenVINO, auto):
-    a picture and its mirror come out as mirrors of each other, which the model alone does
-    not do."""
+    """``--flip-average`` (on for files by default) through the whole command (OpenVINO, auto,
+    here the light model, whose mirror keeps the size): a picture and its mirror come out as
+    mirrors of each other, which the model alone does not do."""
     src = tmp_path / "pictures"
     src.mkdir()
-    picture = veiled()[0]
+    picture = light()
     for name, image in (("1.png", picture), ("2.png", picture[:, ::-1])):
         cv2.imwrite(str(src / name), np.ascontiguousarray(image[..., ::-1]))
     written = {}

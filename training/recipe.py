@@ -40,7 +40,7 @@ class TrainConfig:
             patch-wide mean lets one part's leftover veil hide behind another's overshoot.
         as_product: the loss judges what the product gives, not the bare network: its output
             averaged with its run on the mirror image and kept below the input
-            (:func:`~training.route.flip_average`, :func:`~training.route.below_input`). The
+            (:class:`~training.route.FlipAverage`, :func:`~training.route.below_input`). The
             mirror average is the largest single gain at inference (+0.4 dB on heavy rain), and
             trained through it the network may learn errors that the mirror cancels. Twice the
             time a step.

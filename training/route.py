@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from training.weights import DerainModel, load_model
@@ -55,6 +56,10 @@ class Router:
     model changes only when two checks in a row ask for the other one, so a gap that hovers
     about :data:`VEIL_GAP` does not switch the model (and the picture's brightness) back and
     forth. ``every=1`` chooses for each call on its own (pictures, not one scene).
+
+    A :class:`FlipAverage` model is judged on its own run, before the mirror's is added: the
+    choice is then the one the threshold was set on (bare models), on files and live sources
+    alike, and a check costs one mirror run, the chosen model's, not two.
     """
 
     def __init__(self, light: Forward, heavy: Forward, every: int = 1) -> None:
@@ -66,13 +71,14 @@ class Router:
         if self._since_check is not None and self._since_check < self.every:
             self._since_check += x.shape[0]
             return self.heavy(x) if self.heavy_chosen else self.light(x)
-        light, heavy = self.light(x), self.heavy(x)
+        light, heavy = _own_run(self.light, x), _own_run(self.heavy, x)
         wants_heavy = veil_gap(light, heavy) > VEIL_GAP
         if self._since_check is None or self.every == 1 or wants_heavy == self._last_wish:
             self.heavy_chosen = wants_heavy
         self._last_wish = wants_heavy
         self._since_check = x.shape[0]
-        return heavy if self.heavy_chosen else light
+        chosen, out = (self.heavy, heavy) if self.heavy_chosen else (self.light, light)
+        return chosen.finish(x, out) if isinstance(chosen, FlipAverage) else out
 
     def reset(self, every: int | None = None) -> None:
         """A new stream: check on its first frames (and then every ``every`` images)."""
@@ -82,6 +88,10 @@ class Router:
             self.every = every
         self._since_check: int | None = None  # images since the last check; None: none yet
         self._last_wish: bool | None = None  # what the last check asked for (True: heavy)
+
+
+def _own_run(forward: Forward, x: Tensor) -> Tensor:
+    return forward.forward(x) if isinstance(forward, FlipAverage) else forward(x)
 
 
 def below_input(derained: Tensor, rainy: Tensor) -> Tensor:
@@ -94,17 +104,49 @@ def below_input(derained: Tensor, rainy: Tensor) -> Tensor:
     return torch.minimum(derained.clamp(0, 1), rainy)
 
 
-def flip_average(forward: Forward) -> Forward:
-    """``forward`` averaged with its run on the left-right mirror image, at twice its cost.
+class FlipAverage:
+    """A forward averaged, while ``on``, with its run on the left-right mirror image, at about
+    twice its cost.
 
     Rain and scenes look as natural mirrored, and the network's errors on the two are partly
     independent, so averaging cancels some of them: with ``auto``'s models +0.3 to +0.5 dB on
-    the held-out heavy pairs, light validation and Rain100L (README, Models)."""
+    the held-out heavy pairs, light validation and Rain100L (README, Models). With ``scale``
+    below 1 the mirror image is also made that much smaller (antialiased) and its output scaled
+    back (bicubic): the errors of a run at another size cancel more than a mirror's alone, where
+    the rain is heavy enough that the blur of rescaling costs less than they do
+    (:func:`mirror_scale`).
+    """
 
-    def run(x: Tensor) -> Tensor:
-        return (forward(x) + forward(x.flip(-1)).flip(-1)) * 0.5
+    def __init__(self, forward: Forward, scale: float = 1.0, on: bool = True) -> None:
+        self.forward, self.scale, self.on = forward, scale, on
 
-    return run
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.finish(x, self.forward(x))
+
+    def finish(self, x: Tensor, first: Tensor) -> Tensor:
+        """``first``, the forward's run on ``x``, averaged with its mirror run while ``on``."""
+        return (first + self.mirror_run(x)) * 0.5 if self.on else first
+
+    def mirror_run(self, x: Tensor) -> Tensor:
+        """The forward's run on the mirror image of ``x`` (at ``scale``), mirrored back."""
+        mirror = x.flip(-1)
+        if self.scale == 1.0:
+            return self.forward(mirror).flip(-1)
+        small = scaled_size(x.shape[-2], x.shape[-1], self.scale)
+        down = F.interpolate(mirror, size=small, mode="bilinear", antialias=True)
+        return F.interpolate(self.forward(down), size=x.shape[-2:], mode="bicubic").flip(-1)
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The frame size :class:`FlipAverage` runs the mirror image at."""
+    return round(height * scale), round(width * scale)
+
+
+def mirror_scale(model: DerainModel) -> float:
+    """The size of the mirror image :class:`FlipAverage` runs ``model`` on, from its weights'
+    metadata (``mirror_scale``), chosen per model on training-side data; 1 (the same size)
+    where the weights name none."""
+    return float(model.info.metadata.get("mirror_scale", 1.0))
 
 
 def model_names(name: str | None) -> tuple[str, ...]:
@@ -117,7 +159,7 @@ def load_forward(
 ) -> Forward:
     """A bundled model name, a model file or ``auto`` (a :class:`Router` checking every
     ``every`` images) as one forward function; ``wrap`` puts each model on a backend (or
-    :func:`flip_average`)."""
+    :class:`FlipAverage`)."""
     wrap = wrap or (lambda model: model)
     if name == AUTO:
         return Router(wrap(load_model(LIGHT_MODEL)), wrap(load_model(HEAVY_MODEL)), every)
@@ -140,7 +182,7 @@ def evaluation_forward(
 
     def wrap(model: DerainModel) -> Forward:
         forward = OpenVINOBackend(model, threads, int8) if int8 or openvino else model
-        return flip_average(forward) if flip else forward
+        return FlipAverage(forward, mirror_scale(model)) if flip else forward
 
     return load_forward(name, every, wrap)
 

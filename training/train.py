@@ -29,7 +29,7 @@ from training.config import DCSFNConfig, build_network
 from training.grow import deepen
 from training.metrics import ssim
 from training.recipe import PRECISIONS, TrainConfig
-from training.route import below_input, flip_average
+from training.route import FlipAverage, below_input
 from training.validation import validate, validation_sets
 from training.weights import load_model, save_model
 
@@ -231,7 +231,7 @@ class Trainer:
         rainy = rainy.contiguous(memory_format=torch.channels_last)
         clean = clean.to(self.device, non_blocking=True)
         bf16 = self.precision == "bf16"
-        forward = flip_average(self.net) if self.cfg.as_product else self.net
+        forward = FlipAverage(self.net) if self.cfg.as_product else self.net
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = forward(rainy)
         out = below_input(out.float(), rainy) if self.cfg.as_product else out.float()

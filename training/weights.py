@@ -77,6 +77,8 @@ class ModelInfo:
                 scores.append(f"{key} {value:.2f} dB")
         if scores:
             lines.append(f"PSNR-Y: {'; '.join(scores)}")
+        if meta.get("mirror_scale"):
+            lines.append(f"--flip-average: its mirror image run at {meta['mirror_scale']:.0%} size")
         if meta.get("cpu_fps_640x360"):
             fps = meta["cpu_fps_640x360"]
             lines.append(f"speed: {fps} frames/s at 640x360, whole pipeline on a 2-core CPU")
