@@ -211,10 +211,13 @@ class ModelRunner(Stage):
             torch.backends.cudnn.benchmark = one_scene
         if isinstance(self.forward, Router):
             self.forward.reset(VIDEO_CHECK_EVERY if one_scene else 1)
+        # a model behind the router compiles its smaller mirror only once the rain asks for it:
+        # 1 s and 40 MB that light rain, most videos, never needs (int8, 640x360)
+        alone = not isinstance(self.forward, Router)
         for forward, mirror in zip(self.forwards, self.mirrors, strict=True):
             if isinstance(forward, OpenVINOBackend) and not self.tile:
                 forward.prepare(self.options.batch, height, width)
-                if mirror.on and mirror.scale != 1.0:
+                if alone and mirror.on and mirror.scale != 1.0:
                     forward.prepare(self.options.batch, *scaled_size(height, width, mirror.scale))
 
     def describe(self) -> str:
