@@ -173,6 +173,14 @@ def test_the_heavy_model_averages_with_a_smaller_mirror_image(shared):
     assert np.abs(out.astype(int) - by_mirror).mean() > 0.1
 
 
+def test_the_smaller_mirror_runs_in_the_frames_precision():
+    """bf16 frames (``--precision bf16`` on a CPU) resize too, and come back in bf16."""
+    x = torch.linspace(0, 1, 64).expand(1, 3, 40, 64).to(torch.bfloat16)  # smooth: resizes back
+    out = FlipAverage(lambda t: t * 0.5, 0.95)(x)
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape
+    assert torch.allclose(out.float(), x.float() * 0.5, atol=0.1)
+
+
 def test_a_check_judges_each_model_on_its_own_run_and_adds_one_mirror_run(shared):
     """The choice is the bare models' (the threshold's), and only the chosen model's mirror
     image runs."""

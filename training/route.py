@@ -132,9 +132,11 @@ class FlipAverage:
         mirror = x.flip(-1)
         if self.scale == 1.0:
             return self.forward(mirror).flip(-1)
+        # resized in fp32: PyTorch's antialiasing has no half-precision kernels on CPUs
         small = scaled_size(x.shape[-2], x.shape[-1], self.scale)
-        down = F.interpolate(mirror, size=small, mode="bilinear", antialias=True)
-        return F.interpolate(self.forward(down), size=x.shape[-2:], mode="bicubic").flip(-1)
+        down = F.interpolate(mirror.float(), size=small, mode="bilinear", antialias=True)
+        out = self.forward(down.to(x.dtype)).float()
+        return F.interpolate(out, size=x.shape[-2:], mode="bicubic").to(x.dtype).flip(-1)
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
