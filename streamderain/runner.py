@@ -28,7 +28,6 @@ from training.route import (
     below_input,
     mirror_scale,
     model_names,
-    scaled_size,
 )
 
 log = logging.getLogger(__name__)
@@ -217,8 +216,8 @@ class ModelRunner(Stage):
         for forward, mirror in zip(self.forwards, self.mirrors, strict=True):
             if isinstance(forward, OpenVINOBackend) and not self.tile:
                 forward.prepare(self.options.batch, height, width)
-                if alone and mirror.on and mirror.scale != 1.0:
-                    forward.prepare(self.options.batch, *scaled_size(height, width, mirror.scale))
+                if alone and mirror.on:  # the same size again is already compiled
+                    forward.prepare(self.options.batch, *mirror.mirror_size(height, width))
 
     def describe(self) -> str:
         """One line on what runs, for the banner of ``-v``."""

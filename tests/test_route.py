@@ -21,9 +21,9 @@ from training.route import (
     FlipAverage,
     Router,
     best_thresholds,
+    evaluation_forward,
     load_forward,
     mirror_scale,
-    scaled_size,
 )
 from training.weights import load_model
 
@@ -122,9 +122,7 @@ def test_a_folder_of_pictures_chooses_for_each_picture(tmp_path, shared):
     result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     written = [cv2.imread(str(p))[..., ::-1] for p in sorted(out.iterdir())]
-    heavy, lite = (
-        FlipAverage(m, mirror_scale(m)) for m in map(load_model, (HEAVY_MODEL, LIGHT_MODEL))
-    )
+    heavy, lite = (evaluation_forward(name, flip=True) for name in (HEAVY_MODEL, LIGHT_MODEL))
     for image, picture, model in zip(written, pictures, (heavy, lite, heavy)):
         assert np.abs(image.astype(int) - derain_rgb(model, picture)).max() <= 1
 
@@ -166,9 +164,10 @@ def test_the_heavy_model_averages_with_a_smaller_mirror_image(shared):
         return heavy(x)
 
     rainy = veiled()[0]
+    both = FlipAverage(seen, 0.95)
     with torch.inference_mode():
-        out = derain_rgb(FlipAverage(seen, 0.95), rainy)
-    assert shapes == [(160, 240), scaled_size(160, 240, 0.95)] == [(160, 240), (152, 228)]
+        out = derain_rgb(both, rainy)
+    assert shapes == [(160, 240), both.mirror_size(160, 240)] == [(160, 240), (152, 228)]
     by_mirror = derain_rgb(FlipAverage(heavy), rainy)
     assert np.abs(out.astype(int) - by_mirror).mean() > 0.1
 
@@ -200,8 +199,7 @@ def test_a_check_judges_each_model_on_its_own_run_and_adds_one_mirror_run(shared
     with torch.inference_mode():
         out = derain_rgb(router, rainy)
     assert calls == [LIGHT_MODEL, HEAVY_MODEL, HEAVY_MODEL] and router.heavy_chosen
-    heavy = load_model(HEAVY_MODEL)
-    assert np.array_equal(out, derain_rgb(FlipAverage(heavy, mirror_scale(heavy)), rainy))
+    assert np.array_equal(out, derain_rgb(evaluation_forward(HEAVY_MODEL, flip=True), rainy))
 
 
 def test_the_command_line_averages_with_the_mirror_image(tmp_path, shared):

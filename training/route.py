@@ -63,7 +63,9 @@ class Router:
     """
 
     def __init__(self, light: Forward, heavy: Forward, every: int = 1) -> None:
-        self.light, self.heavy = light, heavy
+        self.light, self.heavy = (
+            f if isinstance(f, FlipAverage) else FlipAverage(f, on=False) for f in (light, heavy)
+        )
         self.heavy_chosen = False
         self.reset(every)
 
@@ -71,14 +73,14 @@ class Router:
         if self._since_check is not None and self._since_check < self.every:
             self._since_check += x.shape[0]
             return self.heavy(x) if self.heavy_chosen else self.light(x)
-        light, heavy = _own_run(self.light, x), _own_run(self.heavy, x)
+        light, heavy = self.light.forward(x), self.heavy.forward(x)
         wants_heavy = veil_gap(light, heavy) > VEIL_GAP
         if self._since_check is None or self.every == 1 or wants_heavy == self._last_wish:
             self.heavy_chosen = wants_heavy
         self._last_wish = wants_heavy
         self._since_check = x.shape[0]
         chosen, out = (self.heavy, heavy) if self.heavy_chosen else (self.light, light)
-        return chosen.finish(x, out) if isinstance(chosen, FlipAverage) else out
+        return chosen.finish(x, out)
 
     def reset(self, every: int | None = None) -> None:
         """A new stream: check on its first frames (and then every ``every`` images)."""
@@ -88,10 +90,6 @@ class Router:
             self.every = every
         self._since_check: int | None = None  # images since the last check; None: none yet
         self._last_wish: bool | None = None  # what the last check asked for (True: heavy)
-
-
-def _own_run(forward: Forward, x: Tensor) -> Tensor:
-    return forward.forward(x) if isinstance(forward, FlipAverage) else forward(x)
 
 
 def below_input(derained: Tensor, rainy: Tensor) -> Tensor:
@@ -127,21 +125,20 @@ class FlipAverage:
         """``first``, the forward's run on ``x``, averaged with its mirror run while ``on``."""
         return (first + self.mirror_run(x)) * 0.5 if self.on else first
 
+    def mirror_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the mirror image of a ``height`` x ``width`` frame runs at."""
+        return round(height * self.scale), round(width * self.scale)
+
     def mirror_run(self, x: Tensor) -> Tensor:
         """The forward's run on the mirror image of ``x`` (at ``scale``), mirrored back."""
         mirror = x.flip(-1)
         if self.scale == 1.0:
             return self.forward(mirror).flip(-1)
         # resized in fp32: PyTorch's antialiasing has no half-precision kernels on CPUs
-        small = scaled_size(x.shape[-2], x.shape[-1], self.scale)
+        small = self.mirror_size(x.shape[-2], x.shape[-1])
         down = F.interpolate(mirror.float(), size=small, mode="bilinear", antialias=True)
         out = self.forward(down.to(x.dtype)).float()
         return F.interpolate(out, size=x.shape[-2:], mode="bicubic").to(x.dtype).flip(-1)
-
-
-def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """The frame size :class:`FlipAverage` runs the mirror image at."""
-    return round(height * scale), round(width * scale)
 
 
 def mirror_scale(model: DerainModel) -> float:
