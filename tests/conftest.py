@@ -1,7 +1,14 @@
-"""Shared test fixtures: paths into ../shared, which tests read in place."""
+"""Shared test fixtures: paths into ../shared, which tests read in place; and a reaper of the Ray
+processes a test leaves running."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "dcsfn-parity"
 DATA = SHARED / "data"
+# How long a Ray a test stopped may take to exit on its own before it is killed.
+RAY_EXIT_GRACE = 15.0
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +26,54 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"{SHARED} is missing: the tests read ../shared beside the checkout")
     return SHARED
+
+
+def ray_processes() -> set[int]:
+    """Ray's processes on this machine: its workers and actors (titled ``ray::...``), and the
+    raylets, GCS servers and helper scripts it runs from its package folder."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline.startswith(b"ray::") or b"/site-packages/ray/" in cmdline:
+                pids.add(int(entry.name))
+    return {pid for pid in pids if running(pid)}
+
+
+def running(pid: int) -> bool:
+    """The process exists and is no zombie (one whose parent has not reaped it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left_behind() -> Iterator[None]:
+    """Kill the Ray processes a test started and left running (a command killed before it
+    could stop its Ray, a cluster's orphaned worker), so they cannot starve the tests after it;
+    the test still gets a warning, since the command should have stopped them."""
+    before = ray_processes()
+    yield
+    left = ray_processes() - before
+    deadline = time.monotonic() + RAY_EXIT_GRACE
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = {pid for pid in left if running(pid)}
+    killed = set()
+    for _ in range(10):  # a raylet may start workers while it is being killed
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed |= left
+        time.sleep(0.5)
+        left = ray_processes() - before
+        if not left:
+            break
+    if killed:
+        warnings.warn(
+            f"killed {len(killed)} Ray process(es) left running by the test", stacklevel=1
+        )

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 
 from streamderain.jobs import MANIFEST
+from tests.conftest import running
+from tests.live.test_live import STACKS_ON_ABORT
 from tests.media import clean_frames, decode_all, make_clip
 
 CLI = [sys.executable, "-m", "streamderain"]
@@ -91,18 +93,23 @@ class Command:
         with open(log, "w") as err:
             self.proc = subprocess.Popen(
                 [*CLI, *map(str, args)],
-                env={**os.environ, **LOOPBACK_ONLY},
+                env={**os.environ, **LOOPBACK_ONLY, **STACKS_ON_ABORT},
                 stdout=subprocess.DEVNULL,
                 stderr=err,
             )
 
     def wait(self, timeout: float) -> tuple[int, str]:
-        """Its exit status and stderr, once it ends (SIGKILLed after ``timeout``)."""
+        """Its exit status and stderr, once it ends (aborted after ``timeout``: its stderr then
+        ends with the stacks it was stuck in)."""
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
         return self.proc.returncode, self.log.read_text()
 
     def stop(self) -> tuple[int, str]:
@@ -138,14 +145,6 @@ def children(parent: int, title: bytes) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
     return pids
-
-
-def running(pid: int) -> bool:
-    """The process exists and is no zombie (a dead actor's parent, its raylet, died first)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def grown(folder: Path, pattern: str, size: int = 20_000) -> list[Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from streamderain.feeds import StreamDerainError, read_feeds
-from tests.live.test_live import start_cli
+from tests.live.test_live import interrupt_cli, start_cli
 from tests.media import decode_all
 
 
@@ -24,8 +24,7 @@ def _wait_for(check, timeout: float, what: str, proc):
         if found:
             return found
         time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    err = interrupt_cli(proc)
     pytest.fail(f"timed out waiting for {what}; streamderain feeds said: {err}")
 
 
@@ -67,8 +66,7 @@ def test_a_killed_feed_actor_restarts_and_the_feed_resumes(
         _wait_for(lambda: _grown(out, ".cam1-*.partial.mkv"), 180, "a new segment", proc)
         assert first_pid not in _feed_actor_pids()
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        err = interrupt_cli(proc)
     assert proc.returncode == 130, err
     assert "recovered" in err and "Traceback" not in err
     segments = sorted(out.glob("cam1-*.mkv"))
@@ -134,8 +132,7 @@ def test_a_dead_camera_is_reported_and_ctrl_c_stops_its_feed_quickly(tmp_path):
             break
     assert seen and "cannot connect" in seen[-1] and "127.0.0.1:9" in seen[-1], seen
     asked = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    err = interrupt_cli(proc)
     assert proc.returncode == 130, "".join(seen) + err
     assert time.monotonic() - asked < 25, "Ctrl-C stops a connecting feed in seconds"
     assert "Traceback" not in err

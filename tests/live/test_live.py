@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,10 +18,36 @@ from tests.media import decode_all
 CLI = [sys.executable, "-m", "streamderain"]
 
 
+# A command that hangs is aborted with its threads' Python stacks written to its stderr, so the
+# failure says where it hung (faulthandler dumps them on SIGABRT).
+STACKS_ON_ABORT = {"PYTHONFAULTHANDLER": "1"}
+
+
 def start_cli(*args) -> subprocess.Popen:
     return subprocess.Popen(
-        [*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*CLI, *map(str, args)],
+        env={**os.environ, **STACKS_ON_ABORT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+
+
+def interrupt_cli(proc: subprocess.Popen, timeout: float = 120) -> str:
+    """Ctrl-C, then the command's stderr once it ends; one that has not ended in ``timeout`` is
+    aborted and the test fails with the stacks it was stuck in."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            err = proc.communicate(timeout=30)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            err = proc.communicate()[1]
+        pytest.fail(f"Ctrl-C did not stop the command in {timeout:.0f} s: {err}")
 
 
 def wait_until_deraining(proc: subprocess.Popen) -> str:
