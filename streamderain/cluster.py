@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # A feed told to stop ends within its source's open timeout (10 s) and a segment's close.
 FEED_STOP_WAIT = 20.0
+# The logger of Ray's notice that it turned token authentication on.
+RAY_AUTH_NOTICE = "ray._private.authentication.authentication_token_setup"
 
 
 @contextlib.contextmanager
@@ -45,6 +47,9 @@ def ray_session(address: str) -> Iterator[ModuleType]:
         try:
             if address in ("", "local"):
                 cpus = len(os.sched_getaffinity(0))
+                # Ray turns token authentication on for a cluster it starts (our own, bound to
+                # 127.0.0.1) and says so in a warning on every run; it stays on, unsaid.
+                logging.getLogger(RAY_AUTH_NOTICE).setLevel(logging.ERROR)
                 # "local": a new Ray of our own, even where `ray start` left a cluster behind
                 ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1", **quiet)
             else:

@@ -136,3 +136,4 @@ def test_a_dead_camera_is_reported_and_ctrl_c_stops_its_feed_quickly(tmp_path):
     assert proc.returncode == 130, "".join(seen) + err
     assert time.monotonic() - asked < 25, "Ctrl-C stops a connecting feed in seconds"
     assert "Traceback" not in err
+    assert "authentication" not in "".join(seen) + err, "Ray's notice about it stays out"
