@@ -28,27 +28,38 @@ def shared() -> Path:
     return SHARED
 
 
-def ray_processes() -> set[int]:
-    """Ray's processes on this machine: its workers and actors (titled ``ray::...``), and the
-    raylets, GCS servers and helper scripts it runs from its package folder."""
-    pids = set()
+def process_titles() -> Iterator[tuple[int, bytes]]:
+    """(pid, command line) of each process on this machine (Ray puts an actor's title there)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                cmdline = (entry / "cmdline").read_bytes()
+                yield int(entry.name), (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if cmdline.startswith(b"ray::") or b"/site-packages/ray/" in cmdline:
-                pids.add(int(entry.name))
-    return {pid for pid in pids if running(pid)}
+
+
+def process_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command's name: state, parent's pid, ...;
+    empty once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
 
 
 def running(pid: int) -> bool:
     """The process exists and is no zombie (one whose parent has not reaped it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return process_stat(pid)[:1] not in ([], ["Z"])
+
+
+def ray_processes() -> set[int]:
+    """Ray's processes on this machine: its workers and actors (titled ``ray::...``), and the
+    raylets, GCS servers and helper scripts it runs from its package folder."""
+    return {
+        pid
+        for pid, title in process_titles()
+        if (title.startswith(b"ray::") or b"/site-packages/ray/" in title) and running(pid)
+    }
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from streamderain.jobs import MANIFEST
-from tests.conftest import running
+from tests.conftest import process_stat, process_titles, running
 from tests.live.test_live import STACKS_ON_ABORT
 from tests.media import clean_frames, decode_all, make_clip
 
@@ -133,18 +133,11 @@ class Command:
 
 def children(parent: int, title: bytes) -> list[int]:
     """Processes of ``parent`` whose title (set by Ray) starts with ``title``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "cmdline").read_bytes().startswith(title):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                if ppid == parent:
-                    pids.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return pids
+    return [
+        pid
+        for pid, own in process_titles()
+        if own.startswith(title) and process_stat(pid)[1:2] == [str(parent)]
+    ]
 
 
 def grown(folder: Path, pattern: str, size: int = 20_000) -> list[Path]:

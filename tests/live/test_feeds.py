@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from streamderain.feeds import StreamDerainError, read_feeds
+from tests.conftest import process_titles
 from tests.live.test_live import interrupt_cli, start_cli
 from tests.media import decode_all
 
@@ -30,15 +31,7 @@ def _wait_for(check, timeout: float, what: str, proc):
 
 def _feed_actor_pids() -> list[int]:
     """Processes whose title Ray set to the feed actor's (``ray::FeedWorker...``)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::FeedWorker"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+    return [pid for pid, title in process_titles() if title.startswith(b"ray::FeedWorker")]
 
 
 def _grown(folder: Path, pattern: str, size: int = 20_000) -> list[Path]:
