@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -44,6 +46,7 @@ def ray_session(address: str) -> Iterator[ModuleType]:
     connected = False
     if not ray.is_initialized():
         quiet = {"logging_level": logging.WARNING, "include_dashboard": False}
+        sigterm = signal.getsignal(signal.SIGTERM)
         try:
             if address in ("", "local"):
                 cpus = len(os.sched_getaffinity(0))
@@ -59,6 +62,10 @@ def ray_session(address: str) -> Iterator[ModuleType]:
                 f"cannot start or join Ray at {address!r}: {reason(exc)}"
             ) from None
         connected = True
+        # Ray's driver takes SIGTERM for itself (a crash report, its local processes killed,
+        # the process ended), so a service manager's stop would skip ours: closing the outputs.
+        if sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)
     try:
         yield ray
     except ray.exceptions.RayError as exc:
@@ -66,6 +73,34 @@ def ray_session(address: str) -> Iterator[ModuleType]:
     finally:
         if connected:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def stop_requested() -> Iterator[threading.Event]:
+    """An event that Ctrl-C or SIGTERM sets while the block runs; a second one raises
+    :class:`KeyboardInterrupt` at once.
+
+    Why: while it waits, Ray runs Python callbacks of its own on the main thread, and a
+    KeyboardInterrupt raised inside one of them is printed as "Exception ignored" and lost
+    (ray-project/ray#7734); a handler that only sets a flag has nothing to lose. Off the main
+    thread (no signals there) the event is never set.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def actor_resources(
@@ -108,15 +143,17 @@ def run_ray(
         actor = ray.remote(Worker).options(**per_actor, max_restarts=0)
         idle = [actor.remote(options, device, threads) for _ in range(n)]
         todo, running, deaths = deque(jobs), {}, Counter()
-        try:
-            while running or (todo and idle):
+        with stop_requested() as stop:
+            while (running or (todo and idle)) and not stop.is_set():
                 while todo and idle:
                     worker, job = idle.pop(), todo.popleft()
                     running[worker.derain.remote(job)] = (worker, job)
-                [ref], _ = ray.wait(list(running), num_returns=1)
-                worker, job = running.pop(ref)
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                if not ready:
+                    continue
+                worker, job = running.pop(ready[0])
                 try:
-                    result = ray.get(ref)
+                    result = ray.get(ready[0])
                 except ray.exceptions.RayActorError as exc:  # died, or cut off: never used again
                     ray.kill(worker)
                     deaths[job] += 1
@@ -128,7 +165,7 @@ def run_ray(
                     continue
                 idle.append(worker)
                 deliver(result, report)
-        except KeyboardInterrupt:
+        if stop.is_set():
             return True
         for job in todo:  # every actor died before these ran
             report(Result.failed(job, "its Ray worker died"))
@@ -168,11 +205,12 @@ def _wait_for_feeds(ray: ModuleType, runs: dict, actors: dict) -> list[dict[str,
     """Collect each feed's end; on Ctrl-C, stop every feed and wait for its segment to close."""
     done: list[dict[str, Any]] = []
     pending = list(runs)
-    try:
-        while pending:
+    with stop_requested() as stop:
+        while pending and not stop.is_set():
             finished, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             done += [_outcome(ray, ref, runs[ref]) for ref in finished]
-    except KeyboardInterrupt:
+        if not stop.is_set():
+            return done
         log.warning("stopping %d feed(s)", len(pending))
         for ref in pending:
             actors[runs[ref]].stop.remote()
@@ -180,8 +218,7 @@ def _wait_for_feeds(ray: ModuleType, runs: dict, actors: dict) -> list[dict[str,
         while pending and time.monotonic() < deadline:
             finished, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             done += [_outcome(ray, ref, runs[ref]) for ref in finished]
-        raise
-    return done
+    raise KeyboardInterrupt
 
 
 def _outcome(ray: ModuleType, ref: Any, name: str) -> dict[str, Any]:

@@ -33,11 +33,11 @@ def start_cli(*args) -> subprocess.Popen:
     )
 
 
-def interrupt_cli(proc: subprocess.Popen, timeout: float = 120) -> str:
-    """Ctrl-C, then the command's stderr once it ends; one that has not ended in ``timeout`` is
-    aborted and the test fails with the stacks it was stuck in."""
+def interrupt_cli(proc: subprocess.Popen, timeout: float = 120, signum: int = signal.SIGINT) -> str:
+    """Ctrl-C (or ``signum``), then the command's stderr once it ends; one that has not ended in
+    ``timeout`` is aborted and the test fails with the stacks it was stuck in."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
     try:
         return proc.communicate(timeout=timeout)[1]
     except subprocess.TimeoutExpired:
