@@ -49,23 +49,28 @@ def pick_device(name: str = "auto") -> torch.device:
         raise UsageError(str(exc)) from None
 
 
+#: PyTorch's names of the x86 CPUs whose 8-bit speed was measured (``get_cpu_capability``)
+X86_INT8 = ("AVX2", "AVX512")
+
+
 def ships_int8(model: str | None) -> bool:
     """Whether every model a ``--model`` value loads has an 8-bit network in the package."""
     return all(name in int8_models() for name in model_names(model))
 
 
 def pick_precision(precision: str, device: torch.device, backend: str, model: str | None) -> str:
-    """``auto``: the bundled models' 8-bit networks on x86 CPUs without AVX-512, else fp32.
+    """``auto``: the bundled models' 8-bit networks on x86 CPUs (AVX2 or AVX-512), else fp32.
 
-    Why: the default must keep 2 frames/s at 640x360 on a file, mirror average included. A
-    2-core AVX2 CPU runs it at 1.90 frames/s in fp32 and 2.44 in int8, which costs 0.08 dB or
-    less on every validation set; CPUs with AVX-512 ran fp32 at 2.56-3.05 (README, Performance)."""
+    Why: the default must keep 2 frames/s at 640x360 on a file, mirror average included, and
+    2-core CPUs of either kind run fp32 at the edge of it: 1.90 frames/s against int8's 2.44 with
+    AVX2, 2.09 (single runs down to 1.81) against 3.28 with AVX-512 (README, Performance). The 8
+    bits cost 0.08 dB or less on the validation sets that choose the models."""
     if precision != "auto":
         return precision
     eight_bits = (
         device.type == "cpu"
         and backend != "torch"
-        and torch.backends.cpu.get_cpu_capability() == "AVX2"
+        and torch.backends.cpu.get_cpu_capability() in X86_INT8
         and openvino_available()
         and ships_int8(model)
     )
