@@ -81,7 +81,7 @@ def stop_requested() -> Iterator[threading.Event]:
     :class:`KeyboardInterrupt` at once.
 
     Why: while it waits, Ray runs Python callbacks of its own on the main thread, and a
-    KeyboardInterrupt raised inside one of them is printed as "Exception ignored" and lost
+    KeyboardInterrupt raised inside one of them can be printed as "Exception ignored" and lost
     (ray-project/ray#7734); a handler that only sets a flag has nothing to lose. Off the main
     thread (no signals there) the event is never set.
     """
