@@ -132,7 +132,7 @@ def run_ray(
     a file whose actor dies twice fails, as do the files left when every actor is gone. Returns
     whether Ctrl-C stopped the run (at once: the files in flight are redone by the next run).
     """
-    with ray_session(address) as ray:
+    with ray_session(address) as ray, stop_requested() as stop:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         device, threads, per_actor = actor_resources(
             ray, options.model.device, threads or min(CPU_THREADS, cpus)
@@ -143,28 +143,27 @@ def run_ray(
         actor = ray.remote(Worker).options(**per_actor, max_restarts=0)
         idle = [actor.remote(options, device, threads) for _ in range(n)]
         todo, running, deaths = deque(jobs), {}, Counter()
-        with stop_requested() as stop:
-            while (running or (todo and idle)) and not stop.is_set():
-                while todo and idle:
-                    worker, job = idle.pop(), todo.popleft()
-                    running[worker.derain.remote(job)] = (worker, job)
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-                if not ready:
-                    continue
-                worker, job = running.pop(ready[0])
-                try:
-                    result = ray.get(ready[0])
-                except ray.exceptions.RayActorError as exc:  # died, or cut off: never used again
-                    ray.kill(worker)
-                    deaths[job] += 1
-                    log.warning("a Ray worker died on %s: %s", job.input, reason(exc))
-                    if deaths[job] < 2:
-                        todo.appendleft(job)
-                    else:
-                        report(Result.failed(job, "its Ray worker died on it, twice"))
-                    continue
-                idle.append(worker)
-                deliver(result, report)
+        while (running or (todo and idle)) and not stop.is_set():
+            while todo and idle:
+                worker, job = idle.pop(), todo.popleft()
+                running[worker.derain.remote(job)] = (worker, job)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            if not ready:
+                continue
+            worker, job = running.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayActorError as exc:  # died, or cut off: never used again
+                ray.kill(worker)
+                deaths[job] += 1
+                log.warning("a Ray worker died on %s: %s", job.input, reason(exc))
+                if deaths[job] < 2:
+                    todo.appendleft(job)
+                else:
+                    report(Result.failed(job, "its Ray worker died on it, twice"))
+                continue
+            idle.append(worker)
+            deliver(result, report)
         if stop.is_set():
             return True
         for job in todo:  # every actor died before these ran
@@ -186,7 +185,7 @@ def run_feeds(
     the feed resumes by itself. On a cluster with GPUs, ``per_gpu`` feeds share one GPU; on
     CPUs each feed's actor takes ``threads`` cores (default 1).
     """
-    with ray_session(address) as ray:
+    with ray_session(address) as ray, stop_requested() as stop:
         device, threads, per_actor = actor_resources(ray, options.model.device, threads, per_gpu)
         restartable = {"max_restarts": -1, "max_task_retries": -1, "max_concurrency": 2}
         actor = ray.remote(FeedWorker)
@@ -198,26 +197,28 @@ def run_feeds(
         }
         runs = {actors[f.name].run.remote(f): f.name for f in feeds}
         log.warning("%d feed(s) running on Ray: %s", len(feeds), ", ".join(actors))
-        return _wait_for_feeds(ray, runs, actors)
+        return _wait_for_feeds(ray, runs, actors, stop)
 
 
-def _wait_for_feeds(ray: ModuleType, runs: dict, actors: dict) -> list[dict[str, Any]]:
-    """Collect each feed's end; on Ctrl-C, stop every feed and wait for its segment to close."""
+def _wait_for_feeds(
+    ray: ModuleType, runs: dict, actors: dict, stop: threading.Event
+) -> list[dict[str, Any]]:
+    """Collect each feed's end; once ``stop`` is set, stop every feed and wait for its segment
+    to close, then raise :class:`KeyboardInterrupt`."""
     done: list[dict[str, Any]] = []
     pending = list(runs)
-    with stop_requested() as stop:
-        while pending and not stop.is_set():
-            finished, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-            done += [_outcome(ray, ref, runs[ref]) for ref in finished]
-        if not stop.is_set():
-            return done
-        log.warning("stopping %d feed(s)", len(pending))
-        for ref in pending:
-            actors[runs[ref]].stop.remote()
-        deadline = time.monotonic() + FEED_STOP_WAIT
-        while pending and time.monotonic() < deadline:
-            finished, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-            done += [_outcome(ray, ref, runs[ref]) for ref in finished]
+    while pending and not stop.is_set():
+        finished, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+        done += [_outcome(ray, ref, runs[ref]) for ref in finished]
+    if not stop.is_set():
+        return done
+    log.warning("stopping %d feed(s)", len(pending))
+    for ref in pending:
+        actors[runs[ref]].stop.remote()
+    deadline = time.monotonic() + FEED_STOP_WAIT
+    while pending and time.monotonic() < deadline:
+        finished, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+        done += [_outcome(ray, ref, runs[ref]) for ref in finished]
     raise KeyboardInterrupt
 
 

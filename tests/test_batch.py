@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,28 @@ def test_ray_gives_the_same_outputs(local_run, inputs: Path) -> None:
     for png in (local / "stills").glob("*.png"):
         a, b = cv2.imread(str(png)), cv2.imread(str(out / "stills" / png.name))
         assert np.array_equal(a, b), (png.name, int(np.abs(a.astype(int) - b).max()))
+
+
+def test_sigterm_stops_a_ray_batch_as_ctrl_c_does(inputs: Path) -> None:
+    """A service manager's stop: Ray's driver takes SIGTERM for itself (a crash report and
+    exit) unless the batch takes it back; it then stops as Ctrl-C does, for a rerun to finish."""
+    pytest.importorskip("ray")
+    args = ["in/a.mp4", "--out-dir", inputs / "out-sigterm", "--ray", "local", "-v"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamderain", "batch", *map(str, args)],
+        cwd=inputs,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "Ray actor(s)" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    err = "".join(seen) + proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "SIGTERM received" not in err and "Traceback" not in err
 
 
 def test_a_worker_loads_the_model_once(
