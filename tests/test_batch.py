@@ -16,6 +16,7 @@ from streamderain import api, runner
 from streamderain.jobs import MANIFEST, Job, Result, expand_inputs, plan, summary_table
 from streamderain.options import RunOptions
 from streamderain.workers import Worker
+from tests.live.test_live import interrupt_cli, start_cli
 from tests.media import clean_frames, decode_all, make_clip
 from training.route import HEAVY_MODEL, LIGHT_MODEL
 
@@ -126,20 +127,14 @@ def test_sigterm_stops_a_ray_batch_as_ctrl_c_does(inputs: Path) -> None:
     """A service manager's stop: Ray's driver takes SIGTERM for itself (a crash report and
     exit) unless the batch takes it back; it then stops as Ctrl-C does, for a rerun to finish."""
     pytest.importorskip("ray")
-    args = ["in/a.mp4", "--out-dir", inputs / "out-sigterm", "--ray", "local", "-v"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamderain", "batch", *map(str, args)],
-        cwd=inputs,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    out = inputs / "out-sigterm"
+    proc = start_cli("batch", inputs / "in" / "a.mp4", "--out-dir", out, "--ray", "local", "-v")
     seen = []
     for line in proc.stderr:
         seen.append(line)
         if "Ray actor(s)" in line:
             break
-    proc.send_signal(signal.SIGTERM)
-    err = "".join(seen) + proc.communicate(timeout=120)[1]
+    err = "".join(seen) + interrupt_cli(proc, signum=signal.SIGTERM)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "SIGTERM received" not in err and "Traceback" not in err
 
