@@ -441,6 +441,22 @@ def test_no_held_out_pair_or_its_rain_reaches_training(shared):
     assert len(sets["val_heavy"]) == 5
 
 
+def test_held_out_published_pairs_are_scored_apart_and_never_trained_on(shared):
+    """PCNet's 5.jpg and 11.jpg share one clean picture: holding out one keeps out both."""
+    cfg = _tiny_train(
+        real_fraction=1.0,
+        real_dirs=("train-pairs/pcnet",),
+        pairs_val_dir="train-pairs/pcnet",
+        pairs_val_names=("5.jpg", "20.jpg"),
+    )
+    sampler = PatchSampler(cfg, DATA)
+    trained = {p.rainy.name for p in sampler.real_pairs}
+    assert not trained & {"5.jpg", "11.jpg", "20.jpg"}
+    assert len(trained) == 38 - 3
+    sets = validation_sets(cfg, DATA)
+    assert len(sets["val_pairs"]) == 2 and "val_heavy" not in sets
+
+
 def test_eval_scores_a_handful_of_pairs_and_writes_csv_and_sheet(shared, tmp_path):
     model = load_model()
     pairs = find_pairs(DATA / "rain100L-test")[:3]

@@ -500,13 +500,13 @@ def rain_stats(data_root: Path, config_path: str, draws: int) -> None:
     import cv2
     import numpy as np
 
-    from training.batches import heavy_validation_pairs, training_pairs
+    from training.batches import held_out_pairs, training_pairs
     from training.data import find_clean_images, read_pair, read_rgb
     from training.rain import PRESETS, add_rain, layer_stats, rain_layer
     from training.recipe import load_train_config
 
     _, cfg = load_train_config(config_path)
-    held = heavy_validation_pairs(cfg, data_root)
+    held = held_out_pairs(cfg, data_root)
     real = [rain_layer(*read_pair(p)) for p in training_pairs(cfg.layer_dirs, data_root, held)]
     clean = find_clean_images(data_root / "clean" / "images" / "urban100")
     rng = np.random.default_rng(0)

@@ -33,11 +33,17 @@ from training.recipe import CLEAN_MAX_SIDE, REAL_LAYERS, TrainConfig
 log = logging.getLogger(__name__)
 
 
-def heavy_validation_pairs(cfg: TrainConfig, data_root: Path) -> list[Pair]:
-    """The held-out heavy-rain pairs (none when the recipe names none)."""
-    if not cfg.heavy_val_dir:
+def validation_pairs(folder: str, names: tuple[str, ...], data_root: Path) -> list[Pair]:
+    """The pairs of ``folder`` held out by name (none when the recipe names no folder)."""
+    if not folder:
         return []
-    return hold_out(find_pairs(data_root / cfg.heavy_val_dir), cfg.heavy_val_names)[1]
+    return hold_out(find_pairs(data_root / folder), names)[1]
+
+
+def held_out_pairs(cfg: TrainConfig, data_root: Path) -> list[Pair]:
+    """Every pair a recipe validates on: the heavy ones and the other published ones."""
+    heavy = validation_pairs(cfg.heavy_val_dir, cfg.heavy_val_names, data_root)
+    return heavy + validation_pairs(cfg.pairs_val_dir, cfg.pairs_val_names, data_root)
 
 
 def training_pairs(dirs: tuple[str, ...], data_root: Path, held_out: list[Pair]) -> list[Pair]:
@@ -56,7 +62,7 @@ class PatchSampler:
 
     def __init__(self, cfg: TrainConfig, data_root: Path) -> None:
         self.cfg = cfg
-        held_out = heavy_validation_pairs(cfg, data_root)
+        held_out = held_out_pairs(cfg, data_root)
         self.real_pairs = training_pairs(cfg.real_dirs, data_root, held_out)
         self.layer_pairs = training_pairs(cfg.layer_dirs, data_root, held_out)
         self.real = [read_pair(p) for p in self.real_pairs]

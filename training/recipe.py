@@ -69,6 +69,10 @@ class TrainConfig:
         heavy_val_dir: a folder of aligned heavy-rain pairs, some of which are held out.
         heavy_val_names: the rainy file names of the held-out pairs: neither they nor their
             rain layers, under any file name, reach training.
+        pairs_val_dir: a folder of published pairs of another rain (not heavy, not the
+            evaluation set's), some of which are held out and scored as ``val_pairs``.
+        pairs_val_names: the rainy file names of those held-out pairs, kept from training as
+            ``heavy_val_names`` are.
         eval_dir: pairs scored at each snapshot for the record only (Rain100L): never trained
             on and never used to pick weights.
         init_from: a model file to start from instead of random weights (a second stage
@@ -107,6 +111,8 @@ class TrainConfig:
     val_preset: str = "light"
     heavy_val_dir: str = ""
     heavy_val_names: tuple[str, ...] = ()
+    pairs_val_dir: str = ""
+    pairs_val_names: tuple[str, ...] = ()
     eval_dir: str = ""
     init_from: str = ""
     val_every: int = 2000
@@ -127,6 +133,7 @@ class TrainConfig:
             "layer_strength",
             "clean_dirs",
             "heavy_val_names",
+            "pairs_val_names",
         ):
             if key in values:
                 values[key] = tuple(values[key])

@@ -168,6 +168,7 @@ class Trainer:
             "val": f"val_synthetic_{cfg.val_preset}",
             "val_dry": f"val_no_rain_{Path(cfg.val_dir).name}",
             "val_heavy": f"val_heavy_{Path(cfg.heavy_val_dir).name}",
+            "val_pairs": f"val_pairs_{Path(cfg.pairs_val_dir).name}",
             "eval": f"eval_only_{Path(cfg.eval_dir).name}",
         }
 
@@ -179,7 +180,8 @@ class Trainer:
             "training_data": {
                 "real_pairs": list(cfg.real_dirs),
                 "real_rain_layers": list(cfg.layer_dirs),
-                "held_out": [f"{cfg.heavy_val_dir}/{n}" for n in cfg.heavy_val_names],
+                "held_out": [f"{cfg.heavy_val_dir}/{n}" for n in cfg.heavy_val_names]
+                + [f"{cfg.pairs_val_dir}/{n}" for n in cfg.pairs_val_names],
                 "synthetic_rain_on": list(cfg.clean_dirs),
                 "real_fraction": cfg.real_fraction,
                 "structure_fraction": cfg.structure_fraction,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.batches import heavy_validation_pairs
+from training.batches import validation_pairs
 from training.data import find_pairs, list_images, read_pair, read_rgb
 from training.evaluate import derain_rgb
 from training.metrics import luma, psnr
@@ -24,7 +24,8 @@ def validation_sets(cfg: TrainConfig, data_root: Path) -> dict[str, ImagePairs]:
 
     ``val``: held-out clean pictures with seeded synthetic rain, the same on every run;
     ``val_dry``: the same pictures without rain, which should come back unchanged;
-    ``val_heavy``: the held-out real heavy pairs; ``eval``: the evaluation-only pairs."""
+    ``val_heavy``: the held-out real heavy pairs; ``val_pairs``: the held-out published pairs of
+    another rain; ``eval``: the evaluation-only pairs."""
     sets: dict[str, ImagePairs] = {}
     if cfg.val_dir:
         rng = np.random.default_rng(12345)
@@ -32,8 +33,11 @@ def validation_sets(cfg: TrainConfig, data_root: Path) -> dict[str, ImagePairs]:
         clean = [read_rgb(f, CLEAN_MAX_SIDE) for f in files]
         sets["val"] = [(add_rain(c, cfg.val_preset, rng), c) for c in clean]
         sets["val_dry"] = [(c, c) for c in clean]
-    if cfg.heavy_val_dir:
-        sets["val_heavy"] = [read_pair(p) for p in heavy_validation_pairs(cfg, data_root)]
+    held = {
+        "val_heavy": validation_pairs(cfg.heavy_val_dir, cfg.heavy_val_names, data_root),
+        "val_pairs": validation_pairs(cfg.pairs_val_dir, cfg.pairs_val_names, data_root),
+    }
+    sets.update({name: [read_pair(p) for p in pairs] for name, pairs in held.items() if pairs})
     if cfg.eval_dir:
         sets["eval"] = [read_pair(p) for p in find_pairs(data_root / cfg.eval_dir)]
     return sets
