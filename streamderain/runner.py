@@ -64,7 +64,7 @@ def pick_precision(precision: str, device: torch.device, backend: str, model: st
     Why: the default must keep 2 frames/s at 640x360 on a file, mirror average included, and
     2-core CPUs of either kind run fp32 at the edge of it: 1.90 frames/s against int8's 2.44 with
     AVX2, 2.09 (single runs down to 1.81) against 3.28 with AVX-512 (README, Performance). The 8
-    bits cost 0.08 dB or less in light and heavy rain, 0.22 on pictures without rain."""
+    bits cost 0.08 dB or less in light and heavy rain, 0.22-0.26 on pictures without rain."""
     if precision != "auto":
         return precision
     eight_bits = (
