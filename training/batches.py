@@ -33,17 +33,18 @@ from training.recipe import CLEAN_MAX_SIDE, REAL_LAYERS, TrainConfig
 log = logging.getLogger(__name__)
 
 
-def validation_pairs(folder: str, names: tuple[str, ...], data_root: Path) -> list[Pair]:
-    """The pairs of ``folder`` held out by name (none when the recipe names no folder)."""
-    if not folder:
-        return []
-    return hold_out(find_pairs(data_root / folder), names)[1]
+def held_out_sets(cfg: TrainConfig, data_root: Path) -> dict[str, list[Pair]]:
+    """The held-out pairs of each set the recipe names (:attr:`TrainConfig.held_out`)."""
+    return {
+        name: hold_out(find_pairs(data_root / folder), names)[1]
+        for name, (folder, names) in cfg.held_out.items()
+        if folder
+    }
 
 
 def held_out_pairs(cfg: TrainConfig, data_root: Path) -> list[Pair]:
-    """Every pair a recipe validates on: the heavy ones and the other published ones."""
-    heavy = validation_pairs(cfg.heavy_val_dir, cfg.heavy_val_names, data_root)
-    return heavy + validation_pairs(cfg.pairs_val_dir, cfg.pairs_val_names, data_root)
+    """Every pair a recipe validates on, whichever set it is scored in."""
+    return [p for pairs in held_out_sets(cfg, data_root).values() for p in pairs]
 
 
 def training_pairs(dirs: tuple[str, ...], data_root: Path, held_out: list[Pair]) -> list[Pair]:

@@ -119,6 +119,14 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     seed: int = 0
 
+    @property
+    def held_out(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """The held-out pair sets, by the name they are scored under: (folder, rainy names)."""
+        return {
+            "val_heavy": (self.heavy_val_dir, self.heavy_val_names),
+            "val_pairs": (self.pairs_val_dir, self.pairs_val_names),
+        }
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = set(cls.__dataclass_fields__)

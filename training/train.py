@@ -180,8 +180,9 @@ class Trainer:
             "training_data": {
                 "real_pairs": list(cfg.real_dirs),
                 "real_rain_layers": list(cfg.layer_dirs),
-                "held_out": [f"{cfg.heavy_val_dir}/{n}" for n in cfg.heavy_val_names]
-                + [f"{cfg.pairs_val_dir}/{n}" for n in cfg.pairs_val_names],
+                "held_out": [
+                    f"{folder}/{n}" for folder, names in cfg.held_out.values() for n in names
+                ],
                 "synthetic_rain_on": list(cfg.clean_dirs),
                 "real_fraction": cfg.real_fraction,
                 "structure_fraction": cfg.structure_fraction,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.batches import validation_pairs
+from training.batches import held_out_sets
 from training.data import find_pairs, list_images, read_pair, read_rgb
 from training.evaluate import derain_rgb
 from training.metrics import luma, psnr
@@ -33,11 +33,8 @@ def validation_sets(cfg: TrainConfig, data_root: Path) -> dict[str, ImagePairs]:
         clean = [read_rgb(f, CLEAN_MAX_SIDE) for f in files]
         sets["val"] = [(add_rain(c, cfg.val_preset, rng), c) for c in clean]
         sets["val_dry"] = [(c, c) for c in clean]
-    held = {
-        "val_heavy": validation_pairs(cfg.heavy_val_dir, cfg.heavy_val_names, data_root),
-        "val_pairs": validation_pairs(cfg.pairs_val_dir, cfg.pairs_val_names, data_root),
-    }
-    sets.update({name: [read_pair(p) for p in pairs] for name, pairs in held.items() if pairs})
+    for name, pairs in held_out_sets(cfg, data_root).items():
+        sets[name] = [read_pair(p) for p in pairs]
     if cfg.eval_dir:
         sets["eval"] = [read_pair(p) for p in find_pairs(data_root / cfg.eval_dir)]
     return sets
