@@ -44,7 +44,7 @@ from training.rain import (
     transplant,
 )
 from training.recipe import TrainConfig
-from training.train import Trainer
+from training.train import Trainer, dry_colour_error
 from training.validation import validation_sets
 
 
@@ -211,21 +211,38 @@ def test_short_training_lowers_the_loss(shared, tmp_path, precision):
 @pytest.mark.parametrize(
     ("option", "term", "name"),
     [
-        ("l1_weight", lambda out, clean: (out - clean).abs().mean(), "L1"),
+        ("l1_weight", lambda out, clean, rainy: (out - clean).abs().mean(), "L1"),
         (
             "mean_weight",
-            lambda out, clean: (out - clean).mean(dim=(2, 3)).abs().mean(),
+            lambda out, clean, rainy: (out - clean).mean(dim=(2, 3)).abs().mean(),
             "|mean colour error|",
         ),
         (
             "lowpass_weight",
-            lambda out, clean: (F.avg_pool2d(out, 8) - F.avg_pool2d(clean, 8)).abs().mean(),
+            lambda out, clean, rainy: (F.avg_pool2d(out, 8) - F.avg_pool2d(clean, 8)).abs().mean(),
             "L1 of 8x8 block means",
         ),
         (
             "psnr_weight",
-            lambda out, clean: 10 * torch.log10((out - clean).pow(2).mean(dim=(1, 2, 3))).mean(),
+            lambda out, clean, rainy: (
+                10 * torch.log10((out - clean).pow(2).mean(dim=(1, 2, 3))).mean()
+            ),
             "PSNR (dB per patch)",
+        ),
+        (
+            "left_weight",
+            lambda out, clean, rainy: (out - clean).clamp(min=0).mean(),
+            "mean excess over clean",
+        ),
+        (
+            "dry_mean_weight",
+            lambda out, clean, rainy: torch.stack(
+                [
+                    (o - c)[:, ((r - c).abs() <= 2 / 255).all(dim=0)].mean(dim=1).abs()
+                    for o, c, r in zip(out, clean, rainy)
+                ]
+            ).mean(),
+            "|mean colour error where dry|",
         ),
     ],
 )
@@ -236,10 +253,21 @@ def test_a_loss_term_joins_the_loss_when_asked(shared, tmp_path, option, term, n
     trainer = Trainer(TINY, cfg, DATA, tmp_path / "run")
     with torch.no_grad():
         out = trainer.net(rainy)
-        expected = float(-ssim(out, clean) + 0.5 * term(out, clean))
+        expected = float(-ssim(out, clean) + 0.5 * term(out, clean, rainy))
     assert trainer.train_step(rainy, clean) == pytest.approx(expected, abs=1e-5)
     sign = "-" if option == "psnr_weight" else "+"
     assert trainer.metadata({})["recipe"]["loss"] == f"-SSIM {sign} 0.5 {name}"
+
+
+def test_the_dry_brightness_term_ignores_the_rain():
+    clean = torch.full((1, 3, 8, 8), 0.5)
+    rainy = clean.clone()
+    rainy[..., :, :2] += 0.3  # a streak down two columns
+    out = clean.clone()
+    out[..., :, :2] += 0.1  # a tenth of it left: the dry pixels are right
+    assert float(dry_colour_error(out, rainy, clean)) == pytest.approx(0.0, abs=1e-7)
+    out -= 0.02  # the scene behind darkened
+    assert float(dry_colour_error(out, rainy, clean)) == pytest.approx(0.02, abs=1e-6)
 
 
 def test_the_loss_can_leave_ssim_out(shared, tmp_path):

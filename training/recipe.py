@@ -13,6 +13,8 @@ from training.rain import PRESETS
 CLEAN_MAX_SIDE = 640
 #: the name under which ``rain_presets`` weighs real rain layers cut from ``layer_dirs``
 REAL_LAYERS = "real-layers"
+#: a pixel whose rainy and clean values lie this close (grey levels, every channel) is dry
+DRY_LEVEL = 2.0
 #: the number formats a run trains in
 PRECISIONS = ("fp32", "bf16")
 
@@ -38,6 +40,15 @@ class TrainConfig:
         lowpass_weight: weight of a mean absolute error between 8x8-pixel block means of the
             output and the clean patch: the veil of heavy rain varies across a picture, and a
             patch-wide mean lets one part's leftover veil hide behind another's overshoot.
+        dry_mean_weight: weight of the mean colour error, per channel, over only the pixels
+            the rain left alone (rainy within :data:`DRY_LEVEL` grey levels of clean). A mean
+            over the whole patch lets a network that leaves streaks darken the scene around
+            them to even out (the light slot darkens dry pictures by 0.6 grey levels and still
+            scenes under dense streaks by 3); this one asks the scene behind the rain to keep
+            its brightness.
+        left_weight: weight of a mean of the output's excess over the clean patch (rain left
+            behind; rain only adds light): on top of L1 it prices a streak left above a detail
+            lost, since what the light slot misses on published rain is streaks it leaves.
         as_product: the loss judges what the product gives, not the bare network: its output
             averaged with its run on the mirror image and kept below the input
             (:class:`~training.route.FlipAverage`, :func:`~training.route.below_input`). The
@@ -93,6 +104,8 @@ class TrainConfig:
     l1_weight: float = 0.0
     mean_weight: float = 0.0
     lowpass_weight: float = 0.0
+    dry_mean_weight: float = 0.0
+    left_weight: float = 0.0
     as_product: bool = False
     ema_decay: float = 0.0
     real_fraction: float = 0.3

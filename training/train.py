@@ -28,12 +28,21 @@ from training.batches import PatchSampler, StepBatches
 from training.config import DCSFNConfig, build_network
 from training.grow import deepen
 from training.metrics import ssim
-from training.recipe import PRECISIONS, TrainConfig
+from training.recipe import DRY_LEVEL, PRECISIONS, TrainConfig
 from training.route import FlipAverage, below_input
 from training.validation import validate, validation_sets
 from training.weights import load_model, save_model
 
 log = logging.getLogger(__name__)
+
+
+def dry_colour_error(out: torch.Tensor, rainy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Mean over patches and channels of |mean colour error| on the pixels the rain left
+    alone: where a patch has none, it counts 0."""
+    dry = ((rainy - clean).abs().amax(dim=1, keepdim=True) <= DRY_LEVEL / 255).float()
+    count = dry.sum(dim=(2, 3))
+    error = ((out - clean) * dry).sum(dim=(2, 3)) / count.clamp(min=1)
+    return error.abs().mean()
 
 
 class Trainer:
@@ -224,6 +233,10 @@ class Trainer:
             terms.append(f"{self.cfg.mean_weight:g} |mean colour error|")
         if self.cfg.lowpass_weight:
             terms.append(f"{self.cfg.lowpass_weight:g} L1 of 8x8 block means")
+        if self.cfg.dry_mean_weight:
+            terms.append(f"{self.cfg.dry_mean_weight:g} |mean colour error where dry|")
+        if self.cfg.left_weight:
+            terms.append(f"{self.cfg.left_weight:g} mean excess over clean")
         loss = " + ".join(terms).replace("+ -", "- ")
         return (
             f"{loss}, on the mirror average kept below the input" if self.cfg.as_product else loss
@@ -250,6 +263,10 @@ class Trainer:
         if self.cfg.lowpass_weight:
             veil_error = (F.avg_pool2d(out, 8) - F.avg_pool2d(clean, 8)).abs().mean()
             loss = loss + self.cfg.lowpass_weight * veil_error
+        if self.cfg.dry_mean_weight:
+            loss = loss + self.cfg.dry_mean_weight * dry_colour_error(out, rainy.float(), clean)
+        if self.cfg.left_weight:
+            loss = loss + self.cfg.left_weight * (out - clean).clamp(min=0).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
