@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -43,7 +44,7 @@ class Derainer:
 
     Args:
         options: the model and where it runs (or give its fields as keywords:
-            ``Derainer(device="cpu", tile=1024)``).
+            ``Derainer(device="cpu", tile=1024)``; keywords beside ``options`` change it).
         channel_order: channel order of the numpy frames you pass.
     """
 
@@ -53,7 +54,7 @@ class Derainer:
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
         self.channel_order = channel_order
-        options = ModelOptions(**values) if options is None else options
+        options = dataclasses.replace(options or ModelOptions(), **values)
         self.runner = ModelRunner(options)
         self.temporal = TemporalFilter(lookahead=0) if options.temporal == "on" else None
         self._count = 0

@@ -168,7 +168,8 @@ class Decoder:
     def _connect_until_deadline(self) -> av.container.InputContainer | None:
         """Connect, retrying with capped backoff until the reconnect timeout; None if stopped.
 
-        No attempt runs past the deadline, so the time in the final message is the time waited."""
+        No attempt runs more than a second past the deadline (each gets at least one second to
+        connect), so the time in the final message is about the time waited."""
         began = time.monotonic()
         deadline = began + self.reconnect_timeout if self.reconnect_timeout else None
         delay, failures = 0.5, 0

@@ -77,28 +77,34 @@ class StreamCopier:
         offset: float,
     ) -> None:
         self.input = av.open(source)
-        self.start, self.end, self.offset = start, end, offset
-        self.map: dict[int, av.stream.Stream] = {}
-        self.reencoders: dict[int, AudioReencoder] = {}
-        for s in [*self.input.streams.audio, *self.input.streams.subtitles]:
-            name = s.codec_context.name if s.codec_context else "unknown"
-            if s.type == "audio" and not (s.codec_context and s.codec_context.sample_rate):
-                # A file cut short before the audio's first frame: FFmpeg knows no rate or
-                # layout for it, and no container takes such a stream.
-                log.warning(
-                    "audio stream %d (%s) has no parameters (cut short?): left out", s.index, name
-                )
-            elif copies_as_is(fmt, name):
-                self.map[s.index] = output.add_stream_from_template(s)
-            elif s.type == "audio" and fmt in AUDIO_FALLBACK:
-                self.reencoders[s.index] = AudioReencoder(s, output, fmt)
-                log.info("audio stream %d (%s) re-encoded for %s", s.index, name, fmt)
-            else:
-                log.warning(
-                    "%s stream %d (%s) does not fit %s: left out", s.type, s.index, name, fmt
-                )
-        wanted = [self.input.streams[i] for i in [*self.map, *self.reencoders]]
-        self._packets = self.input.demux(*wanted) if wanted else iter(())
+        try:
+            self.start, self.end, self.offset = start, end, offset
+            self.map: dict[int, av.stream.Stream] = {}
+            self.reencoders: dict[int, AudioReencoder] = {}
+            for s in [*self.input.streams.audio, *self.input.streams.subtitles]:
+                name = s.codec_context.name if s.codec_context else "unknown"
+                if s.type == "audio" and not (s.codec_context and s.codec_context.sample_rate):
+                    # A file cut short before the audio's first frame: FFmpeg knows no rate or
+                    # layout for it, and no container takes such a stream.
+                    log.warning(
+                        "audio stream %d (%s) has no parameters (cut short?): left out",
+                        s.index,
+                        name,
+                    )
+                elif copies_as_is(fmt, name):
+                    self.map[s.index] = output.add_stream_from_template(s)
+                elif s.type == "audio" and fmt in AUDIO_FALLBACK:
+                    self.reencoders[s.index] = AudioReencoder(s, output, fmt)
+                    log.info("audio stream %d (%s) re-encoded for %s", s.index, name, fmt)
+                else:
+                    log.warning(
+                        "%s stream %d (%s) does not fit %s: left out", s.type, s.index, name, fmt
+                    )
+            wanted = [self.input.streams[i] for i in [*self.map, *self.reencoders]]
+            self._packets = self.input.demux(*wanted) if wanted else iter(())
+        except BaseException:
+            self.input.close()
+            raise
         self._held: av.Packet | None = None
         self.output = output
 

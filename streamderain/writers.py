@@ -39,7 +39,6 @@ class Writer(Protocol):
 # Visually lossless defaults: CRF 18 for H.264, 30 for VP9 (constant quality mode).
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 30}
 DEFAULT_PRESET = "fast"
-ENCODERS = ("pyav", "ffmpeg")
 # x264 and x265: they cannot subsample odd sizes, and they write 10 bits a channel.
 X26X = ("libx264", "libx265")
 # The codec for a file from a source of more than 8 bits: HEVC is what phones record HDR video
@@ -290,12 +289,18 @@ class FFmpegWriter:
         self.settings = settings
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=self.log)
-        self.container = av.open(self.proc.stdin, mode="w", format="nut")
-        self.stream = self.container.add_stream("rawvideo", rate=info.rate or 25)
-        self.stream.width, self.stream.height = w, h
-        self.stream.pix_fmt = settings.pix_fmt
-        self.stream.time_base = settings.time_base
-        self.stream.codec_context.time_base = settings.time_base
+        try:
+            self.container = av.open(self.proc.stdin, mode="w", format="nut")
+            self.stream = self.container.add_stream("rawvideo", rate=info.rate or 25)
+            self.stream.width, self.stream.height = w, h
+            self.stream.pix_fmt = settings.pix_fmt
+            self.stream.time_base = settings.time_base
+            self.stream.codec_context.time_base = settings.time_base
+        except BaseException:  # no writer to close: stop ffmpeg, which waits on its input
+            self.proc.kill()
+            self.proc.wait()
+            self.log.close()
+            raise
 
     def write(
         self, image: np.ndarray, pts: int, time_base: Fraction, name: str | None = None
@@ -319,10 +324,10 @@ class FFmpegWriter:
             pass
         finally:
             self.proc.stdin.close()
-            code = self.proc.wait(timeout=120)
-            if code != 0:
-                raise OutputError(f"ffmpeg failed: {self._error()}")
+            error = self._error() if self.proc.wait(timeout=120) else None
             self.log.close()
+        if error is not None:
+            raise OutputError(f"ffmpeg failed: {error}")
         if self.settings.rotation:
             _stamp_rotation(Path(self.settings.path), self.settings.fmt, self.settings.rotation)
 

@@ -148,6 +148,13 @@ def test_a_config_that_does_not_match_its_tensors_is_refused_before_building(tmp
         load_model(path)
 
 
+def test_our_format_without_its_tensors_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "empty.pt"
+    _tiny_checkpoint(path, lambda p: p.pop("state_dict"))
+    with pytest.raises(ModelLoadError, match=f"{path}: no state dict of tensors"):
+        load_model(path)
+
+
 def test_passwords_are_masked_up_to_the_last_at_sign():
     from streamderain.live import mask_url
 

@@ -325,12 +325,12 @@ def test_the_command_keeps_every_frame_and_time_with_the_stage_on(tmp_path, shar
 def test_a_derainer_with_the_stage_on_steadies_a_still_scene(shared) -> None:
     """The per-stream Python API: frames from a fixed camera come back with less of the rain
     the model leaves, each at once (past frames only)."""
-    from streamderain import Derainer
+    from streamderain import Derainer, ModelOptions
 
     clean, _ = scene(16)
     noisy = rain(clean)
     plain = Derainer(device="cpu", temporal="off")
-    steady = Derainer(device="cpu", temporal="on")
+    steady = Derainer(ModelOptions(device="cpu"), temporal="on")  # a keyword beside options
     still = [np.ones((H, W), bool)] * len(clean)
     per_frame = [plain(image) for image in noisy]
     combined = [steady(image) for image in noisy]

@@ -259,6 +259,22 @@ def test_a_loss_term_joins_the_loss_when_asked(shared, tmp_path, option, term, n
     assert trainer.metadata({})["recipe"]["loss"] == f"-SSIM {sign} 0.5 {name}"
 
 
+def test_a_validation_between_log_steps_is_logged_with_its_step(shared, tmp_path):
+    """A run validated at a step the loss is not logged at still names the step, so that going
+    on from a checkpoint can read its log."""
+    torch.set_num_threads(2)
+    cfg = _tiny_train(steps=4, val_dir="clean/images/kodak24", val_images=1, val_every=2)
+    trainer = Trainer(TINY, cfg, DATA, tmp_path / "run")
+    trainer.run(until=3, progress=False)
+    trainer.run(progress=False)  # goes on, rereading the log
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], "val_psnr_y" in r, "loss" in r) for r in log] == [
+        (2, True, False),
+        (3, False, True),
+        (4, True, True),
+    ]
+
+
 def test_the_dry_brightness_term_ignores_the_rain():
     clean = torch.full((1, 3, 8, 8), 0.5)
     rainy = clean.clone()

@@ -104,6 +104,15 @@ def test_a_packed_recipe_holds_its_pairs_exactly_and_its_pictures_as_trained_on(
     assert len(held) == len(HELD_OUT) and not held & trained
 
 
+def test_a_pack_holds_every_held_out_set_even_one_not_trained_on(shared):
+    cfg = _recipe(pairs_val_dir="train-pairs/pcnet", pairs_val_names=("3.jpg",))
+    assert "train-pairs/pcnet" not in cfg.real_dirs
+    exact, _ = recipe_files(cfg, DATA)
+    assert {DATA / "train-pairs/pcnet/input/3.jpg", DATA / "train-pairs/pcnet/target/3.jpg"} <= set(
+        exact
+    )
+
+
 def test_a_pack_that_cannot_fit_is_refused_and_writes_nothing(shared, tmp_path):
     with pytest.raises(PackTooLarge, match="over 1.0 MiB"):
         pack(_recipe(), DATA, tmp_path / "data", max_bytes=2**20)

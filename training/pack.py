@@ -43,7 +43,7 @@ def recipe_files(
 ) -> tuple[list[Path], list[Path]]:
     """The files under ``data_root`` that training with ``cfg`` reads: (those read as they are:
     pairs and validation pictures; the clean pictures synthetic rain is drawn on)."""
-    pair_dirs = [*cfg.real_dirs, *cfg.layer_dirs, cfg.heavy_val_dir]
+    pair_dirs = [*cfg.real_dirs, *cfg.layer_dirs, *(d for d, _ in cfg.held_out.values())]
     if with_eval:
         pair_dirs.append(cfg.eval_dir)
     exact = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from training.rain import add_rain
 from training.route import below_input
 from training.weights import WEIGHTS_DIR, DerainModel, ModelLoadError
 
+if TYPE_CHECKING:
+    import openvino as ov
+
 INT8_SUFFIX = ".int8.xml"
 #: where an 8-bit network records the weights it was made from (:meth:`DerainModel.digest`)
 WEIGHTS_KEY = "streamderain_weights"
@@ -32,7 +36,7 @@ CALIBRATION_RAINS = ("light", "heavy-streaks", "jorder-heavy", "varied", "light-
 CHECK_RAINS = ("light", "light-long")
 
 
-def to_openvino(model: DerainModel):
+def to_openvino(model: DerainModel) -> ov.Model:
     """The fp32 network as an OpenVINO model taking any batch and frame size, in the network's
     channel order."""
     import openvino as ov
@@ -63,7 +67,7 @@ def _net_input(model: DerainModel, rainy: np.ndarray) -> np.ndarray:
     return model.to_net_order(x).numpy()
 
 
-def quantize(model: DerainModel, data_root: Path, max_drop: float = 0.03):
+def quantize(model: DerainModel, data_root: Path, max_drop: float = 0.03) -> ov.Model:
     """The 8-bit OpenVINO network of ``model`` (see the module's docstring); its ``rt_info``
     names the weights it was made from."""
     import nncf

@@ -323,11 +323,10 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.sched.get_last_lr()[0]:.1e}")
                 out_of_time = deadline is not None and time.monotonic() > deadline
-                record: dict[str, Any] = {}
+                record: dict[str, Any] = {"step": self.step}
                 if self.step % 100 == 0 or self.step == until or out_of_time:
                     elapsed = time.monotonic() - window_start
-                    record = {
-                        "step": self.step,
+                    record |= {
                         "loss": round(float(np.mean(window)), 5),
                         "lr": self.sched.get_last_lr()[0],
                         "steps_per_s": round(len(window) / max(elapsed, 1e-9), 3),
@@ -342,7 +341,7 @@ class Trainer:
                         record[f"{name}_psnr_y"] = score["psnr_y"]
                         record[f"{name}_bias_rgb"] = score["bias_rgb"]
                     self.snapshot(scores)
-                if record:
+                if len(record) > 1:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
                 if out_of_time:

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import torch
 
-from training.data import data_root_option
+from training.data import DatasetError, data_root_option, read_rgb
 from training.evaluate import derain_rgb
 from training.metrics import luma, psnr
 from training.rain import rain_video
@@ -63,13 +63,6 @@ MOVING_SPAN = 6
 # The file mode's look ahead and the live mode's (none).
 FILE_LOOKAHEAD, LIVE_LOOKAHEAD = 3, 0
 VERSIONS = ("rainy", "per-frame", "temporal", "live")
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise click.ClickException(f"cannot read {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def fit(image: np.ndarray, size: tuple[int, int] = SIZE) -> np.ndarray:
@@ -350,7 +343,10 @@ def main(
     """Score the temporal stage against the per-frame model on video with clean frames."""
     fixed = tuple(p for p in fixed_presets.split(",") if p)
     davis = tuple(p for p in davis_presets.split(",") if p)
-    todo = clips(data_root, frames, davis_frames, fixed, davis)
+    try:
+        todo = clips(data_root, frames, davis_frames, fixed, davis)
+    except DatasetError as e:
+        raise click.ClickException(str(e)) from None
     from streamderain.backends import openvino_available
 
     torch.set_num_threads(threads)

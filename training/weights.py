@@ -208,7 +208,10 @@ def _unpack(payload: Any, path: Path) -> tuple[dict[str, Tensor], ModelInfo]:
         if order not in CHANNEL_ORDERS:
             raise ModelLoadError(f"{path}: bad channel order {order!r}")
         info = ModelInfo(config, order, str(path), dict(payload.get("metadata", {})))
-        return payload["state_dict"], info
+        state = payload.get("state_dict")
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise ModelLoadError(f"{path}: no state dict of tensors")
+        return state, info
     state = payload
     for key in ("net", "params_ema", "params", "state_dict"):
         if isinstance(payload.get(key), dict):
