@@ -301,9 +301,6 @@ def _run_batch(
                 text += f": {why(result)}" if result.reason else ""
                 bar.write(f"streamderain: {text}", file=sys.stderr)
 
-        for result in results.values():
-            if result.status == "failed":
-                manifest.write(result.to_json() + "\n")
         show = not quiet and sys.stderr.isatty()
         with tqdm(total=len(jobs), unit="file", disable=not show, dynamic_ncols=True) as bar:
             if not jobs:

@@ -108,8 +108,8 @@ class StreamCopier:
         self._held: av.Packet | None = None
         self.output = output
 
-    def copy_until(self, seconds: float | None) -> None:
-        """Mux every packet that starts before ``seconds`` of output time (all, if None)."""
+    def copy_until(self, seconds: float) -> None:
+        """Mux every packet that starts before ``seconds`` of output time."""
         while True:
             packet = self._held or next(self._packets, None)
             self._held = None
@@ -122,7 +122,7 @@ class StreamCopier:
                 self.end is not None and t >= self.end
             ):
                 continue
-            if seconds is not None and t - self.offset > seconds:
+            if t - self.offset > seconds:
                 self._held = packet
                 return
             reencoder = self.reencoders.get(packet.stream.index)
@@ -134,9 +134,13 @@ class StreamCopier:
             packet.dts -= shift
             packet.stream = self.map[packet.stream.index]
             self.output.mux(packet)
-        if seconds is None:
-            for reencoder in self.reencoders.values():
-                self.output.mux(reencoder.packets(None, self.offset))
+
+    def finish(self, seconds: float) -> None:
+        """The output ends at ``seconds``: what starts before goes in, the rest is left out (a run
+        cut short, by ``--max-frames``, Ctrl-C or a damaged source, has no picture past it)."""
+        self.copy_until(seconds)
+        for reencoder in self.reencoders.values():
+            self.output.mux(reencoder.packets(None, self.offset))
 
     def close(self) -> None:
         self.input.close()

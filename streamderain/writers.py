@@ -172,6 +172,7 @@ class PyAVWriter:
             settings.path, mode="w", format=settings.fmt, options=options, timeout=10.0
         )
         self.copier: StreamCopier | None = None
+        self.video_end = 0.0  # output time where the last frame written ends (one frame on)
         try:
             self.stream = self._add_video(settings)
             if settings.copy_from:
@@ -212,8 +213,10 @@ class PyAVWriter:
         self, image: np.ndarray, pts: int, time_base: Fraction, name: str | None = None
     ) -> None:
         self._mux(self.stream.encode(self.settings.video_frame(image, pts, time_base)))
+        t = float(pts * time_base)
+        self.video_end = t + 1 / float(self.settings.info.rate or 25)
         if self.copier is not None:
-            self.copier.copy_until(float(pts * time_base))
+            self.copier.copy_until(t)
 
     def _mux(self, packets) -> None:
         try:
@@ -225,7 +228,7 @@ class PyAVWriter:
         try:
             self._mux(self.stream.encode(None))
             if self.copier is not None:
-                self.copier.copy_until(None)
+                self.copier.finish(self.video_end)
         finally:
             if self.copier is not None:
                 self.copier.close()
@@ -258,7 +261,7 @@ class FFmpegWriter:
                 timing["itsoffset"] = -settings.shift
             source = ffmpeg.input(settings.copy_from, **timing)
             streams += [source["a?"], source["s?"]]
-            audio = ffmpeg_audio_args(settings.copy_from, settings.fmt)
+            audio = {**ffmpeg_audio_args(settings.copy_from, settings.fmt), "shortest": None}
         else:
             audio = {}
         info = settings.info

@@ -161,6 +161,17 @@ def test_a_model_that_cannot_load_stops_the_batch_in_one_line(inputs: Path) -> N
     assert run.stderr.count("\n") == 1 and "error: " in run.stderr and "nope.pt" in run.stderr
 
 
+def test_a_users_file_in_the_way_is_refused_on_every_run(inputs: Path) -> None:
+    """The refusal is no outcome of ours: a second run must not take the file for our output."""
+    out = inputs / "out-users"
+    out.mkdir()
+    (out / "a.mp4").write_bytes(b"the user's own file")
+    for _ in range(2):
+        run = batch("in/a.mp4", "--out-dir", out, cwd=inputs)
+        assert run.returncode == 1 and "exists (pass -y to overwrite)" in run.stderr, run.stderr
+        assert (out / "a.mp4").read_bytes() == b"the user's own file"
+
+
 def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     for name in ("x/a.mp4", "y/a.mp4", "y/b.mp4", "out/old.mp4"):

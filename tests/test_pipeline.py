@@ -175,6 +175,21 @@ def test_container_round_trips(tmp_path, shared, suffix):
     assert len(packets(out, "audio")) > 0
 
 
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_a_run_cut_short_cuts_the_audio_with_the_picture(tmp_path, shared, encoder):
+    """--max-frames (as Ctrl-C or a damaged source): no sound runs on past the last picture."""
+    src = tmp_path / "in.mp4"
+    make_clip(src, clean_frames(50, (96, 64)), audio=True)  # 2 s of picture and sound
+    out = tmp_path / "out.mp4"
+    result = run_cli(src, out, "-q", "--max-frames", "10", "--encoder", encoder)
+    assert result.returncode == 0, result.stderr
+    video = [t for t, _ in packets(out, "video")]
+    audio = [t for t, _ in packets(out, "audio")]
+    assert len(video) == 10 and audio
+    assert max(audio) < max(video) + 0.04 + 1e-6, "the sound stops with the last frame"
+    assert max(audio) > max(video) - 0.1, "and not before it"
+
+
 def test_image_folder_in_and_out_with_odd_sizes(tmp_path, shared):
     import cv2
 
