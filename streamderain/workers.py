@@ -132,7 +132,10 @@ def _start_process(options: RunOptions, devices, threads: int | None) -> None:
     global _worker
     _die_with_parent()
     _worker = Worker(options, devices.get(), threads)
-    signal.signal(signal.SIGINT, lambda signum, frame: _worker.interrupt())
+    # Ctrl-C in a terminal and a service manager's stop (SIGTERM to the whole group) reach the
+    # workers too: each finishes its file, as the driver asks
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: _worker.interrupt())
 
 
 def _die_with_parent() -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -13,6 +16,7 @@ import numpy as np
 import pytest
 
 from streamderain import api, runner
+from streamderain.encoder import partial_path
 from streamderain.jobs import MANIFEST, Job, Result, expand_inputs, plan, summary_table
 from streamderain.options import RunOptions
 from streamderain.workers import Worker
@@ -137,6 +141,33 @@ def test_sigterm_stops_a_ray_batch_as_ctrl_c_does(inputs: Path) -> None:
     err = "".join(seen) + interrupt_cli(proc, signum=signal.SIGTERM)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "SIGTERM received" not in err and "Traceback" not in err
+
+
+def test_sigterm_to_the_whole_group_finishes_a_local_batchs_files(tmp_path: Path, shared) -> None:
+    """A service manager's stop reaches the worker processes too: each closes its file playable
+    and recorded for a re-run to finish, as on Ctrl-C, instead of dying with a hidden partial."""
+    src = tmp_path / "long.mp4"
+    make_clip(src, clean_frames(75, (256, 144)))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamderain", "batch", src, "--out-dir", out, "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    partial = partial_path(out / "long.mp4")
+    deadline = time.monotonic() + 120
+    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert partial.exists(), "the worker is writing the file"
+    os.killpg(proc.pid, signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    (record,) = manifest(out)
+    done = re.fullmatch(r"interrupted; the output holds the (\d+) frames done", record["reason"])
+    assert record["status"] == "failed" and done, record
+    assert len(decode_all(out / "long.mp4")[0]) == int(done[1]) > 0 and not partial.exists()
 
 
 def test_a_worker_loads_the_model_once(
