@@ -28,7 +28,12 @@ POLL = 0.05
 YIELDING_NICE = 10
 
 
+#: how long a stage's thread may take to stop once the pipeline stops
 JOIN_TIMEOUT = 10.0
+#: the same for the last stage (the encoder), which closes the output on a stop: flushing an
+#: encoder's delayed frames at 4K or waiting for ffmpeg to exit can take longer, and a thread cut
+#: short by the process's exit leaves a broken file
+FINISH_TIMEOUT = 120.0
 
 
 class Stage:
@@ -179,9 +184,9 @@ class Pipeline:
         self.stop_event.set()
 
     def _read(self, out: queue.Queue) -> None:
-        if self.source.yields_cpu:
-            _yield_cpu()
         try:
+            if self.source.yields_cpu:
+                _yield_cpu()
             it: Iterator[Any] = iter(self.source)
             while not self.stop_event.is_set():
                 t0 = time.perf_counter()
@@ -200,8 +205,6 @@ class Pipeline:
     def _work(self, name: str, stage: Stage, inbox: queue.Queue, out: queue.Queue | None) -> None:
         """One stage's loop. The last stage (``out`` is None) reports each item it took."""
         busy = self.stats.busy
-        if stage.yields_cpu:
-            _yield_cpu()
 
         def timed(call: Callable[[], Iterable[Any]]) -> list[Any]:
             t0 = time.perf_counter()
@@ -213,6 +216,8 @@ class Pipeline:
             return out is None or all(self._put(out, item) for item in items)
 
         try:
+            if stage.yields_cpu:
+                _yield_cpu()
             while not self.stop_event.is_set():
                 try:
                     item = inbox.get(timeout=POLL)
@@ -259,9 +264,10 @@ class Pipeline:
         finally:
             self.stop_event.set()
             for t in threads:
-                t.join(timeout=JOIN_TIMEOUT)
+                limit = FINISH_TIMEOUT if t is threads[-1] else JOIN_TIMEOUT
+                t.join(timeout=limit)
                 if t.is_alive():
-                    log.error("stage %s did not stop within %g s", t.name, JOIN_TIMEOUT)
+                    log.error("stage %s did not stop within %g s", t.name, limit)
                     self._fail(StreamDerainError(f"the {t.name} stage did not stop"))
             self.stats.wall = time.perf_counter() - t0
             self.stats.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

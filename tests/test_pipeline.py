@@ -310,6 +310,41 @@ def test_stages_that_only_keep_up_yield_the_cpu_to_the_model():
     assert seen == {"decode": YIELDING_NICE, "model": base, "encode": YIELDING_NICE}
 
 
+def test_after_an_error_the_last_stage_is_given_time_to_close_its_output(monkeypatch):
+    """A stage fails; the encoder's abort (closing the file) outlasts the other stages' join
+    time and still ends before the error reaches the caller."""
+    import time
+
+    from streamderain import pipeline
+    from streamderain.errors import StreamDerainError
+
+    monkeypatch.setattr(pipeline, "JOIN_TIMEOUT", 0.2)
+    closed = []
+
+    class Fails(pipeline.Stage):
+        def process(self, item):
+            raise StreamDerainError("the model failed")
+
+    class SlowToClose(pipeline.Stage):
+        def process(self, item):
+            return [item]
+
+        def abort(self, failed: bool = False) -> None:
+            time.sleep(1.0)
+            closed.append(failed)
+
+    class Source(list):
+        yields_cpu = False
+
+        def stop(self) -> None:
+            pass
+
+    stages = [("model", Fails()), ("encode", SlowToClose())]
+    with pytest.raises(StreamDerainError, match="the model failed"):
+        pipeline.Pipeline(Source([[1], [2]]), stages).run()
+    assert closed == [True]
+
+
 def test_batcher_groups_by_size_and_flushes_on_timeout():
     tb = Fraction(1, 25)
 
