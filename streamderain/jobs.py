@@ -15,7 +15,9 @@ from glob import glob
 from pathlib import Path
 from typing import Any
 
+from streamderain.encoder import CONTAINERS
 from streamderain.errors import StreamDerainError
+from training.data import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +125,36 @@ def read_manifest(path: Path) -> dict[str, Result]:
 def output_paths(inputs: list[str], out_dir: Path) -> dict[str, Path]:
     """Where each input's output goes: its path below the inputs' common folder, mirrored
     under ``out_dir``, so ``a/clip.mp4`` and ``b/clip.mp4`` do not collide (inputs from one
-    folder land directly in ``out_dir``)."""
+    folder land directly in ``out_dir``).
+
+    A video in a container the encoder does not write (a camera's ``.avi``, ``.ts``, ``.mts``)
+    comes out as Matroska, which takes its codecs and sound: ``cam.avi`` as ``cam.mkv``, or
+    ``cam.avi.mkv`` where another input already comes out as ``cam.mkv``."""
     local = [Path(s) for s in inputs if "://" not in s]
     root = Path(os.path.commonpath([str(p.parent) for p in local])) if local else None
-    return {
+    mirrored = {
         s: out_dir / (Path(s).relative_to(root) if root and "://" not in s else Path(s).name)
         for s in inputs
     }
+    remap = {s for s in mirrored if _needs_matroska(s)}
+    taken = {path for s, path in mirrored.items() if s not in remap}
+    for s in remap:
+        path = mirrored[s]
+        mkv = path.with_suffix(".mkv")
+        mirrored[s] = path.with_name(path.name + ".mkv") if mkv in taken else mkv
+    return mirrored
+
+
+def _needs_matroska(source: str) -> bool:
+    """A video file whose container the encoder does not write (not a feed, folder or picture)."""
+    suffix = Path(source).suffix.lower()
+    return (
+        "://" not in source
+        and bool(suffix)
+        and suffix not in CONTAINERS
+        and suffix not in IMAGE_SUFFIXES
+        and not Path(source).is_dir()
+    )
 
 
 def plan(

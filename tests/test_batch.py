@@ -21,7 +21,7 @@ from streamderain.jobs import MANIFEST, Job, Result, expand_inputs, plan, summar
 from streamderain.options import RunOptions
 from streamderain.workers import Worker
 from tests.live.test_live import interrupt_cli, start_cli
-from tests.media import clean_frames, decode_all, make_clip
+from tests.media import clean_frames, decode_all, make_clip, packets
 from training.route import HEAVY_MODEL, LIGHT_MODEL
 
 FRAMES = 6
@@ -201,6 +201,26 @@ def test_a_users_file_in_the_way_is_refused_on_every_run(inputs: Path) -> None:
         run = batch("in/a.mp4", "--out-dir", out, cwd=inputs)
         assert run.returncode == 1 and "exists (pass -y to overwrite)" in run.stderr, run.stderr
         assert (out / "a.mp4").read_bytes() == b"the user's own file"
+
+
+def test_videos_in_containers_we_do_not_write_come_out_as_matroska(tmp_path: Path, shared) -> None:
+    """A camera's .avi and .ts: derained into .mkv, sound and all, never onto another output."""
+    src = tmp_path / "in"
+    src.mkdir()
+    frames = clean_frames(FRAMES, (96, 64))
+    for name in ("cam.avi", "x.ts", "x.mkv"):
+        make_clip(src / name, frames, audio=name != "x.ts")
+    out = tmp_path / "out"
+    run = batch("in/cam.avi", "in/x.ts", "in/x.mkv", "--out-dir", out, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == [
+        "cam.mkv",
+        "x.mkv",
+        "x.ts.mkv",
+    ]
+    for name in ("cam.mkv", "x.mkv", "x.ts.mkv"):
+        assert len(decode_all(out / name)[0]) == FRAMES, name
+    assert len(packets(out / "cam.mkv", "audio")) > 0
 
 
 def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
