@@ -150,23 +150,26 @@ def models() -> None:
     from training.quantize import int8_models
     from training.route import AUTO, HEAVY_MODEL, LIGHT_MODEL, VIDEO_CHECK_EVERY
 
-    here = pick_precision("auto", torch.device("cpu"), "auto", None) == "int8"
-    eight_bits = f", also in 8 bits (--precision int8{', the default on this CPU' if here else ''})"
-    for name in bundled_models():
-        model = load_model(name)
-        meta, config = model.info.metadata, model.config
-        int8 = eight_bits if name in int8_models() else ""
-        click.echo(
-            f"{name}: DCSFN, {config.channels} channels x {config.num_blocks} blocks, "
-            f"{meta.get('num_params', 0):,} parameters{int8}"
+    with one_line_errors(False):  # a bundled file damaged on disk: one line, not a traceback
+        here = pick_precision("auto", torch.device("cpu"), "auto", None) == "int8"
+        eight_bits = (
+            f", also in 8 bits (--precision int8{', the default on this CPU' if here else ''})"
         )
-        for line in model.info.describe():
-            click.echo(f"  {line}")
-    click.echo(
-        f"{AUTO} (default): {LIGHT_MODEL}, or {HEAVY_MODEL} where the rain leaves a veil "
-        f"(both run on a video's first frames and every {VIDEO_CHECK_EVERY} frames after, "
-        "on every picture of a folder)"
-    )
+        for name in bundled_models():
+            model = load_model(name)
+            meta, config = model.info.metadata, model.config
+            int8 = eight_bits if name in int8_models() else ""
+            click.echo(
+                f"{name}: DCSFN, {config.channels} channels x {config.num_blocks} blocks, "
+                f"{meta.get('num_params', 0):,} parameters{int8}"
+            )
+            for line in model.info.describe():
+                click.echo(f"  {line}")
+        click.echo(
+            f"{AUTO} (default): {LIGHT_MODEL}, or {HEAVY_MODEL} where the rain leaves a veil "
+            f"(both run on a video's first frames and every {VIDEO_CHECK_EVERY} frames after, "
+            "on every picture of a folder)"
+        )
 
 
 @main.command()

@@ -204,7 +204,9 @@ class Encoder(Stage):
                 f"the video is {self._size[1]}x{self._size[0]} (a video has one size; write "
                 "pictures of several sizes to a folder)"
             )
-        pts = frame.pts if frame.pts is not None else frame.index
+        pts = frame.pts
+        if pts is None:  # a frame of a source without timestamps: placed by its index
+            pts = round(frame.index / (float(self.info.rate or 25) * frame.time_base))
         if self._offset_pts is None:
             self._offset_pts = pts if self.start > 0 or pts < 0 else 0
         pts -= self._offset_pts

@@ -55,7 +55,7 @@ class Worker:
         self.options = options
         self.pipeline: Pipeline | None = None  # the file in progress, for Ctrl-C
         self.stopping = False
-        self.stop = threading.Event()  # stops a source that is still connecting
+        self.connecting = threading.Event()  # set: a source still connecting gives up
         self.runner, self.setup_error = None, ""
         try:
             self.runner = ModelRunner(replace(options.model, device=device), threads)
@@ -102,7 +102,7 @@ class Worker:
                 self.options,
                 runner=self.runner,
                 on_start=self._started,
-                stop=self.stop,
+                stop=self.connecting,
                 **values,
             )
         finally:
@@ -122,7 +122,7 @@ class Worker:
         elif pipeline is not None:
             pipeline.request_stop()
         self.stopping = True
-        self.stop.set()
+        self.connecting.set()
 
 
 _worker: Worker | None = None  # a local pool process's worker

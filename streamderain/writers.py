@@ -6,6 +6,7 @@ came from; the encoder stage picks one from the output's name and options.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -324,15 +325,27 @@ class FFmpegWriter:
             self.container.mux(self.stream.encode(None))
             self.container.close()
         except OSError:
-            pass
+            pass  # ffmpeg has gone: its exit status and log say why
         finally:
-            self.proc.stdin.close()
-            error = self._error() if self.proc.wait(timeout=120) else None
-            self.log.close()
+            error = self._wait_for_ffmpeg()
         if error is not None:
             raise OutputError(f"ffmpeg failed: {error}")
         if self.settings.rotation:
             _stamp_rotation(Path(self.settings.path), self.settings.fmt, self.settings.rotation)
+
+    def _wait_for_ffmpeg(self) -> str | None:
+        """End ffmpeg's input and wait for it (killed if it hangs); why it failed, if it did."""
+        try:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                return self._error() if self.proc.wait(timeout=120) else None
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return "it did not finish within 120 s"
+        finally:
+            self.log.close()
 
 
 def _stamp_rotation(path: Path, fmt: str, degrees: int) -> None:

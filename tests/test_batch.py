@@ -186,6 +186,15 @@ def test_a_worker_loads_the_model_once(
     assert bad.status == "failed" and "cannot open as video" in bad.reason
 
 
+def test_a_feed_worker_can_be_told_to_stop_outside_ray(shared) -> None:
+    """FeedWorker.stop is a method of its own, also when called directly (not as a Ray actor)."""
+    from streamderain.feeds import FeedWorker
+
+    worker = FeedWorker(RunOptions.of(device="cpu"), "cpu", threads=1)
+    worker.stop()
+    assert worker.stopping and worker.connecting.is_set()
+
+
 def test_a_model_that_cannot_load_stops_the_batch_in_one_line(inputs: Path) -> None:
     run = batch("in/a.mp4", "--out-dir", inputs / "out-nomodel", "--model", "nope.pt", cwd=inputs)
     assert run.returncode == 1

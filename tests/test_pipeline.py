@@ -106,6 +106,21 @@ def test_a_round_trip_keeps_the_colours(vfr_clip, tmp_path):
     assert np.mean([psnr(a, b) for a, b in zip(before, after, strict=True)]) > 46
 
 
+def test_frames_without_timestamps_are_placed_at_the_frame_rate(tmp_path):
+    """A source that gives no pts: frame i is shown at i / rate, in whatever time base."""
+    from streamderain.encoder import Encoder
+    from streamderain.frames import VideoInfo
+
+    tb = Fraction(1, 90000)
+    out = tmp_path / "untimed.mp4"
+    encoder = Encoder(out, VideoInfo(64, 48, tb, Fraction(25), None))
+    for i, image in enumerate(clean_frames(5, (64, 48))):
+        encoder.write(Frame(i, None, tb, image))
+    encoder.finish()
+    times = decode_all(out)[1]
+    assert times == pytest.approx([0.0, 0.04, 0.08, 0.12, 0.16], abs=1e-3)
+
+
 def _luma_10bit(path) -> tuple[list[np.ndarray], av.video.stream.VideoStream]:
     """Every frame's 10-bit luma plane, as coded, and the stream."""
     with av.open(str(path)) as c:
