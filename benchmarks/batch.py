@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from benchmarks.__main__ import ROOT, machine, make_clip
+from streamderain.pipeline import usable_cores
 
 
 def layouts(cores: int) -> list[tuple[int, int]]:
@@ -46,7 +47,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     seconds: dict[tuple[int, int], list[float]] = {layout: [] for layout in layouts(cores)}
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip0.mp4"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import threading
 import time
@@ -21,6 +20,7 @@ from streamderain.errors import StreamDerainError, reason
 from streamderain.feeds import Feed, FeedWorker
 from streamderain.jobs import Job, Result
 from streamderain.options import RunOptions
+from streamderain.pipeline import usable_cores
 from streamderain.workers import CPU_THREADS, Report, Worker, deliver
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def ray_session(address: str) -> Iterator[ModuleType]:
         sigterm = signal.getsignal(signal.SIGTERM)
         try:
             if address in ("", "local"):
-                cpus = len(os.sched_getaffinity(0))
+                cpus = usable_cores()
                 # Ray turns token authentication on for a cluster it starts (our own, bound to
                 # 127.0.0.1) and says so in a warning on every run; it stays on, unsaid.
                 logging.getLogger(RAY_AUTH_NOTICE).setLevel(logging.ERROR)

@@ -36,6 +36,14 @@ JOIN_TIMEOUT = 10.0
 FINISH_TIMEOUT = 120.0
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system has one: Linux;
+    all of them on macOS and Windows)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class Stage:
     """One step of the pipeline, run in its own thread: items in, zero or more items out.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable
 from functools import partial
 
@@ -14,7 +13,7 @@ from streamderain.backends import OpenVINOBackend, openvino_available
 from streamderain.errors import StreamDerainError, UsageError
 from streamderain.frames import Batch
 from streamderain.options import ModelOptions
-from streamderain.pipeline import Stage
+from streamderain.pipeline import Stage, usable_cores
 from training import DerainModel, load_model
 from training import pick_device as network_device
 from training.quantize import int8_models
@@ -157,7 +156,7 @@ class ModelRunner(Stage):
             raise UsageError("int8 runs on a CPU; use fp16 on a GPU")
         self.dtype = PRECISIONS[self.precision]
         self.tile = options.tile
-        self.threads = threads or len(os.sched_getaffinity(0))
+        self.threads = threads or usable_cores()
         if self.device.type == "cpu":
             torch.set_num_threads(self.threads)
         log.debug("loading the model (%s) on %s", options.model or AUTO, self.device)

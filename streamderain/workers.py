@@ -24,7 +24,7 @@ from pathlib import Path
 from streamderain.errors import StreamDerainError, reason
 from streamderain.jobs import Job, Result
 from streamderain.options import RunOptions
-from streamderain.pipeline import Pipeline, Stats
+from streamderain.pipeline import Pipeline, Stats, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def run_local(
     """
     devices = worker_devices(options.model.device, workers)
     if devices[0] == "cpu":
-        threads = threads or max(1, len(os.sched_getaffinity(0)) // len(devices))
+        threads = threads or max(1, usable_cores() // len(devices))
     log.info("%d worker process(es) on %s", len(devices), ", ".join(sorted(set(devices))))
     todo, crashes, stopping = deque(jobs), Counter(), False
     context = multiprocessing.get_context("spawn")  # fork is unsafe with torch's threads
@@ -236,7 +236,7 @@ def worker_devices(device: str, workers: int | None) -> list[str]:
 
     picked = pick_device(device)
     if picked.type == "cpu":
-        return ["cpu"] * (workers or max(1, len(os.sched_getaffinity(0)) // CPU_THREADS))
+        return ["cpu"] * (workers or max(1, usable_cores() // CPU_THREADS))
     if picked.index is not None:  # cuda:N: every worker on that GPU
         return [str(picked)] * (workers or 1)
     import torch

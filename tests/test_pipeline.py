@@ -360,6 +360,17 @@ def test_after_an_error_the_last_stage_is_given_time_to_close_its_output(monkeyp
     assert closed == [True]
 
 
+def test_cores_are_counted_where_the_system_has_no_affinity(monkeypatch):
+    """macOS and Windows have no os.sched_getaffinity: the model runs on every core there."""
+    import os
+
+    from streamderain.pipeline import usable_cores
+
+    assert usable_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert usable_cores() == os.cpu_count()
+
+
 def test_batcher_groups_by_size_and_flushes_on_timeout():
     tb = Fraction(1, 25)
 
