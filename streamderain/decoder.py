@@ -103,6 +103,11 @@ class Decoder:
         if not ctx.width or not ctx.height:
             self.close()
             raise InputError(f"{self.name}: video stream has no frame size")
+        if self.live and self._container.duration:
+            # a recording behind a URL (a video file's address, a finished HLS playlist): live
+            # streams report no length. Read once, to its end, as a file; as a live source its
+            # end would be a loss, and it would play again and again.
+            self.live, self.yields_cpu = False, True
         return VideoInfo(
             width=ctx.width,
             height=ctx.height,
@@ -336,10 +341,16 @@ class Decoder:
                 index += 1
 
     def _live_frames(self) -> Iterator[Frame]:
-        """Frames of a live source, reconnecting when it drops or stalls."""
+        """Frames of a live source, reconnecting when it drops or stalls.
+
+        A source that connects but gives no picture is retried with the same backoff as one
+        that does not answer, and within the same ``--reconnect-timeout``."""
         index, last_pts = 0, -1
+        silent_since: float | None = None  # when the sessions without a picture began
+        delay = 0.5
         while self._container is not None and not self._stop.is_set():
             self.clock.new_session()
+            session_start = index
             try:
                 for vf in self._decoded(self._container):
                     seconds = self.clock.seconds(vf.time)
@@ -356,8 +367,21 @@ class Decoder:
             self.close()
             if self._stop.is_set():
                 return
-            log.warning("%s: lost (%s); reconnecting", self.name, why)
             lost = time.monotonic()
+            if index > session_start:
+                silent_since, delay = None, 0.5
+            else:
+                silent_since = silent_since or lost
+                silent = lost - silent_since
+                if self.reconnect_timeout and silent >= self.reconnect_timeout:
+                    raise InputError(
+                        f"{self.name}: source lost; no picture for {silent:.1f} s "
+                        f"(--reconnect-timeout {self.reconnect_timeout:g}; last: {why})"
+                    )
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, 5.0)
+            log.warning("%s: lost (%s); reconnecting", self.name, why)
             self._container = self._connect_until_deadline()
             if self._container is not None:
                 self.reconnects += 1

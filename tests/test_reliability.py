@@ -198,3 +198,24 @@ def test_a_clock_restart_after_a_burst_goes_on_one_frame_later():
     times = np.array(first + after)
     assert np.diff(times).min() > 0.039, np.diff(times).min()
     assert after[0] == pytest.approx(first[-1] + 0.04)
+
+
+def test_a_video_files_url_is_read_once_to_its_end(tmp_path, shared):
+    """http(s):// is live (HLS, MJPEG), but a URL of a recording has a length: its end is the
+    end of the run, not a loss to reconnect from and play again."""
+    import functools
+    import http.server
+    import threading
+
+    make_clip(tmp_path / "clip.mkv", clean_frames(8, (96, 64)), audio=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mkv"
+        result = run_cli(url, tmp_path / "out.mp4", timeout=120)
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    assert "reconnect" not in result.stderr
+    assert len(decode_all(tmp_path / "out.mp4")[0]) == 8
