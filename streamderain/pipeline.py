@@ -190,6 +190,7 @@ class Pipeline:
         with self._lock:
             self.errors.append(exc)
         self.stop_event.set()
+        self.source.stop()  # a source waiting to reconnect waits no more
 
     def _read(self, out: queue.Queue) -> None:
         try:

@@ -360,6 +360,38 @@ def test_after_an_error_the_last_stage_is_given_time_to_close_its_output(monkeyp
     assert closed == [True]
 
 
+def test_a_failing_stage_stops_a_source_that_is_waiting(monkeypatch):
+    """A live source between two connections waits on its own stop: a later stage's failure
+    must reach it, or its thread outlives the run."""
+    import threading
+
+    from streamderain import pipeline
+    from streamderain.errors import StreamDerainError
+
+    monkeypatch.setattr(pipeline, "JOIN_TIMEOUT", 0.5)
+    stopped = threading.Event()
+    ended = []
+
+    class Reconnecting:
+        yields_cpu = False
+
+        def __iter__(self):
+            yield [1]
+            stopped.wait(30)  # as a decoder does while its source is away
+            ended.append(stopped.is_set())
+
+        def stop(self) -> None:
+            stopped.set()
+
+    class Fails(pipeline.Stage):
+        def process(self, item):
+            raise StreamDerainError("the encoder failed")
+
+    with pytest.raises(StreamDerainError, match="the encoder failed"):
+        pipeline.Pipeline(Reconnecting(), [("encode", Fails())]).run()
+    assert ended == [True]
+
+
 def test_cores_are_counted_where_the_system_has_no_affinity(monkeypatch):
     """macOS and Windows have no os.sched_getaffinity: the model runs on every core there."""
     import os
