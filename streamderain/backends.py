@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from streamderain.errors import StreamDerainError
 from training import DerainModel
 from training.quantize import int8_network_file, to_openvino
 
@@ -69,7 +70,11 @@ class OpenVINOBackend:
                 return path
             except OSError:
                 log.debug("cannot cache the converted network in %s", folder, exc_info=True)
-        raise OSError("no writable folder for the converted network")
+        raise StreamDerainError(
+            f"no folder to keep the model converted for OpenVINO in ({_cache_dir()}, "
+            f"{tempfile.gettempdir()}): free some disk space, set XDG_CACHE_HOME, or run "
+            "--backend torch"
+        )
 
     def _convert(self, path: Path) -> None:
         """Trace the PyTorch network into OpenVINO with any batch and frame size."""
@@ -77,9 +82,16 @@ class OpenVINOBackend:
 
         notice.info("preparing the model for this CPU (once per model, about 10-20 s)...")
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.xml")
-        ov.save_model(to_openvino(self.model), tmp, compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
-        os.replace(tmp, path)
+        try:
+            try:
+                ov.save_model(to_openvino(self.model), tmp, compress_to_fp16=False)
+            except RuntimeError as exc:  # how OpenVINO says it cannot write there
+                raise OSError(f"cannot write {tmp}: {exc}") from None
+            os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+            os.replace(tmp, path)
+        finally:
+            for leftover in (tmp, tmp.with_suffix(".bin")):
+                leftover.unlink(missing_ok=True)
 
     def prepare(self, n: int, h: int, w: int) -> None:
         """Compile for frames of this shape now, before the first frame waits for it."""

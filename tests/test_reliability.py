@@ -219,3 +219,26 @@ def test_a_video_files_url_is_read_once_to_its_end(tmp_path, shared):
     assert result.returncode == 0, result.stderr
     assert "reconnect" not in result.stderr
     assert len(decode_all(tmp_path / "out.mp4")[0]) == 8
+
+
+def test_no_folder_for_the_converted_model_is_one_clear_line(tmp_path, shared):
+    """OpenVINO's conversion is cached in ~/.cache, else the temporary folder: with neither
+    usable the run says so in one line (and what to do), leaving nothing half-written."""
+    pytest.importorskip("openvino")
+    clip = tmp_path / "in.mp4"
+    make_clip(clip, clean_frames(3, (96, 64)))
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "streamderain").write_text("a file where the cache folder would go")
+    env = {**os.environ, "XDG_CACHE_HOME": str(blocked), "TMPDIR": str(blocked)}
+    result = subprocess.run(
+        [*CLI, clip, tmp_path / "out.mp4", "--precision", "fp32", "--backend", "openvino"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "no folder to keep the model converted for OpenVINO in" in result.stderr
+    assert sorted(p.name for p in blocked.iterdir()) == ["streamderain"]
