@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,7 +83,9 @@ def read_feeds(path: str | Path) -> list[Feed]:
 def recover_segments(folder: Path, name: str) -> list[Path]:
     """Rename the segments a killed process left half-written into place; returns them."""
     recovered = []
-    for partial in sorted(folder.glob(f".{name}-*.partial{SEGMENT_SUFFIX}")):
+    # this feed's own: "cam" must not take "cam-2"'s segment, which may be in progress
+    ours = re.compile(rf"\.{re.escape(name)}-\d{{8}}-\d{{6}}\.partial{re.escape(SEGMENT_SUFFIX)}")
+    for partial in sorted(p for p in folder.iterdir() if ours.fullmatch(p.name)):
         target = folder / partial.name[1:].replace(f".partial{SEGMENT_SUFFIX}", SEGMENT_SUFFIX)
         if partial_path(target) == partial and not target.exists():
             os.replace(partial, target)

@@ -195,6 +195,17 @@ def test_a_feed_worker_can_be_told_to_stop_outside_ray(shared) -> None:
     assert worker.stopping and worker.connecting.is_set()
 
 
+def test_a_feed_recovers_its_own_segments_only(tmp_path: Path) -> None:
+    """Feeds "cam" and "cam-2" share a folder: cam's restart renames its own half-written
+    segment into place and leaves cam-2's, which may still be in progress."""
+    from streamderain.feeds import recover_segments
+
+    for name in (".cam-20261206-070000.partial.mkv", ".cam-2-20261206-070000.partial.mkv"):
+        (tmp_path / name).write_bytes(b"segment")
+    assert recover_segments(tmp_path, "cam") == [tmp_path / "cam-20261206-070000.mkv"]
+    assert (tmp_path / ".cam-2-20261206-070000.partial.mkv").exists()
+
+
 def test_a_model_that_cannot_load_stops_the_batch_in_one_line(inputs: Path) -> None:
     run = batch("in/a.mp4", "--out-dir", inputs / "out-nomodel", "--model", "nope.pt", cwd=inputs)
     assert run.returncode == 1
