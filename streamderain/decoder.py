@@ -8,6 +8,7 @@ source whose own clock jumps is followed by the wall clock from the jump.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -249,8 +250,10 @@ class Decoder:
             frames = self._live_frames()
         else:
             frames = self._video_frames()
-        for count, frame in enumerate(frames):
-            if self._stop.is_set() or (self.max_frames is not None and count >= self.max_frames):
+        if self.max_frames is not None:  # no frame past the last is read (nor waited for)
+            frames = itertools.islice(frames, self.max_frames)
+        for frame in frames:
+            if self._stop.is_set():
                 return
             yield frame
 
