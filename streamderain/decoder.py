@@ -45,6 +45,10 @@ def is_image_folder(path: str | Path) -> bool:
     return Path(path).is_dir()
 
 
+#: web addresses that may name a recording rather than a live stream
+RECORDING_SCHEMES = ("http://", "https://")
+
+
 class Decoder:
     """A source of frames: ``with Decoder(src) as d: for frame in d: ...``.
 
@@ -104,10 +108,15 @@ class Decoder:
         if not ctx.width or not ctx.height:
             self.close()
             raise InputError(f"{self.name}: video stream has no frame size")
-        if self.live and self._container.duration:
-            # a recording behind a URL (a video file's address, a finished HLS playlist): live
+        if (
+            self.live
+            and self.source.lower().startswith(RECORDING_SCHEMES)
+            and (self._container.duration)
+        ):
+            # a recording behind a web address (a video file's, a finished HLS playlist's): live
             # streams report no length. Read once, to its end, as a file; as a live source its
-            # end would be a loss, and it would play again and again.
+            # end would be a loss, and it would play again and again. (An RTSP server that
+            # plays a file in a loop, as a camera stand-in does, reports one too: RTSP stays live.)
             self.live, self.yields_cpu = False, True
         return VideoInfo(
             width=ctx.width,
