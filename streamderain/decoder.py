@@ -22,7 +22,13 @@ import numpy as np
 
 from streamderain.errors import CannotOpen, InputError, NoVideoStream, reason
 from streamderain.frames import Frame, VideoInfo, eight_bits, pixel_bits, rgb_image
-from streamderain.live import LiveClock, is_live, mask_url
+from streamderain.live import (
+    RECORDING_SCHEMES,
+    LiveClock,
+    connect_until_deadline,
+    is_live,
+    mask_url,
+)
 from streamderain.options import DecodeOptions
 from training.data import IMAGE_SUFFIXES, list_images
 
@@ -30,23 +36,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_FOLDER_RATE = Fraction(25)
 LIVE_TIME_BASE = Fraction(1, 90_000)
-# Errors that another try cannot mend: fail at once instead of reconnecting.
-PERMANENT_ERRORS = (
-    av.error.HTTPNotFoundError,
-    av.error.HTTPUnauthorizedError,
-    av.error.HTTPForbiddenError,
-    av.error.DecoderNotFoundError,
-    av.error.ProtocolNotFoundError,
-    PermissionError,
-)
 
 
 def is_image_folder(path: str | Path) -> bool:
     return Path(path).is_dir()
-
-
-#: web addresses that may name a recording rather than a live stream
-RECORDING_SCHEMES = ("http://", "https://")
 
 
 class Decoder:
@@ -97,7 +90,13 @@ class Decoder:
             raise InputError(f"{self.name}: no such file")
         if self.source.startswith("/dev/video") and not Path(self.source).exists():
             raise InputError(f"{self.name}: no such camera (is it plugged in?)")
-        self._container = self._connect_until_deadline() if self.live else self._connect()
+        self._container = (
+            connect_until_deadline(
+                self._connect, self.name, self.reconnect_timeout, self.timeouts[0], self._stop
+            )
+            if self.live
+            else self._connect()
+        )
         if self._container is None:
             raise InputError(f"{self.name}: stopped before the source answered")
         stream = self._container.streams.video[0]
@@ -179,44 +178,6 @@ class Decoder:
             raise NoVideoStream(f"{self.name}: no video stream")
         container.streams.video[0].thread_type = "AUTO"
         return container
-
-    def _connect_until_deadline(self) -> av.container.InputContainer | None:
-        """Connect, retrying with capped backoff until the reconnect timeout; None if stopped.
-
-        No attempt runs more than a second past the deadline (each gets at least one second to
-        connect), so the time in the final message is about the time waited."""
-        began = time.monotonic()
-        deadline = began + self.reconnect_timeout if self.reconnect_timeout else None
-        delay, failures = 0.5, 0
-        while True:
-            left = None if deadline is None else max(deadline - time.monotonic(), 1.0)
-            try:
-                return self._connect(None if left is None else min(left, self.timeouts[0]))
-            except CannotOpen as exc:
-                if isinstance(exc.__cause__, PERMANENT_ERRORS):
-                    raise
-                failures += 1
-                why = exc.why
-                waited = time.monotonic() - began
-                if deadline is not None and time.monotonic() >= deadline - 0.05:
-                    raise InputError(
-                        f"{self.name}: source lost; no connection for {waited:.1f} s "
-                        f"(--reconnect-timeout {self.reconnect_timeout:g}; last try: {why})"
-                    ) from None
-                # Waiting with no end (feeds), the user hears of it at once and every ~50 s;
-                # with a deadline, the final error says it all.
-                loud = not self.reconnect_timeout and failures % 10 == 1
-                log.log(
-                    logging.WARNING if loud else logging.DEBUG,
-                    "%s: cannot connect (%s) for %.0f s; retrying",
-                    self.name,
-                    why,
-                    waited,
-                )
-                wait = delay if deadline is None else min(delay, deadline - time.monotonic())
-                if self._stop.wait(max(wait, 0.0)):
-                    return None
-                delay = min(delay * 2, 5.0)
 
     @property
     def is_image_folder(self) -> bool:
@@ -394,7 +355,9 @@ class Decoder:
                     return
                 delay = min(delay * 2, 5.0)
             log.warning("%s: lost (%s); reconnecting", self.name, why)
-            self._container = self._connect_until_deadline()
+            self._container = connect_until_deadline(
+                self._connect, self.name, self.reconnect_timeout, self.timeouts[0], self._stop
+            )
             if self._container is not None:
                 self.reconnects += 1
                 log.warning("%s: reconnected after %.1f s", self.name, time.monotonic() - lost)

@@ -8,8 +8,12 @@ cannot take are left out, with a warning.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import av
+
+from streamderain.errors import OutputError, reason
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +158,20 @@ def ffmpeg_audio_args(source: str, fmt: str) -> dict[str, str | int]:
         return {"acodec": "copy"}
     codec, bit_rate = AUDIO_FALLBACK[fmt]
     return {"acodec": codec, "audio_bitrate": bit_rate}
+
+
+def stamp_rotation(path: Path, fmt: str, degrees: int) -> None:
+    """Give a finished file's video a display rotation by remuxing it (packets copied)."""
+    stamped = path.with_name(f"{path.name}.rotated")
+    try:
+        with av.open(str(path)) as src, av.open(str(stamped), "w", format=fmt) as dst:
+            out = {s.index: dst.add_stream_from_template(s) for s in src.streams}
+            out[src.streams.video[0].index].set_display_rotation(degrees)
+            for packet in src.demux():
+                if packet.dts is not None:
+                    packet.stream = out[packet.stream.index]
+                    dst.mux(packet)
+    except (av.error.FFmpegError, OSError) as exc:
+        stamped.unlink(missing_ok=True)
+        raise OutputError(f"cannot set the display rotation ({reason(exc)})") from None
+    os.replace(stamped, path)

@@ -7,7 +7,6 @@ came from; the encoder stage picks one from the output's name and options.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -21,9 +20,9 @@ import cv2
 import ffmpeg
 import numpy as np
 
-from streamderain.errors import OutputError, reason
+from streamderain.errors import OutputError
 from streamderain.frames import VideoInfo, video_frame
-from streamderain.streams import StreamCopier, ffmpeg_audio_args
+from streamderain.streams import StreamCopier, ffmpeg_audio_args, stamp_rotation
 
 
 class Writer(Protocol):
@@ -331,7 +330,7 @@ class FFmpegWriter:
         if error is not None:
             raise OutputError(f"ffmpeg failed: {error}")
         if self.settings.rotation:
-            _stamp_rotation(Path(self.settings.path), self.settings.fmt, self.settings.rotation)
+            stamp_rotation(Path(self.settings.path), self.settings.fmt, self.settings.rotation)
 
     def _wait_for_ffmpeg(self) -> str | None:
         """End ffmpeg's input and wait for it (killed if it hangs); why it failed, if it did."""
@@ -346,23 +345,6 @@ class FFmpegWriter:
                 return "it did not finish within 120 s"
         finally:
             self.log.close()
-
-
-def _stamp_rotation(path: Path, fmt: str, degrees: int) -> None:
-    """Give a finished file's video a display rotation by remuxing it (packets copied)."""
-    stamped = path.with_name(f"{path.name}.rotated")
-    try:
-        with av.open(str(path)) as src, av.open(str(stamped), "w", format=fmt) as dst:
-            out = {s.index: dst.add_stream_from_template(s) for s in src.streams}
-            out[src.streams.video[0].index].set_display_rotation(degrees)
-            for packet in src.demux():
-                if packet.dts is not None:
-                    packet.stream = out[packet.stream.index]
-                    dst.mux(packet)
-    except (av.error.FFmpegError, OSError) as exc:
-        stamped.unlink(missing_ok=True)
-        raise OutputError(f"cannot set the display rotation ({reason(exc)})") from None
-    os.replace(stamped, path)
 
 
 class FolderWriter:
