@@ -90,13 +90,7 @@ class Decoder:
             raise InputError(f"{self.name}: no such file")
         if self.source.startswith("/dev/video") and not Path(self.source).exists():
             raise InputError(f"{self.name}: no such camera (is it plugged in?)")
-        self._container = (
-            connect_until_deadline(
-                self._connect, self.name, self.reconnect_timeout, self.timeouts[0], self._stop
-            )
-            if self.live
-            else self._connect()
-        )
+        self._container = self._reconnect() if self.live else self._connect()
         if self._container is None:
             raise InputError(f"{self.name}: stopped before the source answered")
         stream = self._container.streams.video[0]
@@ -109,8 +103,8 @@ class Decoder:
             raise InputError(f"{self.name}: video stream has no frame size")
         if (
             self.live
+            and self._container.duration
             and self.source.lower().startswith(RECORDING_SCHEMES)
-            and (self._container.duration)
         ):
             # a recording behind a web address (a video file's, a finished HLS playlist's): live
             # streams report no length. Read once, to its end, as a file; as a live source its
@@ -178,6 +172,12 @@ class Decoder:
             raise NoVideoStream(f"{self.name}: no video stream")
         container.streams.video[0].thread_type = "AUTO"
         return container
+
+    def _reconnect(self) -> av.container.InputContainer | None:
+        """Connect with backoff, within ``--reconnect-timeout``; None if stopped first."""
+        return connect_until_deadline(
+            self._connect, self.name, self.reconnect_timeout, self.timeouts[0], self._stop
+        )
 
     @property
     def is_image_folder(self) -> bool:
@@ -355,9 +355,7 @@ class Decoder:
                     return
                 delay = min(delay * 2, 5.0)
             log.warning("%s: lost (%s); reconnecting", self.name, why)
-            self._container = connect_until_deadline(
-                self._connect, self.name, self.reconnect_timeout, self.timeouts[0], self._stop
-            )
+            self._container = self._reconnect()
             if self._container is not None:
                 self.reconnects += 1
                 log.warning("%s: reconnected after %.1f s", self.name, time.monotonic() - lost)

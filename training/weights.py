@@ -195,6 +195,10 @@ def _read(path: Path) -> Any:
         raise ModelLoadError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__})") from None
 
 
+def _holds_tensors(state: Any) -> bool:
+    return isinstance(state, dict) and all(isinstance(v, Tensor) for v in state.values())
+
+
 def _unpack(payload: Any, path: Path) -> tuple[dict[str, Tensor], ModelInfo]:
     """Split a loaded file into a state dict and what it says about itself."""
     if not isinstance(payload, dict):
@@ -209,7 +213,7 @@ def _unpack(payload: Any, path: Path) -> tuple[dict[str, Tensor], ModelInfo]:
             raise ModelLoadError(f"{path}: bad channel order {order!r}")
         info = ModelInfo(config, order, str(path), dict(payload.get("metadata", {})))
         state = payload.get("state_dict")
-        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        if not _holds_tensors(state):
             raise ModelLoadError(f"{path}: no state dict of tensors")
         return state, info
     state = payload
@@ -217,7 +221,7 @@ def _unpack(payload: Any, path: Path) -> tuple[dict[str, Tensor], ModelInfo]:
         if isinstance(payload.get(key), dict):
             state = payload[key]
             break
-    if not all(isinstance(v, Tensor) for v in state.values()):
+    if not _holds_tensors(state):
         raise ModelLoadError(f"{path}: not a DCSFN checkpoint (no state dict of tensors)")
     state = _strip_prefix(state)
     try:
