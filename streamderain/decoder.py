@@ -25,11 +25,12 @@ from streamderain.frames import Frame, VideoInfo, eight_bits, pixel_bits, rgb_im
 from streamderain.live import (
     RECORDING_SCHEMES,
     LiveClock,
-    connect_until_deadline,
+    Outage,
     is_live,
     mask_url,
 )
 from streamderain.options import DecodeOptions
+from streamderain.streams import file_origin
 from training.data import IMAGE_SUFFIXES, list_images
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,11 @@ class Decoder:
             raise InputError(f"{self.name}: no such file")
         if self.source.startswith("/dev/video") and not Path(self.source).exists():
             raise InputError(f"{self.name}: no such camera (is it plugged in?)")
-        self._container = self._reconnect() if self.live else self._connect()
+        self._container = (
+            self._outage().connect(self._connect, self.timeouts[0])
+            if self.live
+            else self._connect()
+        )
         if self._container is None:
             raise InputError(f"{self.name}: stopped before the source answered")
         stream = self._container.streams.video[0]
@@ -173,11 +178,8 @@ class Decoder:
         container.streams.video[0].thread_type = "AUTO"
         return container
 
-    def _reconnect(self) -> av.container.InputContainer | None:
-        """Connect with backoff, within ``--reconnect-timeout``; None if stopped first."""
-        return connect_until_deadline(
-            self._connect, self.name, self.reconnect_timeout, self.timeouts[0], self._stop
-        )
+    def _outage(self) -> Outage:
+        return Outage(self.name, self.reconnect_timeout, self._stop)
 
     @property
     def is_image_folder(self) -> bool:
@@ -228,7 +230,7 @@ class Decoder:
             yield frame
 
     def _in_range(self, seconds: float | None) -> bool | None:
-        """True to keep, False to skip, None when past the end."""
+        """True to keep, False to skip, None when past the end (``seconds`` from the start)."""
         if seconds is None:
             return True
         if self.end is not None and seconds >= self.end - 1e-9:
@@ -293,11 +295,13 @@ class Decoder:
         container = self._container
         assert container is not None
         stream = container.streams.video[0]
+        origin = file_origin(container)
         if self.start > 0:
-            container.seek(int(self.start / stream.time_base), stream=stream, backward=True)
+            seek = (origin + self.start) / stream.time_base
+            container.seek(int(seek), stream=stream, backward=True)
         index, deep = 0, self.info.bits > 8
         for vf in self._decoded(container):
-            keep = self._in_range(vf.time)
+            keep = self._in_range(None if vf.time is None else vf.time - origin)
             if keep is None:
                 return
             if keep:
@@ -316,11 +320,10 @@ class Decoder:
     def _live_frames(self) -> Iterator[Frame]:
         """Frames of a live source, reconnecting when it drops or stalls.
 
-        A source that connects but gives no picture is retried with the same backoff as one
-        that does not answer, and within the same ``--reconnect-timeout``."""
+        A session that connects but gives no picture is one more failed try of the outage it
+        is in: the same backoff, the same ``--reconnect-timeout`` as a refused connection."""
         index, last_pts = 0, -1
-        silent_since: float | None = None  # when the sessions without a picture began
-        delay = 0.5
+        outage: Outage | None = None
         while self._container is not None and not self._stop.is_set():
             self.clock.new_session()
             session_start = index
@@ -341,21 +344,12 @@ class Decoder:
             if self._stop.is_set():
                 return
             lost = time.monotonic()
-            if index > session_start:
-                silent_since, delay = None, 0.5
-            else:
-                silent_since = silent_since or lost
-                silent = lost - silent_since
-                if self.reconnect_timeout and silent >= self.reconnect_timeout:
-                    raise InputError(
-                        f"{self.name}: source lost; no picture for {silent:.1f} s "
-                        f"(--reconnect-timeout {self.reconnect_timeout:g}; last: {why})"
-                    )
-                if self._stop.wait(delay):
-                    return
-                delay = min(delay * 2, 5.0)
-            log.warning("%s: lost (%s); reconnecting", self.name, why)
-            self._container = self._reconnect()
+            if index > session_start or outage is None:
+                outage = self._outage()
+                log.warning("%s: lost (%s); reconnecting", self.name, why)
+            elif not outage.retry(f"no picture ({why})"):
+                return
+            self._container = outage.connect(self._connect, self.timeouts[0])
             if self._container is not None:
                 self.reconnects += 1
                 log.warning("%s: reconnected after %.1f s", self.name, time.monotonic() - lost)

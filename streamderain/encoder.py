@@ -113,7 +113,7 @@ class Encoder(Stage):
         info: the source's properties, kept in the output (colour tags, aspect ratio).
         options: codec, quality and which writer (``options.compare`` is the compose stage's).
         copy_streams_from: a source file whose audio and subtitles are copied over.
-        start, end: the source time range being processed, in seconds.
+        start, end: the source time range being processed, seconds from the file's start.
     """
 
     def __init__(

@@ -94,47 +94,56 @@ class LiveClock:
         return seconds
 
 
-def connect_until_deadline(
-    connect: Callable[[float | None], T],
-    name: str,
-    reconnect_timeout: float,
-    open_timeout: float,
-    stop: threading.Event,
-) -> T | None:
-    """Connect, retrying with capped backoff until ``reconnect_timeout`` (0: forever); None if
-    ``stop`` is set first. ``connect(timeout)`` opens the source once or raises CannotOpen.
+class Outage:
+    """One spell without a live source's picture: one deadline (``--reconnect-timeout``, 0 for
+    none) and one backoff (0.5 s doubling to 5 s) for every try in it, whether the source
+    refused to connect or connected and sent nothing."""
 
-    No attempt runs more than a second past the deadline (each gets at least one second to
-    connect), so the time in the final message is about the time waited."""
-    began = time.monotonic()
-    deadline = began + reconnect_timeout if reconnect_timeout else None
-    delay, failures = 0.5, 0
-    while True:
-        left = None if deadline is None else max(deadline - time.monotonic(), 1.0)
-        try:
-            return connect(None if left is None else min(left, open_timeout))
-        except CannotOpen as exc:
-            if isinstance(exc.__cause__, PERMANENT_ERRORS):
-                raise
-            failures += 1
-            why = exc.why
-            waited = time.monotonic() - began
-            if deadline is not None and time.monotonic() >= deadline - 0.05:
-                raise InputError(
-                    f"{name}: source lost; no connection for {waited:.1f} s "
-                    f"(--reconnect-timeout {reconnect_timeout:g}; last try: {why})"
-                ) from None
-            # Waiting with no end (feeds), the user hears of it at once and every ~50 s;
-            # with a deadline, the final error says it all.
-            loud = not reconnect_timeout and failures % 10 == 1
-            log.log(
-                logging.WARNING if loud else logging.DEBUG,
-                "%s: cannot connect (%s) for %.0f s; retrying",
-                name,
-                why,
-                waited,
+    def __init__(self, name: str, reconnect_timeout: float, stop: threading.Event) -> None:
+        self.name, self.reconnect_timeout, self.stop = name, reconnect_timeout, stop
+        self.began = time.monotonic()
+        self.deadline = self.began + reconnect_timeout if reconnect_timeout else None
+        self.delay, self.failures = 0.5, 0
+
+    def connect(self, connect: Callable[[float | None], T], open_timeout: float) -> T | None:
+        """``connect(timeout)`` (which opens the source once or raises CannotOpen), retried
+        until it answers; None if ``stop`` is set first.
+
+        No try runs more than a second past the deadline (each gets at least one second to
+        connect), so the time in the final message is about the time waited."""
+        while True:
+            left = None if self.deadline is None else max(self.deadline - time.monotonic(), 1.0)
+            try:
+                return connect(None if left is None else min(left, open_timeout))
+            except CannotOpen as exc:
+                if isinstance(exc.__cause__, PERMANENT_ERRORS):
+                    raise
+                if not self.retry(f"cannot connect ({exc.why})"):
+                    return None
+
+    def retry(self, why: str) -> bool:
+        """After a try that gave no picture: fail at the deadline, else wait the backoff.
+        False if ``stop`` was set while waiting."""
+        self.failures += 1
+        now = time.monotonic()
+        waited = now - self.began
+        if self.deadline is not None and now >= self.deadline - 0.05:
+            raise InputError(
+                f"{self.name}: source lost; no picture for {waited:.1f} s "
+                f"(--reconnect-timeout {self.reconnect_timeout:g}; last try: {why})"
             )
-            wait = delay if deadline is None else min(delay, deadline - time.monotonic())
-            if stop.wait(max(wait, 0.0)):
-                return None
-            delay = min(delay * 2, 5.0)
+        # Waiting with no end (feeds), the user hears of it at once and every ~50 s; with a
+        # deadline, the final error says it all.
+        loud = not self.reconnect_timeout and self.failures % 10 == 1
+        log.log(
+            logging.WARNING if loud else logging.DEBUG,
+            "%s: %s for %.0f s; retrying",
+            self.name,
+            why,
+            waited,
+        )
+        wait = self.delay if self.deadline is None else min(self.delay, self.deadline - now)
+        if self.stop.wait(max(wait, 0.0)):
+            return False
+        self.delay = min(self.delay * 2, 5.0)
+        return True

@@ -38,6 +38,12 @@ def copies_as_is(fmt: str, codec: str) -> bool:
     return allowed is None or codec in allowed
 
 
+def file_origin(container: av.container.InputContainer) -> float:
+    """Seconds a file's timeline starts at. ``--start`` and ``--duration`` count from here, as
+    ffmpeg's ``-ss`` does: an MPEG-TS file usually starts at 1.4 s, a camera's recording hours in."""
+    return (container.start_time or 0) / av.time_base
+
+
 class AudioReencoder:
     """Decodes one source audio stream and encodes it again for a container that cannot take it."""
 
@@ -83,6 +89,7 @@ class StreamCopier:
         self.input = av.open(source)
         try:
             self.start, self.end, self.offset = start, end, offset
+            self.origin = file_origin(self.input)
             self.map: dict[int, av.stream.Stream] = {}
             self.reencoders: dict[int, AudioReencoder] = {}
             for s in [*self.input.streams.audio, *self.input.streams.subtitles]:
@@ -122,8 +129,9 @@ class StreamCopier:
             if packet.dts is None or packet.pts is None:
                 continue
             t = float(packet.pts * packet.time_base)
-            if (self.start > 0 and t < self.start - 1e-9) or (
-                self.end is not None and t >= self.end
+            since_start = t - self.origin
+            if (self.start > 0 and since_start < self.start - 1e-9) or (
+                self.end is not None and since_start >= self.end
             ):
                 continue
             if t - self.offset > seconds:

@@ -121,7 +121,7 @@ class OutputSettings:
         time_base: the first frame's, kept for every frame.
         rotation: display rotation to stamp on the video, degrees.
         copy_from: a source file whose audio and subtitles are brought along.
-        start, end: the source time range processed, in seconds.
+        start, end: the source time range processed, seconds from the file's start.
         first_seconds: the first frame's source time (the audio is shifted with it).
         bits: bits a channel of the output's pixels (10 takes uint16 pictures).
     """

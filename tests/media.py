@@ -36,11 +36,14 @@ def make_clip(
     audio: bool = False,
     codec: str | None = None,
     tags: bool = False,
+    start_ms: int = 0,
 ) -> list[int]:
-    """Write ``frames`` to ``path`` (lossless-ish H.264 or the container's codec); returns pts (ms)."""
+    """Write ``frames`` to ``path`` (lossless-ish H.264 or the container's codec); returns pts (ms).
+
+    ``start_ms``: where the timeline starts, as in a camera's recording hours in."""
     codec = codec or ("libvpx-vp9" if path.suffix == ".webm" else "libx264")
     tb = Fraction(1, 1000)
-    pts, t = [], 0
+    pts, t = [], start_ms
     for i in range(len(frames)):
         pts.append(t)
         t += VFR_STEPS_MS[i % len(VFR_STEPS_MS)] if vfr else 40
@@ -65,11 +68,13 @@ def make_clip(
             out.mux(v.encode(vf))
         out.mux(v.encode(None))
         if a is not None:
-            _write_tone(out, a, seconds=(pts[-1] + 40) / 1000)
+            _write_tone(out, a, seconds=(pts[-1] + 40 - start_ms) / 1000, start_ms=start_ms)
     return pts
 
 
-def _write_tone(out: av.container.OutputContainer, stream, seconds: float) -> None:
+def _write_tone(
+    out: av.container.OutputContainer, stream, seconds: float, start_ms: int = 0
+) -> None:
     rate = 48000
     n = int(seconds * rate)
     tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)).astype(np.float32)
@@ -78,7 +83,7 @@ def _write_tone(out: av.container.OutputContainer, stream, seconds: float) -> No
         part = tone[i : i + chunk]
         frame = av.AudioFrame.from_ndarray(part[None], format="flt", layout="mono")
         frame.sample_rate = rate
-        frame.pts = i
+        frame.pts = i + start_ms * rate // 1000
         frame.time_base = Fraction(1, rate)
         out.mux(stream.encode(frame))
     out.mux(stream.encode(None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,6 +204,26 @@ def test_a_run_cut_short_cuts_the_audio_with_the_picture(tmp_path, shared, encod
     assert len(video) == 10 and audio
     assert max(audio) < max(video) + 0.04 + 1e-6, "the sound stops with the last frame"
     assert max(audio) > max(video) - 0.1, "and not before it"
+
+
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_start_and_duration_count_from_the_files_start(tmp_path, shared, encoder):
+    """A camera's recording an hour in (as MPEG-TS starts 1.4 s in): --start 1 --duration 1 is the
+    second second of the file, picture and sound, as ffmpeg's -ss counts."""
+    if encoder == "ffmpeg" and shutil.which("ffmpeg") is None:
+        pytest.skip("no ffmpeg binary (Debian package ffmpeg)")
+    frames = clean_frames(75, (96, 64))
+    src = tmp_path / "cam.mkv"
+    make_clip(src, frames, audio=True, start_ms=3_600_000)
+    out = tmp_path / "out.mp4"
+    result = run_cli(src, out, "-q", "--start", "1", "--duration", "1", "--encoder", encoder)
+    assert result.returncode == 0, result.stderr
+    images, times, _ = decode_all(out)
+    assert len(images) == 25 and times[0] == 0.0
+    error = [np.abs(images[0].astype(float) - f).mean() for f in frames]
+    assert int(np.argmin(error)) == 25, "the first frame is the one 1 s into the file"
+    audio = [t for t, _ in packets(out, "audio")]
+    assert audio and min(audio) < 0.05 and 0.9 < max(audio) < 1.0 + 0.04, "sound of that second"
 
 
 def test_image_folder_in_and_out_with_odd_sizes(tmp_path, shared):
@@ -480,8 +501,6 @@ def test_tiles_match_the_whole_frame(shared):
 
 
 def test_ffmpeg_encoder_backend_keeps_time_and_audio(vfr_clip, tmp_path):
-    import shutil
-
     if shutil.which("ffmpeg") is None:
         pytest.skip("no ffmpeg binary (Debian package ffmpeg)")
     src, pts_ms, _ = vfr_clip
@@ -499,8 +518,6 @@ def test_ffmpeg_encoder_backend_keeps_time_and_audio(vfr_clip, tmp_path):
 @pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
 def test_audio_the_container_cannot_take_is_re_encoded_in_sync(vfr_clip, tmp_path, encoder):
     """AAC does not fit WebM: it becomes Opus, as long as the source's audio and in time."""
-    import shutil
-
     if encoder == "ffmpeg" and shutil.which("ffmpeg") is None:
         pytest.skip("no ffmpeg binary (Debian package ffmpeg)")
     src = vfr_clip[0]
