@@ -291,16 +291,40 @@ class Decoder:
             if self._stop.is_set():
                 return
 
+    def _from_start(self, origin: float) -> Iterator[av.VideoFrame]:
+        """Decoded frames from a keyframe at or before ``--start``.
+
+        MPEG-TS has no index: FFmpeg's seek lands on a packet near the time, and nothing
+        decodes before the next keyframe, up to a GOP later (never, in a file of one GOP). A
+        seek that lands after the start is redone further back, at last from the beginning."""
+        target, margin = origin + self.start, 0.0
+        while True:
+            container = self._container
+            assert container is not None
+            stream = container.streams.video[0]
+            if self.start > 0 and target - margin > origin:
+                seek = (target - margin) / stream.time_base
+                container.seek(int(seek), stream=stream, backward=True)
+            elif margin:
+                self.close()
+                self._container = container = self._connect()
+            frames = self._decoded(container)
+            first = next(frames, None)
+            late = first is None or (first.time is not None and first.time > target + 1e-6)
+            if not late or self.start <= 0 or target - margin <= origin:
+                if first is not None:
+                    yield first
+                yield from frames
+                return
+            margin = margin * 2 or 4.0
+
     def _video_frames(self) -> Iterator[Frame]:
         container = self._container
         assert container is not None
         stream = container.streams.video[0]
         origin = file_origin(container)
-        if self.start > 0:
-            seek = (origin + self.start) / stream.time_base
-            container.seek(int(seek), stream=stream, backward=True)
         index, deep = 0, self.info.bits > 8
-        for vf in self._decoded(container):
+        for vf in self._from_start(origin):
             keep = self._in_range(None if vf.time is None else vf.time - origin)
             if keep is None:
                 return

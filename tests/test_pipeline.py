@@ -207,13 +207,15 @@ def test_a_run_cut_short_cuts_the_audio_with_the_picture(tmp_path, shared, encod
 
 
 @pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
-def test_start_and_duration_count_from_the_files_start(tmp_path, shared, encoder):
+@pytest.mark.parametrize("suffix", [".mkv", ".ts"])
+def test_start_and_duration_count_from_the_files_start(tmp_path, shared, encoder, suffix):
     """A camera's recording an hour in (as MPEG-TS starts 1.4 s in): --start 1 --duration 1 is the
-    second second of the file, picture and sound, as ffmpeg's -ss counts."""
+    second second of the file, picture and sound, as ffmpeg's -ss counts. The MPEG-TS file is
+    one GOP with no index: a seek lands after its only keyframe."""
     if encoder == "ffmpeg" and shutil.which("ffmpeg") is None:
         pytest.skip("no ffmpeg binary (Debian package ffmpeg)")
     frames = clean_frames(75, (96, 64))
-    src = tmp_path / "cam.mkv"
+    src = tmp_path / f"cam{suffix}"
     make_clip(src, frames, audio=True, start_ms=3_600_000)
     out = tmp_path / "out.mp4"
     result = run_cli(src, out, "-q", "--start", "1", "--duration", "1", "--encoder", encoder)
