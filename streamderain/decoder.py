@@ -1,6 +1,6 @@
 """Reads a video file, a live stream or camera, or a folder of images into :class:`Frame`s.
 
-Live sources reconnect here, with capped exponential backoff, until ``reconnect_timeout``;
+Live sources reconnect here (backoff and deadline: :class:`streamderain.live.Outage`);
 what retrying cannot fix (not found, unauthorized, not a video) fails at once. Frame times of a
 live source are seconds since the run began, so they only ever grow: an outage is a gap, and a
 source whose own clock jumps is followed by the wall clock from the jump.
@@ -22,13 +22,7 @@ import numpy as np
 
 from streamderain.errors import CannotOpen, InputError, NoVideoStream, reason
 from streamderain.frames import Frame, VideoInfo, eight_bits, pixel_bits, rgb_image
-from streamderain.live import (
-    RECORDING_SCHEMES,
-    LiveClock,
-    Outage,
-    is_live,
-    mask_url,
-)
+from streamderain.live import RECORDING_SCHEMES, LiveClock, Outage, is_live, mask_url
 from streamderain.options import DecodeOptions
 from streamderain.streams import file_origin
 from training.data import IMAGE_SUFFIXES, list_images
@@ -37,10 +31,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_FOLDER_RATE = Fraction(25)
 LIVE_TIME_BASE = Fraction(1, 90_000)
-
-
-def is_image_folder(path: str | Path) -> bool:
-    return Path(path).is_dir()
 
 
 class Decoder:
@@ -85,7 +75,7 @@ class Decoder:
         self.info = self._open()
 
     def _open(self) -> VideoInfo:
-        if is_image_folder(self.source):
+        if Path(self.source).is_dir():
             return self._open_folder()
         if not self.live and not Path(self.source).exists():
             raise InputError(f"{self.name}: no such file")
