@@ -168,8 +168,8 @@ class Decoder:
         container.streams.video[0].thread_type = "AUTO"
         return container
 
-    def _outage(self) -> Outage:
-        return Outage(self.name, self.reconnect_timeout, self._stop)
+    def _outage(self, after_picture: bool = False) -> Outage:
+        return Outage(self.name, self.reconnect_timeout, self._stop, after_picture=after_picture)
 
     @property
     def is_image_folder(self) -> bool:
@@ -359,7 +359,7 @@ class Decoder:
                 return
             lost = time.monotonic()
             if index > session_start or outage is None:
-                outage = self._outage()
+                outage = self._outage(after_picture=index > 0)
                 log.warning("%s: lost (%s); reconnecting", self.name, why)
             elif not outage.retry(f"no picture ({why})"):
                 return

@@ -99,8 +99,16 @@ class Outage:
     none) and one backoff (0.5 s doubling to 5 s) for every try in it, whether the source
     refused to connect or connected and sent nothing."""
 
-    def __init__(self, name: str, reconnect_timeout: float, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        name: str,
+        reconnect_timeout: float,
+        stop: threading.Event,
+        *,
+        after_picture: bool = False,
+    ) -> None:
         self.name, self.reconnect_timeout, self.stop = name, reconnect_timeout, stop
+        self.after_picture = after_picture
         self.began = time.monotonic()
         self.deadline = self.began + reconnect_timeout if reconnect_timeout else None
         self.delay, self.failures = 0.5, 0
@@ -116,10 +124,17 @@ class Outage:
             try:
                 return connect(None if left is None else min(left, open_timeout))
             except CannotOpen as exc:
-                if isinstance(exc.__cause__, PERMANENT_ERRORS):
+                if self._permanent(exc.__cause__):
                     raise
                 if not self.retry(f"cannot connect ({exc.why})"):
                     return None
+
+    def _permanent(self, error: BaseException | None) -> bool:
+        """What another try cannot mend. "Not found" once the source has given a picture is
+        a relay (MediaMTX, go2rtc) whose camera is away: it answers 404 until it is back."""
+        if self.after_picture and isinstance(error, av.error.HTTPNotFoundError):
+            return False
+        return isinstance(error, PERMANENT_ERRORS)
 
     def retry(self, why: str) -> bool:
         """After a try that gave no picture: fail at the deadline, else wait the backoff.

@@ -102,6 +102,39 @@ def test_a_source_that_never_returns_is_a_clean_error_with_playable_output(rtsp_
     assert len(images) > 0
 
 
+def test_a_relay_answering_not_found_while_its_camera_is_away_is_waited_for(
+    make_rtsp_server, clip_path, tmp_path
+):
+    """A relay (MediaMTX, go2rtc) answers 404 while its camera restarts: once the source has
+    given a picture, "not found" is one more failed try. Before any, it is a wrong address:
+    a one-line error at once."""
+    wrong = make_rtsp_server(clip_path, loop=True, mount="/elsewhere")
+    began = time.monotonic()
+    bad = subprocess.run(
+        [*CLI, wrong.url.replace("/elsewhere", "/clip"), tmp_path / "no.mp4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "404" in bad.stderr.strip().splitlines()[-1], bad.stderr
+    assert time.monotonic() - began < 20, "a wrong address is not retried"
+    wrong.stop()
+    server = make_rtsp_server(clip_path, loop=True)
+    out = tmp_path / "relay.mp4"
+    proc = start_cli(server.url, out, "--max-frames", "200", "--reconnect-timeout", "30")
+    wait_until_deraining(proc)
+    server.stop()
+    server.mount = "/elsewhere"  # the same server, without the camera's path: 404
+    server.start()
+    time.sleep(3)
+    server.mount = "/clip"
+    server.restart()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "reconnected" in err
+    assert len(decode_all(out)[0]) > 10
+
+
 def test_publishes_to_an_rtsp_receiver(rtsp_receiver, clip_path):
     proc = start_cli(clip_path, rtsp_receiver.url, "-q", "--max-frames", "25")
     _, err = proc.communicate(timeout=120)
