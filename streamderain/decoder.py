@@ -81,11 +81,11 @@ class Decoder:
             raise InputError(f"{self.name}: no such file")
         if self.source.startswith("/dev/video") and not Path(self.source).exists():
             raise InputError(f"{self.name}: no such camera (is it plugged in?)")
-        self._container = (
-            self._outage().connect(self._connect, self.timeouts[0])
-            if self.live
-            else self._connect()
-        )
+        if self.live:
+            outage = Outage(self.name, self.reconnect_timeout, self._stop)
+            self._container = outage.connect(self._connect, self.timeouts[0])
+        else:
+            self._container = self._connect()
         if self._container is None:
             raise InputError(f"{self.name}: stopped before the source answered")
         stream = self._container.streams.video[0]
@@ -119,6 +119,7 @@ class Decoder:
             sample_aspect_ratio=ctx.sample_aspect_ratio,
             live=self.live,
             bits=8 if self.live else pixel_bits(ctx.pix_fmt),
+            origin=0.0 if self.live else file_origin(self._container),
         )
 
     def _open_folder(self) -> VideoInfo:
@@ -167,9 +168,6 @@ class Decoder:
             raise NoVideoStream(f"{self.name}: no video stream")
         container.streams.video[0].thread_type = "AUTO"
         return container
-
-    def _outage(self, after_picture: bool = False) -> Outage:
-        return Outage(self.name, self.reconnect_timeout, self._stop, after_picture=after_picture)
 
     @property
     def is_image_folder(self) -> bool:
@@ -287,8 +285,10 @@ class Decoder:
         MPEG-TS has no index: FFmpeg's seek lands on a packet near the time, and nothing
         decodes before the next keyframe, up to a GOP later (never, in a file of one GOP). A
         seek that lands after the start is redone further back, at last from the beginning."""
+        if self.duration is not None and self.start >= self.duration:
+            return  # past the end: the caller says so, without a read through the file
         target, margin = origin + self.start, 0.0
-        while True:
+        while not self._stop.is_set():
             container = self._container
             assert container is not None
             stream = container.streams.video[0]
@@ -298,6 +298,7 @@ class Decoder:
             elif margin:
                 self.close()
                 self._container = container = self._connect()
+            corrupt = self.corrupt_packets
             frames = self._decoded(container)
             first = next(frames, None)
             late = first is None or (first.time is not None and first.time > target + 1e-6)
@@ -306,25 +307,22 @@ class Decoder:
                     yield first
                 yield from frames
                 return
+            frames.close()
+            self.corrupt_packets = corrupt  # what a seek that landed late met is not counted
             margin = margin * 2 or 4.0
 
     def _video_frames(self) -> Iterator[Frame]:
-        container = self._container
-        assert container is not None
-        stream = container.streams.video[0]
-        origin = file_origin(container)
-        index, deep = 0, self.info.bits > 8
+        origin, deep, index = self.info.origin, self.info.bits > 8, 0
         for vf in self._from_start(origin):
             keep = self._in_range(None if vf.time is None else vf.time - origin)
             if keep is None:
                 return
             if keep:
-                tb = vf.time_base or stream.time_base
                 image = rgb_image(vf, deep)
                 yield Frame(
                     index,
                     vf.pts,
-                    tb,
+                    vf.time_base or self.info.time_base,
                     eight_bits(image) if deep else image,
                     rotation=round(vf.rotation or 0),
                     deep=image if deep else None,
@@ -359,7 +357,9 @@ class Decoder:
                 return
             lost = time.monotonic()
             if index > session_start or outage is None:
-                outage = self._outage(after_picture=index > 0)
+                outage = Outage(
+                    self.name, self.reconnect_timeout, self._stop, after_picture=index > 0
+                )
                 log.warning("%s: lost (%s); reconnecting", self.name, why)
             elif not outage.retry(f"no picture ({why})"):
                 return

@@ -19,7 +19,7 @@ import av
 import numpy as np
 
 from streamderain.errors import OutputError, reason
-from streamderain.frames import Batch, Frame, VideoInfo, with_fine_bits
+from streamderain.frames import Batch, Frame, VideoInfo, timeline_shift, with_fine_bits
 from streamderain.options import EncodeOptions
 from streamderain.pipeline import Stage
 from streamderain.writers import (
@@ -208,7 +208,8 @@ class Encoder(Stage):
         if pts is None:  # a frame of a source without timestamps: placed by its index
             pts = round(frame.index / (float(self.info.rate or 25) * frame.time_base))
         if self._offset_pts is None:
-            self._offset_pts = pts if self.start > 0 or pts < 0 else 0
+            shift = timeline_shift(self.start, self.info.origin, float(pts * frame.time_base))
+            self._offset_pts = round(shift / frame.time_base)
         pts -= self._offset_pts
         if self._last_pts is not None and pts <= self._last_pts:
             pts = self._last_pts + 1

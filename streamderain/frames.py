@@ -61,6 +61,18 @@ def video_frame(
     return out
 
 
+def timeline_shift(start: float, origin: float, first: float | None) -> float:
+    """Seconds the output's timeline moves back from the source's, audio with video, so the
+    output starts at 0 as FFmpeg's would: to the first frame where a start time was asked for,
+    else to the file's start where that is after 0 (MPEG-TS, a camera's recording), or to the
+    first frame where that is before 0."""
+    if first is None:
+        return 0.0
+    if start > 0:
+        return first
+    return origin if origin > 0 else min(first, 0.0)
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What the encoder needs to know of the source to keep the output faithful to it."""
@@ -77,6 +89,7 @@ class VideoInfo:
     sample_aspect_ratio: Fraction | None = None
     live: bool = False
     bits: int = 8  # per channel, of the source's pixel format as it is decoded
+    origin: float = 0.0  # seconds a file's timeline starts at (its earliest stream's start)
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ class Outage:
             raise InputError(
                 f"{self.name}: source lost; no picture for {waited:.1f} s "
                 f"(--reconnect-timeout {self.reconnect_timeout:g}; last try: {why})"
-            )
+            ) from None
         # Waiting with no end (feeds), the user hears of it at once and every ~50 s; with a
         # deadline, the final error says it all.
         loud = not self.reconnect_timeout and self.failures % 10 == 1

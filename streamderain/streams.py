@@ -112,6 +112,8 @@ class StreamCopier:
                         "%s stream %d (%s) does not fit %s: left out", s.type, s.index, name, fmt
                     )
             wanted = [self.input.streams[i] for i in [*self.map, *self.reencoders]]
+            if wanted and start > 0:  # a second early, for packets that begin before the start
+                self.input.seek(int((self.origin + start - 1) * av.time_base), backward=True)
             self._packets = self.input.demux(*wanted) if wanted else iter(())
         except BaseException:
             self.input.close()
@@ -130,6 +132,9 @@ class StreamCopier:
                 continue
             t = float(packet.pts * packet.time_base)
             since_start = t - self.origin
+            if self.end is not None and since_start >= self.end + 1:
+                self._packets = iter(())  # in time order, give or take a second: the rest is later
+                break
             if (self.start > 0 and since_start < self.start - 1e-9) or (
                 self.end is not None and since_start >= self.end
             ):

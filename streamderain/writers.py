@@ -21,7 +21,7 @@ import ffmpeg
 import numpy as np
 
 from streamderain.errors import OutputError
-from streamderain.frames import VideoInfo, video_frame
+from streamderain.frames import VideoInfo, timeline_shift, video_frame
 from streamderain.streams import StreamCopier, ffmpeg_audio_args, stamp_rotation
 
 
@@ -143,12 +143,7 @@ class OutputSettings:
 
     @property
     def shift(self) -> float:
-        """Seconds the video's timeline moves back (the encoder starts it at 0 when a start
-        time was asked for, or when the source starts before 0); the audio moves with it."""
-        first = self.first_seconds
-        if first is None or (self.start <= 0 and first >= 0):
-            return 0.0
-        return first
+        return timeline_shift(self.start, self.info.origin, self.first_seconds)
 
     @property
     def pix_fmt(self) -> str:
@@ -250,18 +245,24 @@ class FFmpegWriter:
         if binary is None:
             raise OutputError("--encoder ffmpeg needs an ffmpeg binary on PATH")
         h, w = settings.size
-        video = ffmpeg.input("pipe:", format="nut")
+        # ffmpeg moves each input's timeline back by its start time (and its -ss); the video's
+        # is placed already, and the copied streams go where ``shift`` puts them.
+        start, end, first = settings.start, settings.end, settings.first_seconds
+        placed = 0.0 if first is None else first - settings.shift
+        video = ffmpeg.input("pipe:", format="nut", **({"itsoffset": placed} if placed else {}))
         streams = [video["v"]]
-        start, end = settings.start, settings.end
         if settings.copy_from:
             timing: dict[str, float] = {"ss": start} if start > 0 else {}
             if end is not None:
                 timing["t"] = end - start
-            if settings.shift < 0:  # the video starts at 0: move the audio along with it
-                timing["itsoffset"] = -settings.shift
+            offset = max(start, 0.0) + settings.info.origin - settings.shift
+            if abs(offset) > 1e-6:
+                timing["itsoffset"] = offset
             source = ffmpeg.input(settings.copy_from, **timing)
             streams += [source["a?"], source["s?"]]
             audio = {**ffmpeg_audio_args(settings.copy_from, settings.fmt), "shortest": None}
+            if start > 0:  # a seek lands early: leave out what comes before the first frame
+                audio["copypriorss"] = 0
         else:
             audio = {}
         info = settings.info

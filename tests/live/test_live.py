@@ -121,16 +121,17 @@ def test_a_relay_answering_not_found_while_its_camera_is_away_is_waited_for(
     wrong.stop()
     server = make_rtsp_server(clip_path, loop=True)
     out = tmp_path / "relay.mp4"
-    proc = start_cli(server.url, out, "--max-frames", "200", "--reconnect-timeout", "30")
+    proc = start_cli(server.url, out, "-v", "--max-frames", "400", "--reconnect-timeout", "40")
     wait_until_deraining(proc)
     server.stop()
     server.mount = "/elsewhere"  # the same server, without the camera's path: 404
     server.start()
-    time.sleep(3)
+    time.sleep(7)  # past the longest wait between tries (5 s)
     server.mount = "/clip"
     server.restart()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
+    assert any("404" in line and "retrying" in line for line in err.splitlines()), err
     assert "reconnected" in err
     assert len(decode_all(out)[0]) > 10
 
