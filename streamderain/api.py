@@ -17,7 +17,7 @@ import torch
 from streamderain.batcher import Batcher
 from streamderain.compare import Compose, KeepOriginals
 from streamderain.decoder import Decoder
-from streamderain.encoder import Encoder, check_target, live_target_format
+from streamderain.encoder import Encoder, check_not_input, check_target, live_target_format
 from streamderain.errors import InputError
 from streamderain.frames import Frame
 from streamderain.options import ModelOptions, RunOptions
@@ -126,6 +126,7 @@ def derain_video(
     began = time.perf_counter()
     options = RunOptions.of(**values) if options is None else options.replace(**values)
     check_target(dst)
+    check_not_input(dst, src)
     with Decoder(src, options.decode, stop=stop) as decoder:
         runner = runner or ModelRunner(options.model)
         is_file = Path(str(src)).is_file() and live_target_format(dst) is None

@@ -72,6 +72,15 @@ def partial_path(target: Path) -> Path:
     return target.with_name(f".{target.stem}.partial{target.suffix}")
 
 
+def check_not_input(target: str | Path, source: str | Path) -> None:
+    """Refuse to write over the input (the same file or folder): the run reads what it writes."""
+    if "://" in str(source) or "://" in str(target):
+        return
+    src, dst = Path(source), Path(target)
+    if src.exists() and dst.exists() and src.resolve() == dst.resolve():
+        raise OutputError(f"{target}: output is the input; choose another output name")
+
+
 def check_target(path: str | Path) -> None:
     """Refuse an output that cannot be written, before any work is done: an unknown container,
     something that is neither a file nor a folder (``/dev/full``), or a name too long for its

@@ -224,10 +224,10 @@ def check_paths(src: str, dst: str, overwrite: bool) -> None:
         raise InputError(f"{src}: no such file")
     if "://" in dst:
         return
-    src_path, dst_path = Path(src), Path(dst)
-    if "://" not in src and src_path.exists() and dst_path.exists():
-        if src_path.resolve() == dst_path.resolve():
-            raise StreamDerainError(f"{dst}: output is the input; choose another output name")
+    from streamderain.encoder import check_not_input
+
+    check_not_input(dst, src)
+    dst_path = Path(dst)
     parent = dst_path.parent if dst_path.parent != Path("") else Path(".")
     if not parent.is_dir():
         raise StreamDerainError(f"{dst}: folder {parent} does not exist")

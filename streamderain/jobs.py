@@ -136,12 +136,13 @@ def output_paths(inputs: list[str], out_dir: Path) -> dict[str, Path]:
         s: out_dir / (Path(s).relative_to(root) if root and "://" not in s else Path(s).name)
         for s in inputs
     }
-    remap = {s for s in mirrored if _needs_matroska(s)}
+    remap = sorted(s for s in mirrored if _needs_matroska(s))
     taken = {path for s, path in mirrored.items() if s not in remap}
     for s in remap:
         path = mirrored[s]
         mkv = path.with_suffix(".mkv")
         mirrored[s] = path.with_name(path.name + ".mkv") if mkv in taken else mkv
+        taken.add(mirrored[s])
     return mirrored
 
 
@@ -170,13 +171,25 @@ def plan(
     """
     out_dir = out_dir.resolve()
     manifest = read_manifest(out_dir / MANIFEST)
-    inputs = [s for s in inputs if "://" in s or not Path(s).is_relative_to(out_dir)]
+    # a glob over OUT_DIR: the outputs of an earlier batch (and its manifest) are no inputs
+    ours = {*manifest, str(out_dir / MANIFEST)}
+    earlier = {s for s in inputs if "://" not in s and str(Path(s).resolve()) in ours}
+    if earlier:
+        log.info("left out %d earlier outputs: %s", len(earlier), ", ".join(sorted(earlier)))
+    inputs = [s for s in inputs if s not in earlier]
+    if not inputs:
+        raise StreamDerainError(f"no inputs: all {len(earlier)} are outputs of an earlier batch")
     jobs: list[Job] = []
     known: dict[str, Result] = {}
+    owner: dict[Path, str] = {}
     for src, output in output_paths(inputs, out_dir).items():
         job = Job.of(src, output)
         before = manifest.get(job.output)
-        if "://" in src:
+        if output in owner:
+            known[src] = Result.failed(job, f"{_short(owner[output])} has the same output name")
+        elif "://" not in src and Path(src).resolve() == output:
+            known[src] = Result.failed(job, "output is the input; choose another --out-dir")
+        elif "://" in src:
             known[src] = Result.failed(
                 job, "batch takes files and folders; derain a live feed with: streamderain URL OUT"
             )
@@ -186,6 +199,7 @@ def plan(
             known[src] = Result.failed(job, f"{job.output} exists (pass -y to overwrite)")
         else:
             jobs.append(job)
+        owner.setdefault(output, src)
     return jobs, known
 
 

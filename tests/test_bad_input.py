@@ -125,3 +125,15 @@ def test_parity_fixture_checkpoint_runs_through_the_cli(media, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert out.stat().st_size > 0
+
+
+def test_the_api_refuses_to_write_over_its_input(media):
+    """As the command does: a run would replace the file (or folder) it reads."""
+    from streamderain import derain_video
+    from streamderain.errors import OutputError
+
+    clip = media / "clip.mp4"
+    before = clip.read_bytes()
+    with pytest.raises(OutputError, match="output is the input"):
+        derain_video(clip, str(clip), max_frames=2)
+    assert clip.read_bytes() == before

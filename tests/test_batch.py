@@ -17,6 +17,7 @@ import pytest
 
 from streamderain import api, runner
 from streamderain.encoder import partial_path
+from streamderain.errors import StreamDerainError
 from streamderain.jobs import MANIFEST, Job, Result, expand_inputs, plan, summary_table
 from streamderain.options import RunOptions
 from streamderain.workers import Worker
@@ -251,10 +252,26 @@ def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     jobs, _ = plan(expand_inputs(["*/a.mp4"]), tmp_path / "out")
     outputs = [str(tmp_path / "out" / d / "a.mp4") for d in ("x", "y")]
     assert [j.output for j in jobs] == outputs, "inputs of one name keep their folders"
-    # The outputs folder is never an input; an output nobody recorded needs -y.
-    (tmp_path / "out" / "b.mp4").touch()
-    jobs, known = plan(expand_inputs(["y/b.mp4", "out/*"]), tmp_path / "out")
+    # A glob over the outputs folder leaves out what an earlier batch made there, and its
+    # manifest, but not the user's own files; nothing else left is an error.
+    out = tmp_path / "out"
+    (out / "b.mp4").touch()
+    (out / MANIFEST).write_text(
+        Result(str(tmp_path / "x/a.mp4"), str(out / "old.mp4"), "done").to_json()
+    )
+    jobs, _ = plan(expand_inputs(["y/b.mp4", "out/*"]), out)
+    assert [j.input for j in jobs] == [str(tmp_path / "y/b.mp4"), str(out / "b.mp4")]
+    with pytest.raises(StreamDerainError, match="outputs of an earlier batch"):
+        plan(expand_inputs(["out/old.mp4"]), out)
+    # An output nobody recorded needs -y; two inputs never share an output.
+    jobs, known = plan(expand_inputs(["y/b.mp4"]), out)
     assert jobs == [] and known[str(tmp_path / "y/b.mp4")].reason.endswith("(pass -y to overwrite)")
+    (tmp_path / "y/b.ts").touch()
+    (tmp_path / "y/b.avi").touch()
+    jobs, known = plan(expand_inputs(["y/b.ts", "y/b.avi"]), out)
+    assert sorted(Path(j.output).name for j in jobs) == ["b.mkv", "b.ts.mkv"]
+    jobs, known = plan(expand_inputs(["y/b.mp4"]), tmp_path / "y", overwrite=True)
+    assert "output is the input" in known[str(tmp_path / "y/b.mp4")].reason
     jobs, known = plan(expand_inputs(["y/b.mp4"]), tmp_path / "out", overwrite=True)
     assert [j.output for j in jobs] == [str(tmp_path / "out/b.mp4")] and known == {}
     table = summary_table([Result("/a.mp4", "/o/a.mp4", "failed", "no such file")])
