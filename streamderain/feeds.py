@@ -53,8 +53,10 @@ def read_feeds(path: str | Path) -> list[Feed]:
 
     try:
         tables = read_toml(path).get("feed", [])
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise StreamDerainError(f"{path}: {reason(exc)}") from None
+    except ValueError as exc:  # says which file
+        raise StreamDerainError(str(exc)) from None
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise StreamDerainError(f"{path}: write each feed as a [[feed]] table (two brackets)")
     feeds = []

@@ -585,3 +585,42 @@ def test_a_bf16_run_resumes_and_exports_in_its_own_precision(shared, tmp_path):
     average = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["ema"]
     for name, value in model.net.state_dict().items():
         assert torch.equal(value, average[f"module.{name}"]), "export ships the weight average"
+
+
+def test_the_training_command_answers_bad_input_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``streamderain`` does: one line naming what is wrong, no traceback, nothing replaced."""
+    from click.testing import CliRunner
+
+    from training.__main__ import main
+
+    cases = {
+        "unknown model": (["eval", "--model", "nosuch", "--data", "empty"], "unknown model name"),
+        "no pairs": (["eval", "--model", "dcsfn-lite", "--data", "empty"], "empty"),
+        "bad TOML": (["validate", "dcsfn-lite", "--config", "bad.toml"], "bad.toml: "),
+        "a table misspelled": (["validate", "dcsfn-lite", "--config", "typo.toml"], "modle"),
+        "two configs": (["average", "dcsfn-lite", "dcsfn-deep", "--out", "a.pt"], "one config"),
+        "no folder": (
+            ["average", "dcsfn-lite", "dcsfn-lite", "--out", "no/a.pt"],
+            "no such folder",
+        ),
+        "a file there": (["average", "dcsfn-lite", "dcsfn-lite", "--out", "kept.pt"], "pass -y"),
+    }
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+    Path("empty").mkdir()
+    Path("bad.toml").write_text("x = [")
+    Path("typo.toml").write_text("[modle]\nchannels = 16\n")
+    kept = tmp_path / "kept.pt"
+    kept.write_bytes(b"the user's file")
+    for case, (args, message) in cases.items():
+        result = runner.invoke(main, args)
+        last = result.output.strip().splitlines()[-1]
+        assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit), case
+        assert last.startswith("Error:") and message in last, (case, result.output)
+    assert kept.read_bytes() == b"the user's file"
+    result = runner.invoke(main, ["average", "dcsfn-lite", "dcsfn-lite", "-y", "--out", "kept.pt"])
+    assert result.exit_code == 0, result.output
+    assert load_model(kept).config == load_model("dcsfn-lite").config
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -19,7 +19,24 @@ from training.recipe import PRECISIONS
 from training.route import evaluation_forward
 
 
-@click.group()
+class OneLineErrors(click.Group):
+    """Bad input (a model that does not load, a folder without pairs, a bad config, a file that
+    cannot be read or written) is one line and exit status 1, as with ``streamderain``; ``-v``
+    shows the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from training.data import DatasetError
+        from training.weights import ModelLoadError
+
+        try:
+            return super().invoke(ctx)
+        except (ModelLoadError, DatasetError, ValueError, OSError) as exc:
+            if ctx.params.get("verbose"):
+                raise
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=OneLineErrors)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
     """Train and evaluate DCSFN deraining models."""
@@ -286,13 +303,35 @@ def real_rain(models: tuple[str, ...], flip_average: bool, int8: bool, data_root
         )
 
 
+def _new_out(ctx: click.Context, param: click.Parameter, path: Path) -> Path:
+    """Refused before any work: a missing folder, or a file there without ``-y``."""
+    if not path.parent.is_dir():
+        raise click.BadParameter(f"{path.parent}: no such folder")
+    if path.exists() and not ctx.meta.get("overwrite"):
+        raise click.BadParameter(f"{path} exists (pass -y to overwrite)")
+    return path
+
+
 def shipping_options(command: Callable) -> Callable:
-    """--out, --eval-data and --purpose: where a command that writes a model puts it, and what
-    goes into its metadata."""
+    """--out (-y), --eval-data and --purpose: where a command that writes a model puts it, and
+    what goes into its metadata."""
     for option in reversed(
         (
             click.option(
-                "--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path)
+                "-y",
+                "--overwrite",
+                is_flag=True,
+                is_eager=True,
+                expose_value=False,
+                callback=lambda ctx, _, value: ctx.meta.update(overwrite=value),
+                help="Replace --out if it exists.",
+            ),
+            click.option(
+                "--out",
+                "out_path",
+                required=True,
+                type=click.Path(dir_okay=False, path_type=Path),
+                callback=_new_out,
             ),
             click.option(
                 "--eval-data",

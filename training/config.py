@@ -64,9 +64,13 @@ class DCSFNConfig:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file from ``configs/`` (standard library only)."""
+    """Read a TOML file (a config from ``configs/``, a feeds file); its path in any error."""
     with open(path, "rb") as f:
-        return tomllib.load(f)
+        try:
+            values = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    return values
 
 
 def load_config(path: str | Path) -> DCSFNConfig:

@@ -168,8 +168,13 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path) -> tuple[DCSFNConfig, TrainConfig]:
-    """The ``[model]`` and ``[train]`` tables of a config file."""
+    """The ``[model]`` and ``[train]`` tables of a config file (no other)."""
     values = read_toml(path)
+    unknown = sorted(set(values) - {"model", "train"})
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown table(s) {', '.join(unknown)}; a config has [model], [train]"
+        )
     return DCSFNConfig.from_dict(values.get("model", {})), TrainConfig.from_dict(
         values.get("train", {})
     )

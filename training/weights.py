@@ -7,6 +7,7 @@ only, so a file that tries to run code is refused before any of it runs.
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import re
 import warnings
@@ -330,7 +331,10 @@ def save_model(
         "metadata": dict(metadata or {}),
         "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
     }
-    torch.save(payload, path)
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")  # a write cut short leaves ``path`` whole
+    torch.save(payload, partial)
+    os.replace(partial, path)
 
 
 def average_models(
