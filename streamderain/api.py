@@ -17,7 +17,13 @@ import torch
 from streamderain.batcher import Batcher
 from streamderain.compare import Compose, KeepOriginals
 from streamderain.decoder import Decoder
-from streamderain.encoder import Encoder, check_not_input, check_target, live_target_format
+from streamderain.encoder import (
+    Encoder,
+    check_codec,
+    check_not_input,
+    check_target,
+    live_target_format,
+)
 from streamderain.errors import InputError
 from streamderain.frames import Frame
 from streamderain.options import ModelOptions, RunOptions
@@ -63,9 +69,15 @@ class Derainer:
         if isinstance(frames, torch.Tensor):
             return self._tensor(frames)
         array = np.asarray(frames)
-        if array.dtype != np.uint8 or array.ndim not in (3, 4) or array.shape[-1] != 3:
+        if (
+            array.dtype != np.uint8
+            or array.ndim not in (3, 4)
+            or array.shape[-1] != 3
+            or not array.size
+        ):
             raise ValueError(
-                f"expected uint8 H x W x 3 or N x H x W x 3, got {array.dtype} {array.shape}"
+                f"expected uint8 H x W x 3 or N x H x W x 3, none of them 0, got {array.dtype} "
+                f"{array.shape}"
             )
         batch = array[None] if array.ndim == 3 else array
         batch = np.ascontiguousarray(batch[..., ::-1] if self.channel_order == "BGR" else batch)
@@ -88,9 +100,10 @@ class Derainer:
 
     @torch.inference_mode()
     def _tensor(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point() or not x.numel():
             raise ValueError(
-                f"expected a float tensor N x 3 x H x W, got {x.dtype} {tuple(x.shape)}"
+                f"expected a float tensor N x 3 x H x W, none of them 0, got {x.dtype} "
+                f"{tuple(x.shape)}"
             )
         inp = x.to(self.runner.device, self.runner.dtype)
         y = self.runner.derain(inp.contiguous(memory_format=torch.channels_last))
@@ -127,6 +140,7 @@ def derain_video(
     options = RunOptions.of(**values) if options is None else options.replace(**values)
     check_target(dst)
     check_not_input(dst, src)
+    check_codec(options.encode)
     with Decoder(src, options.decode, stop=stop) as decoder:
         runner = runner or ModelRunner(options.model)
         is_file = Path(str(src)).is_file() and live_target_format(dst) is None
@@ -138,38 +152,42 @@ def derain_video(
             start=decoder.start,
             end=decoder.end,
         )
-        compare = options.encode.compare
-        temporal = temporal_on(options.model.temporal, decoder)
-        stages: list[tuple[str, Stage]] = [("batch", Batcher(options.model.batch))]
-        if compare or temporal:
-            stages.append(("keep", KeepOriginals()))
-        stages.append(("model", runner))
-        if temporal:
-            # files hold a few frames back to look ahead; live sources use past frames only
-            stages.append(("temporal", TemporalStage(lookahead=0 if decoder.live else 3)))
-        if compare:
-            stages.append(("compose", Compose(compare)))
-        stages.append(("encode", encoder))
-        live_drop = options.decode.live_drop
-        drop = decoder.live if live_drop is None else live_drop
-        pipeline = Pipeline(
-            decoder, stages, queue_size=1 if drop else 4, drop_oldest=drop, on_frame=on_frame
-        )
-        if on_start is not None:
-            on_start(pipeline, decoder)
-        runner.prepare(
-            decoder.info.height,
-            decoder.info.width,
-            one_scene=not decoder.is_image_folder,
-            live=decoder.live,
-        )
-        if log.isEnabledFor(logging.DEBUG):  # the -v banner; describing costs a little
-            log.debug("input   %s", decoder.describe())
-            log.debug("model   %s", runner.describe())
-            log.debug("output  %s", encoder.describe())
-        pipeline.stats.setup = time.perf_counter() - began
-        if decoder.live:
-            notice.info("%s: connected, deraining (Ctrl-C stops)", decoder.name)
+        try:  # until the pipeline runs, nothing else closes the output if this fails
+            compare = options.encode.compare
+            temporal = temporal_on(options.model.temporal, decoder)
+            stages: list[tuple[str, Stage]] = [("batch", Batcher(options.model.batch))]
+            if compare or temporal:
+                stages.append(("keep", KeepOriginals()))
+            stages.append(("model", runner))
+            if temporal:
+                # files hold a few frames back to look ahead; live sources use past frames only
+                stages.append(("temporal", TemporalStage(lookahead=0 if decoder.live else 3)))
+            if compare:
+                stages.append(("compose", Compose(compare)))
+            stages.append(("encode", encoder))
+            live_drop = options.decode.live_drop
+            drop = decoder.live if live_drop is None else live_drop
+            pipeline = Pipeline(
+                decoder, stages, queue_size=1 if drop else 4, drop_oldest=drop, on_frame=on_frame
+            )
+            if on_start is not None:
+                on_start(pipeline, decoder)
+            runner.prepare(
+                decoder.info.height,
+                decoder.info.width,
+                one_scene=not decoder.is_image_folder,
+                live=decoder.live,
+            )
+            if log.isEnabledFor(logging.DEBUG):  # the -v banner; describing costs a little
+                log.debug("input   %s", decoder.describe())
+                log.debug("model   %s", runner.describe())
+                log.debug("output  %s", encoder.describe())
+            pipeline.stats.setup = time.perf_counter() - began
+            if decoder.live:
+                notice.info("%s: connected, deraining (Ctrl-C stops)", decoder.name)
+        except BaseException:
+            encoder.abort()
+            raise
         stats = pipeline.run()
         if stats.frames == 0 and not stats.interrupted:
             length = decoder.duration

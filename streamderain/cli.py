@@ -89,9 +89,9 @@ def run(
         check_paths(src, dst, overwrite)
         stats = _derain(src, dst, options, quiet)
     if stats.interrupted:
-        click.echo(
-            f"streamderain: interrupted: {dst} holds the {stats.frames} frames done", err=True
-        )
+        n = stats.frames
+        done = f"{dst} holds the {n} frames done" if n else f"nothing written to {dst}"
+        click.echo(f"streamderain: interrupted: {done}", err=True)
         sys.exit(130)
     if not quiet:
         click.echo(f"streamderain: {dst}: {stats.summary()}", err=True)

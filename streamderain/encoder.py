@@ -15,6 +15,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: outputs are not locked
+    fcntl = None  # type: ignore[assignment]
+
 import av
 import numpy as np
 
@@ -79,6 +84,18 @@ def check_not_input(target: str | Path, source: str | Path) -> None:
     src, dst = Path(source), Path(target)
     if src.exists() and dst.exists() and src.resolve() == dst.resolve():
         raise OutputError(f"{target}: output is the input; choose another output name")
+
+
+def check_codec(options: EncodeOptions) -> None:
+    """Refuse a ``--codec`` PyAV's FFmpeg has no video encoder for, before any work."""
+    if options.codec is None or options.encoder != "pyav":
+        return  # the ffmpeg binary says what it lacks itself
+    try:
+        kind = av.Codec(options.codec, "w").type
+    except ValueError:
+        kind = None
+    if kind != "video":
+        raise OutputError(f"--codec {options.codec}: no such video encoder (see: ffmpeg -encoders)")
 
 
 def check_target(path: str | Path) -> None:
@@ -154,12 +171,42 @@ class Encoder(Stage):
         self._last_pts: int | None = None
         self._offset_pts: int | None = None
         self._tmp = None if self.live_format else partial_path(self.target)
-        if self._tmp is not None and self._tmp.exists():
-            self._clear_killed_run()
+        self._held: int | None = None  # the partial output, open and locked while we write it
+        if self._tmp is not None:
+            if self._tmp.exists():
+                os.close(self._lock())  # refused while another run writes it
+                self._clear_killed_run()
+            if self.folder:
+                self._tmp.mkdir()
+            self._held = self._lock()
+
+    def _lock(self) -> int:
+        """The partial output (created if new), open and locked: a second run to the same
+        output refuses, instead of taking this run's file for a killed run's and removing it."""
+        assert self._tmp is not None
+        fd = os.open(self._tmp, os.O_RDONLY if self.folder else os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(
+                f"{self.name}: another run is writing it; wait for it to end or choose another "
+                "output"
+            ) from None
+        return fd
+
+    def _unlock(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            os.close(held)
 
     def _clear_killed_run(self) -> None:
         """A killed run's partial output: from a file it is redone, so it goes; from a live
         source it cannot be, so it is kept beside the target (it plays up to its last second)."""
+        if self._tmp.is_file() and self._tmp.stat().st_size == 0:  # killed before a frame
+            self._discard()
+            return
         if not self.info.live or self.folder:
             log.warning("removing %s, left by a run that was killed", self._tmp)
             self._discard()
@@ -297,6 +344,7 @@ class Encoder(Stage):
             self._tmp.rmdir()
         else:
             os.replace(self._tmp, self.target)
+        self._unlock()
         return []
 
     def abort(self, failed: bool = True) -> None:
@@ -327,3 +375,4 @@ class Encoder(Stage):
             shutil.rmtree(self._tmp)
         elif self._tmp.exists():
             self._tmp.unlink()
+        self._unlock()

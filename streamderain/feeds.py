@@ -88,6 +88,9 @@ def recover_segments(folder: Path, name: str) -> list[Path]:
     # this feed's own: "cam" must not take "cam-2"'s segment, which may be in progress
     ours = re.compile(rf"\.{re.escape(name)}-\d{{8}}-\d{{6}}\.partial{re.escape(SEGMENT_SUFFIX)}")
     for partial in sorted(p for p in folder.iterdir() if ours.fullmatch(p.name)):
+        if not partial.stat().st_size:  # killed before its first frame: nothing to keep
+            partial.unlink()
+            continue
         target = folder / partial.name[1:].replace(f".partial{SEGMENT_SUFFIX}", SEGMENT_SUFFIX)
         if partial_path(target) == partial and not target.exists():
             os.replace(partial, target)

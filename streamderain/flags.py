@@ -53,6 +53,10 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
     logging.getLogger("streamderain.notice").setLevel(logging.ERROR if quiet else logging.INFO)
 
 
+#: how torch (CPU, CUDA) and OpenVINO say that memory ran out
+OUT_OF_MEMORY = ("bad_alloc", "can't allocate memory", "out of memory")
+
+
 def fail(message: str, verbose: bool, code: int = 1) -> None:
     if verbose:
         log.exception("details")
@@ -63,15 +67,17 @@ def fail(message: str, verbose: bool, code: int = 1) -> None:
 @contextlib.contextmanager
 def one_line_errors(verbose: bool) -> Iterator[None]:
     """Every failure inside ends the command with one line on stderr (``-v``: a traceback)."""
-    from training import ModelLoadError
-
     try:
+        from training import ModelLoadError  # imports torch: Ctrl-C may come in this second
+
         yield
     except KeyboardInterrupt:
         fail("aborted", verbose, 130)
     except (StreamDerainError, ModelLoadError) as exc:
         fail(str(exc), verbose)
     except Exception as exc:  # noqa: BLE001 - reported, not swallowed
+        if isinstance(exc, MemoryError) or any(s in str(exc) for s in OUT_OF_MEMORY):
+            fail("out of memory: try a smaller --batch, or --tile N", verbose)
         fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for details)", verbose, 2)
 
 

@@ -20,7 +20,7 @@ import cv2
 import ffmpeg
 import numpy as np
 
-from streamderain.errors import OutputError
+from streamderain.errors import OutputError, reason
 from streamderain.frames import VideoInfo, timeline_shift, video_frame
 from streamderain.streams import StreamCopier, ffmpeg_audio_args, stamp_rotation
 
@@ -207,7 +207,14 @@ class PyAVWriter:
     def write(
         self, image: np.ndarray, pts: int, time_base: Fraction, name: str | None = None
     ) -> None:
-        self._mux(self.stream.encode(self.settings.video_frame(image, pts, time_base)))
+        try:
+            packets = self.stream.encode(self.settings.video_frame(image, pts, time_base))
+        except av.error.FFmpegError as exc:  # an encoder that opens on its first frame
+            raise OutputError(
+                f"{self.settings.codec} cannot encode this ({reason(exc)}); "
+                "check --codec and --preset"
+            ) from None
+        self._mux(packets)
         t = float(pts * time_base)
         self.video_end = t + 1 / float(self.settings.info.rate or 25)
         if self.copier is not None:

@@ -49,6 +49,10 @@ def media(tmp_path_factory, shared):
         out.mux(s.encode(None))
     (d / "junk.pth").write_bytes(os.urandom(2000))
     torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, d / "resnet.pth")
+    from training.weights import resolve_source
+
+    ours = torch.load(resolve_source("dcsfn-lite"), weights_only=True)
+    torch.save({**ours, "metadata": {"mirror_scale": 0}}, d / "bad-metadata.pt")
     with open(d / "evil.pth", "wb") as f:
         pickle.dump({"net": _Exploit(d / "pwned")}, f)
     (d / "existing.mp4").write_bytes(b"keep me")
@@ -73,9 +77,12 @@ def _cases(d: Path) -> dict[str, tuple[list[str], str]]:
         "output folder read-only": ([clip, str(d / "locked" / "o.mp4")], "not writable"),
         "unknown container": ([clip, str(d / "o.xyz")], "unknown output container"),
         "negative batch": ([clip, out, "--batch", "-2"], "--batch must be at least 1"),
+        "batch past memory": ([clip, out, "--batch", "100000"], "out of memory"),
         "unknown device": ([clip, out, "--device", "tpu"], "unknown device"),
         "cuda without gpu": ([clip, out, "--device", "cuda"], "no CUDA GPU"),
         "bad crf": ([clip, out, "--crf", "99"], "--crf must be in 0..63"),
+        "audio codec": ([clip, out, "--codec", "aac"], "no such video encoder"),
+        "codec that will not open": ([clip, out, "--codec", "mjpeg"], "check --codec"),
         "model missing": ([clip, out, "--model", str(d / "none.pth")], "no such file"),
         "model junk": ([clip, out, "--model", str(d / "junk.pth")], "checkpoint"),
         "model of another network": (
@@ -83,6 +90,10 @@ def _cases(d: Path) -> dict[str, tuple[list[str], str]]:
             "not a DCSFN checkpoint",
         ),
         "malicious model": ([clip, out, "--model", str(d / "evil.pth")], "refused"),
+        "model with bad metadata": (
+            [clip, out, "--model", str(d / "bad-metadata.pt")],
+            "bad metadata",
+        ),
         "unknown model name": ([clip, out, "--model", "dcsfn-huge"], "unknown model name"),
     }
 

@@ -159,9 +159,11 @@ def test_sigterm_to_the_whole_group_finishes_a_local_batchs_files(tmp_path: Path
     )
     partial = partial_path(out / "long.mp4")
     deadline = time.monotonic() + 120
-    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+    # the muxer writes nothing before the first frame
+    while not (partial.exists() and partial.stat().st_size) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.02)
-    assert partial.exists(), "the worker is writing the file"
+    assert partial.stat().st_size, "the worker is writing the file"
     os.killpg(proc.pid, signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130 and "Traceback" not in err, err
@@ -198,13 +200,18 @@ def test_a_feed_worker_can_be_told_to_stop_outside_ray(shared) -> None:
 
 def test_a_feed_recovers_its_own_segments_only(tmp_path: Path) -> None:
     """Feeds "cam" and "cam-2" share a folder: cam's restart renames its own half-written
-    segment into place and leaves cam-2's, which may still be in progress."""
+    segment into place and leaves cam-2's, which may still be in progress; one cut before its
+    first frame (empty) is removed."""
     from streamderain.feeds import recover_segments
 
     for name in (".cam-20261206-070000.partial.mkv", ".cam-2-20261206-070000.partial.mkv"):
         (tmp_path / name).write_bytes(b"segment")
+    (tmp_path / ".cam-20261206-080000.partial.mkv").touch()
     assert recover_segments(tmp_path, "cam") == [tmp_path / "cam-20261206-070000.mkv"]
-    assert (tmp_path / ".cam-2-20261206-070000.partial.mkv").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".cam-2-20261206-070000.partial.mkv",
+        "cam-20261206-070000.mkv",
+    ]
 
 
 def test_a_model_that_cannot_load_stops_the_batch_in_one_line(inputs: Path) -> None:

@@ -143,3 +143,34 @@ def test_a_failed_run_leaves_the_existing_output_exactly_as_it_was(tmp_path, sha
     assert result.returncode == 1 and "a video has one size" in result.stderr
     assert victim.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp file left"
+
+
+def test_a_second_run_to_an_output_being_written_is_refused(tmp_path, shared):
+    """A second run to the OUTPUT a first one is writing used to take the first's partial
+    file for a killed run's and remove it, and the first then failed at its end, its work lost.
+    Now it refuses in one line, and the first finishes."""
+    from fractions import Fraction
+
+    from streamderain.encoder import Encoder
+    from streamderain.frames import Frame, VideoInfo
+
+    frames = clean_frames(4, (96, 64))
+    src = tmp_path / "in.mp4"
+    make_clip(src, frames)
+    out = tmp_path / "out.mp4"
+    tb = Fraction(1, 25)
+    first = Encoder(out, VideoInfo(96, 64, tb, Fraction(25), None))
+    first.write(Frame(0, 0, tb, frames[0]))
+    second = subprocess.run(
+        [sys.executable, "-m", "streamderain", src, out],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert second.returncode == 1, second.stderr
+    assert "another run is writing it" in second.stderr.strip().splitlines()[-1], second.stderr
+    for i, image in enumerate(frames[1:], 1):
+        first.write(Frame(i, i, tb, image))
+    first.finish()
+    assert len(decode_all(out)[0]) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]

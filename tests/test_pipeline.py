@@ -451,7 +451,7 @@ def test_batcher_groups_by_size_and_flushes_on_timeout():
 
 
 def test_derainer_api_accepts_bgr_rgb_and_tensors(shared):
-
+    """And says what it takes when given no picture (0 x 0, or a batch of none)."""
     from streamderain import Derainer
 
     rgb = clean_frames(1, (96, 64))[0]
@@ -467,6 +467,10 @@ def test_derainer_api_accepts_bgr_rgb_and_tensors(shared):
     assert (
         t_out[0].permute(1, 2, 0) * 255 - torch.from_numpy(rgb_out).float()
     ).abs().max() <= 0.5001
+    derainer = Derainer(device="cpu")
+    for empty in (np.zeros((0, 0, 3), np.uint8), np.zeros((0, 64, 96, 3), np.uint8), t[:0]):
+        with pytest.raises(ValueError, match="none of them 0"):
+            derainer(empty)
 
 
 def test_cuda_without_gpu_is_a_clean_error(vfr_clip, tmp_path):

@@ -212,7 +212,11 @@ def _unpack(payload: Any, path: Path) -> tuple[dict[str, Tensor], ModelInfo]:
         order = payload.get("channel_order")
         if order not in CHANNEL_ORDERS:
             raise ModelLoadError(f"{path}: bad channel order {order!r}")
-        info = ModelInfo(config, order, str(path), dict(payload.get("metadata", {})))
+        metadata = payload.get("metadata", {})
+        scale = metadata.get("mirror_scale", 1.0) if isinstance(metadata, dict) else None
+        if not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+            raise ModelLoadError(f"{path}: bad metadata (a table, with mirror_scale in (0, 1])")
+        info = ModelInfo(config, order, str(path), dict(metadata))
         state = payload.get("state_dict")
         if not _holds_tensors(state):
             raise ModelLoadError(f"{path}: no state dict of tensors")
