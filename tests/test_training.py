@@ -600,6 +600,10 @@ def test_the_training_command_answers_bad_input_in_one_line(
         "no pairs": (["eval", "--model", "dcsfn-lite", "--data", "empty"], "empty"),
         "bad TOML": (["validate", "dcsfn-lite", "--config", "bad.toml"], "bad.toml: "),
         "a table misspelled": (["validate", "dcsfn-lite", "--config", "typo.toml"], "modle"),
+        "no validation set": (
+            ["validate", "dcsfn-lite", "--config", "empty.toml"],
+            "no validation",
+        ),
         "two configs": (["average", "dcsfn-lite", "dcsfn-deep", "--out", "a.pt"], "one config"),
         "no folder": (
             ["average", "dcsfn-lite", "dcsfn-lite", "--out", "no/a.pt"],
@@ -612,6 +616,7 @@ def test_the_training_command_answers_bad_input_in_one_line(
     Path("empty").mkdir()
     Path("bad.toml").write_text("x = [")
     Path("typo.toml").write_text("[modle]\nchannels = 16\n")
+    Path("empty.toml").write_text("")
     kept = tmp_path / "kept.pt"
     kept.write_bytes(b"the user's file")
     for case, (args, message) in cases.items():

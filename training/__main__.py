@@ -244,6 +244,8 @@ def validate(
     from training.validation import validate, validation_sets
 
     sets = validation_sets(load_train_config(config_path)[1], data_root)
+    if not sets:
+        raise click.ClickException(f"{config_path} names no validation set ([train] val_dir, ...)")
     for name in models:
         net = evaluation_forward(name, flip_average, int8)
         scores = []
