@@ -102,12 +102,13 @@ def _derain(src: str, dst: str, options: RunOptions, quiet: bool):
     from tqdm import tqdm
 
     from streamderain.api import derain_video
+    from streamderain.frames import expected_frames
 
     bar = None
 
     def on_start(pipeline, decoder) -> None:
         nonlocal bar
-        total = options.decode.max_frames or decoder.info.frames
+        total = expected_frames(decoder.info, decoder.start, decoder.end, options.decode.max_frames)
         show = not quiet and sys.stderr.isatty()
         bar = tqdm(total=total, unit="frame", disable=not show, dynamic_ncols=True)
         presses = 0
@@ -152,9 +153,8 @@ def models() -> None:
 
     with one_line_errors(False):  # a bundled file damaged on disk: one line, not a traceback
         here = pick_precision("auto", torch.device("cpu"), "auto", None) == "int8"
-        eight_bits = (
-            f", also in 8 bits (--precision int8{', the default on this CPU' if here else ''})"
-        )
+        default = ", the default on this CPU" if here else ""
+        eight_bits = f", also in 8 bits (--precision int8{default})"
         for name in bundled_models():
             model = load_model(name)
             meta, config = model.info.metadata, model.config

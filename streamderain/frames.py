@@ -61,6 +61,20 @@ def video_frame(
     return out
 
 
+def expected_frames(
+    info: VideoInfo, start: float, end: float | None, max_frames: int | None
+) -> int | None:
+    """About how many frames a run reads, for its progress bar: the source's count, cut to
+    ``start`` and ``end`` (seconds from its start) at its rate, and to ``max_frames``."""
+    total = info.frames
+    if total is not None and info.rate and (start > 0 or end is not None):
+        last = total if end is None else min(total, round(end * info.rate))
+        total = max(last - round(start * info.rate), 0)
+    if max_frames is not None:
+        total = max_frames if total is None else min(total, max_frames)
+    return total
+
+
 def timeline_shift(start: float, origin: float, first: float | None) -> float:
     """Seconds the output's timeline moves back from the source's, audio with video, so the
     output starts at 0 as FFmpeg's would: to the first frame where a start time was asked for,

@@ -119,3 +119,18 @@ def test_sample_aspect_ratio_and_colour_range_are_not_invented_or_lost(tmp_path,
             assert name.endswith(".webm") or ctx.color_range == source_range, name
             sar = ctx.sample_aspect_ratio
             assert sar is None or sar == 1, (name, sar)
+
+
+def test_the_progress_bar_counts_the_frames_the_run_reads():
+    """--duration 10 on an hour's video: the bar ends at 250 frames, not at 0.3% of 90,000."""
+    from fractions import Fraction
+
+    from streamderain.frames import VideoInfo, expected_frames
+
+    hour = VideoInfo(64, 48, Fraction(1, 25), Fraction(25), 90_000)
+    assert expected_frames(hour, 0.0, None, None) == 90_000
+    assert expected_frames(hour, 0.0, 10.0, None) == 250
+    assert expected_frames(hour, 3590.0, None, None) == 250
+    assert expected_frames(hour, 100.0, 110.0, 7) == 7
+    assert expected_frames(hour, 4000.0, None, None) == 0
+    assert expected_frames(VideoInfo(64, 48, Fraction(1, 25), None, None), 0.0, None, 5) == 5
