@@ -171,29 +171,32 @@ class Encoder(Stage):
         self._last_pts: int | None = None
         self._offset_pts: int | None = None
         self._tmp = None if self.live_format else partial_path(self.target)
-        self._held: int | None = None  # the partial output, open and locked while we write it
-        if self._tmp is not None:
-            if self._tmp.exists():
-                os.close(self._lock())  # refused while another run writes it
-                self._clear_killed_run()
-            if self.folder:
-                self._tmp.mkdir()
-            self._held = self._lock()
+        self._held: int | None = None  # the partial output file, open and locked while written
+        if self._tmp is not None and self._tmp.exists():
+            killed = self._lock()  # refused while another run writes it
+            self._clear_killed_run()
+            if killed is not None:
+                os.close(killed)
+        self._held = self._lock()
 
-    def _lock(self) -> int:
-        """The partial output (created if new), open and locked: a second run to the same
-        output refuses, instead of taking this run's file for a killed run's and removing it."""
-        assert self._tmp is not None
-        fd = os.open(self._tmp, os.O_RDONLY if self.folder else os.O_RDONLY | os.O_CREAT, 0o644)
+    def _lock(self) -> int | None:
+        """The partial output file, open and locked: a second run to the same output refuses,
+        instead of taking it for a killed run's and removing it. Folders of frames, and file
+        systems that do not lock (NFS without its lock service), go unlocked."""
+        if self.folder or fcntl is None or self._tmp is None:
+            return None
         try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise OutputError(f"{self.name}: cannot write ({reason(exc)})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise OutputError(
-                f"{self.name}: another run is writing it; wait for it to end or choose another "
-                "output"
-            ) from None
+            busy = f"{self.name}: another run is writing it; wait for it or choose another output"
+            raise OutputError(busy) from None
+        except OSError as exc:
+            log.debug("%s: written unlocked (%s)", self._tmp, reason(exc))
         return fd
 
     def _unlock(self) -> None:
@@ -204,11 +207,10 @@ class Encoder(Stage):
     def _clear_killed_run(self) -> None:
         """A killed run's partial output: from a file it is redone, so it goes; from a live
         source it cannot be, so it is kept beside the target (it plays up to its last second)."""
-        if self._tmp.is_file() and self._tmp.stat().st_size == 0:  # killed before a frame
-            self._discard()
-            return
-        if not self.info.live or self.folder:
-            log.warning("removing %s, left by a run that was killed", self._tmp)
+        empty = self._tmp.is_file() and not self._tmp.stat().st_size  # killed before a frame
+        if empty or not self.info.live or self.folder:
+            if not empty:
+                log.warning("removing %s, left by a run that was killed", self._tmp)
             self._discard()
             return
         cut = datetime.fromtimestamp(self._tmp.stat().st_mtime).strftime("%Y%m%d-%H%M%S")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
@@ -69,7 +70,7 @@ def expected_frames(
     total = info.frames
     if total is not None and info.rate and (start > 0 or end is not None):
         last = total if end is None else min(total, round(end * info.rate))
-        total = max(last - round(start * info.rate), 0)
+        total = max(last - math.ceil(start * info.rate - 1e-9), 0)
     if max_frames is not None:
         total = max_frames if total is None else min(total, max_frames)
     return total

@@ -199,7 +199,8 @@ def plan(
             known[src] = Result.failed(job, f"{job.output} exists (pass -y to overwrite)")
         else:
             jobs.append(job)
-        owner.setdefault(output, src)
+        if src not in known or known[src].status == "skipped":
+            owner.setdefault(output, src)
     return jobs, known
 
 

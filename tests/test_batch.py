@@ -277,6 +277,8 @@ def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "y/b.avi").touch()
     jobs, known = plan(expand_inputs(["y/b.ts", "y/b.avi"]), out)
     assert sorted(Path(j.output).name for j in jobs) == ["b.mkv", "b.ts.mkv"]
+    jobs, known = plan(["rtsp://cam/b.mp4", str(tmp_path / "y/b.mp4")], out, overwrite=True)
+    assert [j.input for j in jobs] == [str(tmp_path / "y/b.mp4")], "a refused input owns nothing"
     jobs, known = plan(expand_inputs(["y/b.mp4"]), tmp_path / "y", overwrite=True)
     assert "output is the input" in known[str(tmp_path / "y/b.mp4")].reason
     jobs, known = plan(expand_inputs(["y/b.mp4"]), tmp_path / "out", overwrite=True)

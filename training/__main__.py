@@ -31,9 +31,10 @@ class OneLineErrors(click.Group):
         try:
             return super().invoke(ctx)
         except (ModelLoadError, DatasetError, ValueError, OSError) as exc:
-            if ctx.params.get("verbose"):
+            if ctx.params.get("verbose") or isinstance(exc, BrokenPipeError):
                 raise
-            raise click.ClickException(str(exc)) from None
+            where = "" if isinstance(exc, (ModelLoadError, DatasetError)) else " (-v: where)"
+            raise click.ClickException(f"{exc}{where}") from None
 
 
 @click.group(cls=OneLineErrors)
