@@ -206,9 +206,10 @@ def test_a_run_cut_short_cuts_the_audio_with_the_picture(tmp_path, shared, encod
     assert max(audio) > max(video) - 0.1, "and not before it"
 
 
-@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
-@pytest.mark.parametrize("suffix", [".mkv", ".ts"])
-@pytest.mark.parametrize("start", [None, 1])
+@pytest.mark.parametrize(
+    ("encoder", "suffix", "start"),
+    [("pyav", ".ts", 1), ("ffmpeg", ".mkv", 1), ("pyav", ".mkv", None), ("ffmpeg", ".ts", None)],
+)
 def test_start_and_duration_count_from_the_files_start(tmp_path, shared, encoder, suffix, start):
     """A camera's recording an hour in (as MPEG-TS starts 1.4 s in): --start 1 --duration 1 is the
     second second of the file, picture and sound, as ffmpeg's -ss counts, and the output starts
@@ -216,7 +217,7 @@ def test_start_and_duration_count_from_the_files_start(tmp_path, shared, encoder
     lands after its only keyframe. Matroska out keeps sound that starts before the picture."""
     if encoder == "ffmpeg" and shutil.which("ffmpeg") is None:
         pytest.skip("no ffmpeg binary (Debian package ffmpeg)")
-    frames = clean_frames(75, (96, 64))
+    frames = clean_frames(50, (96, 64))
     src = tmp_path / f"cam{suffix}"
     make_clip(src, frames, audio=True, start_ms=3_600_000)
     out = tmp_path / "out.mkv"
