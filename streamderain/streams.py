@@ -85,11 +85,11 @@ class StreamCopier:
         start: float,
         end: float | None,
         offset: float,
+        origin: float,
     ) -> None:
         self.input = av.open(source)
         try:
-            self.start, self.end, self.offset = start, end, offset
-            self.origin = file_origin(self.input)
+            self.start, self.end, self.offset, self.origin = start, end, offset, origin
             self.map: dict[int, av.stream.Stream] = {}
             self.reencoders: dict[int, AudioReencoder] = {}
             for s in [*self.input.streams.audio, *self.input.streams.subtitles]:

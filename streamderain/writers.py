@@ -178,6 +178,7 @@ class PyAVWriter:
                     settings.start,
                     settings.end,
                     settings.shift,
+                    settings.info.origin,
                 )
         except BaseException:
             self.container.close()
