@@ -18,6 +18,9 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 BACKENDS = ("auto", "torch", "openvino")
 ENCODERS = ("pyav", "ffmpeg")
 COMPARE_MODES = ("side-by-side", "stacked")
+# x264's and x265's (the only encoders --preset goes to); checked here, as x264 prints its own line
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+           "veryslow", "placebo")  # fmt: skip
 RTSP_TRANSPORTS = ("tcp", "udp")
 AUTO_ON_OFF = ("auto", "on", "off")
 
@@ -30,6 +33,10 @@ def _check(rules: list[tuple[bool, str]]) -> None:
 
 def _choice(flag: str, value: object, allowed: tuple[str, ...]) -> tuple[bool, str]:
     return value not in allowed, f"{flag} must be one of {', '.join(allowed)}, got {value!r}"
+
+
+def _optional_choice(flag: str, value: object, allowed: tuple[str, ...]) -> tuple[bool, str]:
+    return _choice(flag, value, allowed) if value is not None else (False, "")
 
 
 @dataclass(frozen=True)
@@ -145,10 +152,8 @@ class EncodeOptions:
             [
                 (crf is not None and not 0 <= crf <= 63, f"--crf must be in 0..63, got {crf}"),
                 _choice("--encoder", self.encoder, ENCODERS),
-                (
-                    self.compare is not None and self.compare not in COMPARE_MODES,
-                    f"--compare must be one of {', '.join(COMPARE_MODES)}, got {self.compare!r}",
-                ),
+                _optional_choice("--preset", self.preset, PRESETS),
+                _optional_choice("--compare", self.compare, COMPARE_MODES),
             ]
         )
 

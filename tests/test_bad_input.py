@@ -83,6 +83,7 @@ def _cases(d: Path) -> dict[str, tuple[list[str], str]]:
         "bad crf": ([clip, out, "--crf", "99"], "--crf must be in 0..63"),
         "audio codec": ([clip, out, "--codec", "aac"], "no such video encoder"),
         "codec that will not open": ([clip, out, "--codec", "mjpeg"], "check --codec"),
+        "unknown preset": ([clip, out, "--preset", "fastest"], "--preset must be one of"),
         "model missing": ([clip, out, "--model", str(d / "none.pth")], "no such file"),
         "model junk": ([clip, out, "--model", str(d / "junk.pth")], "checkpoint"),
         "model of another network": (

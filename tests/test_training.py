@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import click
 import cv2
 import numpy as np
 import pytest
@@ -611,9 +612,17 @@ def test_the_training_command_answers_bad_input_in_one_line(
         ),
         "a file there": (["average", "dcsfn-lite", "dcsfn-lite", "--out", "kept.pt"], "pass -y"),
     }
+    cases["rain that is not an aligned layer"] = (
+        ["rain-stats", "--config", "layers.toml", "--data-root", "."],
+        "a.png: not an aligned pair",
+    )
     runner = CliRunner()
     monkeypatch.chdir(tmp_path)
     Path("empty").mkdir()
+    for kind, level in (("rain", 10), ("norain", 20)):  # the "rainy" picture darker than clean
+        Path("train-pairs", "dark", kind).mkdir(parents=True)
+        cv2.imwrite(f"train-pairs/dark/{kind}/a.png", np.full((8, 8, 3), level, np.uint8))
+    Path("layers.toml").write_text('[train]\nlayer_dirs = ["train-pairs/dark"]\n')
     Path("bad.toml").write_text("x = [")
     Path("typo.toml").write_text("[modle]\nchannels = 16\n")
     Path("empty.toml").write_text("")
@@ -629,3 +638,30 @@ def test_the_training_command_answers_bad_input_in_one_line(
     assert result.exit_code == 0, result.output
     assert load_model(kept).config == load_model("dcsfn-lite").config
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_bug_in_a_training_command_keeps_its_traceback() -> None:
+    """Only the user's mistakes become one line: a ValueError from our own code is a bug, and
+    a one-line message would hide where it is."""
+    from click.testing import CliRunner
+
+    from training.__main__ import OneLineErrors
+    from training.config import ConfigError
+
+    @click.group(cls=OneLineErrors)
+    def group() -> None:
+        pass
+
+    @group.command()
+    def bug() -> None:
+        raise ValueError("an index went wrong")
+
+    @group.command()
+    def mistake() -> None:
+        raise ConfigError("steps must be a positive integer")
+
+    runner = CliRunner()
+    result = runner.invoke(group, ["bug"])
+    assert isinstance(result.exception, ValueError), result.output
+    result = runner.invoke(group, ["mistake"])
+    assert result.exit_code == 1 and "Error: steps must be" in result.output

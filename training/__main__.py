@@ -22,18 +22,19 @@ from training.route import evaluation_forward
 class OneLineErrors(click.Group):
     """Bad input (a model that does not load, a folder without pairs, a bad config, a file that
     cannot be read or written) is one line and exit status 1, as with ``streamderain``; ``-v``
-    shows the traceback."""
+    shows the traceback. Any other exception is a bug, and keeps its traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from training.config import ConfigError
         from training.data import DatasetError
         from training.weights import ModelLoadError
 
         try:
             return super().invoke(ctx)
-        except (ModelLoadError, DatasetError, ValueError, OSError) as exc:
+        except (ModelLoadError, DatasetError, ConfigError, OSError) as exc:
             if ctx.params.get("verbose") or isinstance(exc, BrokenPipeError):
                 raise
-            where = "" if isinstance(exc, (ModelLoadError, DatasetError)) else " (-v: where)"
+            where = " (-v: where)" if isinstance(exc, OSError) else ""
             raise click.ClickException(f"{exc}{where}") from None
 
 
@@ -501,14 +502,14 @@ def rain_samples(out_path: Path, data_root: Path, rows: int, seed: int) -> None:
     import cv2
     import numpy as np
 
-    from training.data import find_clean_images, find_pairs, read_pair, read_rgb
+    from training.data import find_clean_images, find_pairs, read_layer, read_pair, read_rgb
     from training.evaluate import write_sheet
-    from training.rain import PRESETS, RainLayers, add_rain, rain_layer, transplant
+    from training.rain import PRESETS, RainLayers, add_rain, transplant
 
     rng = np.random.default_rng(seed)
     light = find_pairs(data_root / "train-pairs" / "RainTrainL")
     heavy = find_pairs(data_root / "train-pairs" / "RainTrainH_min")
-    layers = RainLayers([rain_layer(*read_pair(p)) for p in heavy], strength=(1.0, 1.0))
+    layers = RainLayers([read_layer(p) for p in heavy], strength=(1.0, 1.0))
     clean = find_clean_images(data_root / "clean" / "images" / "urban100")
     size = (320, 240)
 
@@ -543,13 +544,13 @@ def rain_stats(data_root: Path, config_path: str, draws: int) -> None:
     import numpy as np
 
     from training.batches import held_out_pairs, training_pairs
-    from training.data import find_clean_images, read_pair, read_rgb
-    from training.rain import PRESETS, add_rain, layer_stats, rain_layer
+    from training.data import find_clean_images, read_layer, read_rgb
+    from training.rain import PRESETS, add_rain, layer_stats
     from training.recipe import load_train_config
 
     _, cfg = load_train_config(config_path)
     held = held_out_pairs(cfg, data_root)
-    real = [rain_layer(*read_pair(p)) for p in training_pairs(cfg.layer_dirs, data_root, held)]
+    real = [read_layer(p) for p in training_pairs(cfg.layer_dirs, data_root, held)]
     clean = find_clean_images(data_root / "clean" / "images" / "urban100")
     rng = np.random.default_rng(0)
     rows = {"real heavy layers": [layer_stats(layer) for layer in real]}

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from training.config import ConfigError
 from training.data import (
     Pair,
     augment,
@@ -23,11 +24,12 @@ from training.data import (
     find_clean_images,
     find_pairs,
     hold_out,
+    read_layer,
     read_pair,
     read_rgb,
     without_pictures_of,
 )
-from training.rain import PRESETS, RainField, RainLayers, rain_layer, transplant
+from training.rain import PRESETS, RainField, RainLayers, transplant
 from training.recipe import CLEAN_MAX_SIDE, REAL_LAYERS, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ class PatchSampler:
         self.layer_pairs = training_pairs(cfg.layer_dirs, data_root, held_out)
         self.real = [read_pair(p) for p in self.real_pairs]
         self.layers = (
-            RainLayers([rain_layer(*read_pair(p)) for p in self.layer_pairs], cfg.layer_strength)
+            RainLayers([read_layer(p) for p in self.layer_pairs], cfg.layer_strength)
             if self.layer_pairs
             else None
         )
@@ -78,11 +80,11 @@ class PatchSampler:
         weights = np.array([cfg.rain_presets[k] for k in self.presets], np.float64)
         self.preset_p = weights / weights.sum()
         if cfg.real_fraction > 0 and not self.real:
-            raise ValueError("real_fraction > 0 but no real pairs were given")
+            raise ConfigError("real_fraction > 0 but no real pairs were given")
         if cfg.real_fraction < 1 and not self.clean:
-            raise ValueError("real_fraction < 1 but no clean images were given")
+            raise ConfigError("real_fraction < 1 but no clean images were given")
         if REAL_LAYERS in self.presets and self.layers is None:
-            raise ValueError(f"rain preset {REAL_LAYERS!r} needs layer_dirs")
+            raise ConfigError(f"rain preset {REAL_LAYERS!r} needs layer_dirs")
         log.info(
             "training data: %d real pairs, %d rain layers, %d clean images (%d pairs held out)",
             len(self.real),

@@ -18,6 +18,13 @@ else:
 from training.dcsfn import DCSFN, RECURRENT_UNITS, SingleDCSFN
 
 
+class ConfigError(ValueError):
+    """A setting the user chose (in a config file or an option) that cannot be used.
+
+    ``python -m training`` shows it as one line; any other ValueError is a bug and keeps its
+    traceback."""
+
+
 @dataclass(frozen=True)
 class DCSFNConfig:
     """The network's shape. Field names are ours; the original code's names are in brackets.
@@ -44,11 +51,11 @@ class DCSFNConfig:
         for name in ("channels", "num_blocks", "conv_num"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.scale_num not in (2, 3, 4):
-            raise ValueError(f"scale_num must be 2, 3 or 4, got {self.scale_num!r}")
+            raise ConfigError(f"scale_num must be 2, 3 or 4, got {self.scale_num!r}")
         if self.unit not in RECURRENT_UNITS:
-            raise ValueError(f"unit must be one of {RECURRENT_UNITS}, got {self.unit!r}")
+            raise ConfigError(f"unit must be one of {RECURRENT_UNITS}, got {self.unit!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DCSFNConfig:
@@ -56,7 +63,7 @@ class DCSFNConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown DCSFN option(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown DCSFN option(s): {', '.join(unknown)}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,7 +76,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         try:
             values = tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+            raise ConfigError(f"{path}: {exc}") from None
     return values
 
 

@@ -16,6 +16,8 @@ import click
 import cv2
 import numpy as np
 
+from training.rain import rain_layer
+
 #: ``../shared/data`` beside the checkout, found from this file so that it does not depend on
 #: the working directory
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -122,6 +124,14 @@ def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
             f"{pair.rainy}: size {rainy.shape} differs from {pair.clean} {clean.shape}"
         )
     return rainy, clean
+
+
+def read_layer(pair: Pair) -> np.ndarray:
+    """The rain layer of an aligned pair (``rainy - clean``), refused by name if not aligned."""
+    try:
+        return rain_layer(*read_pair(pair))
+    except ValueError as exc:
+        raise DatasetError(f"{pair.rainy}: {exc}") from None
 
 
 def find_clean_images(folder: str | Path) -> list[Path]:

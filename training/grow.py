@@ -19,7 +19,7 @@ import re
 import torch
 from torch import Tensor
 
-from training.config import DCSFNConfig, build_network
+from training.config import ConfigError, DCSFNConfig, build_network
 
 _SQUEEZE = re.compile(r"^(?P<stack>.*)\.conv1x1\.(?P<block>\d+)\.0\.(?P<kind>weight|bias)$")
 
@@ -29,7 +29,7 @@ def deepen(state: dict[str, Tensor], config: DCSFNConfig, num_blocks: int) -> di
     ``state`` (weights of ``config``) so that both networks give the same output."""
     old = config.num_blocks
     if num_blocks < old:
-        raise ValueError(f"cannot grow {old} blocks into fewer ({num_blocks})")
+        raise ConfigError(f"cannot grow {old} blocks into fewer ({num_blocks})")
     grown = build_network(dataclasses.replace(config, num_blocks=num_blocks)).state_dict()
     for name, tensor in state.items():
         grown[name] = tensor.clone()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.config import DCSFNConfig, read_toml
+from training.config import ConfigError, DCSFNConfig, read_toml
 from training.rain import PRESETS
 
 #: the longest side clean pictures are read at, for training and for the packed data
@@ -145,7 +145,7 @@ class TrainConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown train option(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown train option(s): {', '.join(unknown)}")
         values = dict(values)
         for key in (
             "milestones",
@@ -163,7 +163,7 @@ class TrainConfig:
             - {*PRESETS, REAL_LAYERS}
         )
         if bad:
-            raise ValueError(f"unknown rain preset(s): {', '.join(bad)}")
+            raise ConfigError(f"unknown rain preset(s): {', '.join(bad)}")
         return cls(**values)
 
 
@@ -172,7 +172,7 @@ def load_train_config(path: str | Path) -> tuple[DCSFNConfig, TrainConfig]:
     values = read_toml(path)
     unknown = sorted(set(values) - {"model", "train"})
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{path}: unknown table(s) {', '.join(unknown)}; a config has [model], [train]"
         )
     return DCSFNConfig.from_dict(values.get("model", {})), TrainConfig.from_dict(

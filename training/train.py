@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.batches import PatchSampler, StepBatches
-from training.config import DCSFNConfig, build_network
+from training.config import ConfigError, DCSFNConfig, build_network
 from training.grow import deepen
 from training.metrics import ssim
 from training.recipe import DRY_LEVEL, PRECISIONS, TrainConfig
@@ -60,7 +60,7 @@ class Trainer:
         """``precision``: ``fp32`` or ``bf16``; None keeps a resumed run's own (else fp32).
         ``device``: where the network trains (``cpu``, ``cuda``, ``cuda:N``)."""
         if precision not in (None, *PRECISIONS):
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}")
         self.model_cfg, self.cfg = model_cfg, cfg
         self.data_root, self.out_dir = data_root, out_dir
         self.device = torch.device(device)
@@ -74,7 +74,7 @@ class Trainer:
             start = load_model(cfg.init_from)
             weights = start.net.state_dict()
             if start.config != dataclasses.replace(model_cfg, num_blocks=start.config.num_blocks):
-                raise ValueError(f"{cfg.init_from}: another model config than this run's")
+                raise ConfigError(f"{cfg.init_from}: another model config than this run's")
             if start.config.num_blocks != model_cfg.num_blocks:
                 weights = deepen(weights, start.config, model_cfg.num_blocks)
                 self.grown_from = start.config.num_blocks
@@ -133,13 +133,13 @@ class Trainer:
     def resume(self) -> None:
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         if state["model_config"] != self.model_cfg.to_dict():
-            raise ValueError(f"{self.checkpoint_path}: trained with another model config")
+            raise ConfigError(f"{self.checkpoint_path}: trained with another model config")
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         if self.ema is not None:
             if state.get("ema") is None:
-                raise ValueError(f"{self.checkpoint_path}: kept no weight average to resume")
+                raise ConfigError(f"{self.checkpoint_path}: kept no weight average to resume")
             self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.wall = state["step"], state["wall"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.config import DCSFNConfig, build_network
+from training.config import ConfigError, DCSFNConfig, build_network
 
 FORMAT = "streamderain-dcsfn/1"
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -267,16 +267,16 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but no CUDA GPU is available")
+            raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise ConfigError(
                 f"device {name!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist"
             )
     elif device.type != "cpu":
-        raise ValueError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
+        raise ConfigError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
     return device
 
 
@@ -327,7 +327,7 @@ def save_model(
 ) -> None:
     """Write weights with their metadata (config, channel order, data, metrics) beside them."""
     if channel_order not in CHANNEL_ORDERS:
-        raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
+        raise ConfigError(f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
     payload = {
         "format": FORMAT,
         "config": config.to_dict(),
@@ -350,9 +350,9 @@ def average_models(
     into one network that keeps much of each one's strengths, at no cost in speed. The metadata
     is ``base``'s, with ``other``'s kept under ``averaged_with``."""
     if base.config != other.config or base.channel_order != other.channel_order:
-        raise ValueError("only models of one config and channel order can be averaged")
+        raise ConfigError("only models of one config and channel order can be averaged")
     if not 0.0 <= share <= 1.0:
-        raise ValueError("share must be between 0 and 1")
+        raise ConfigError("share must be between 0 and 1")
     net = build_network(base.config)
     theirs = other.net.state_dict()
     net.load_state_dict(
