@@ -17,18 +17,13 @@ import torch
 from streamderain.batcher import Batcher
 from streamderain.compare import Compose, KeepOriginals
 from streamderain.decoder import Decoder
-from streamderain.encoder import (
-    Encoder,
-    check_codec,
-    check_not_input,
-    check_target,
-    live_target_format,
-)
+from streamderain.encoder import Encoder
 from streamderain.errors import InputError
 from streamderain.frames import Frame
 from streamderain.options import ModelOptions, RunOptions
 from streamderain.pipeline import Pipeline, Stage, Stats
 from streamderain.runner import ModelRunner
+from streamderain.targets import check_codec, check_not_input, check_target, live_target_format
 from streamderain.temporal import TemporalFilter, TemporalStage
 
 log = logging.getLogger(__name__)

@@ -153,12 +153,12 @@ def models() -> None:
 
     with one_line_errors(False):  # a bundled file damaged on disk: one line, not a traceback
         here = pick_precision("auto", torch.device("cpu"), "auto", None) == "int8"
-        default = ", the default on this CPU" if here else ""
+        default, shipped = ", the default on this CPU" if here else "", int8_models()
         eight_bits = f", also in 8 bits (--precision int8{default})"
         for name in bundled_models():
             model = load_model(name)
             meta, config = model.info.metadata, model.config
-            int8 = eight_bits if name in int8_models() else ""
+            int8 = eight_bits if name in shipped else ""
             click.echo(
                 f"{name}: DCSFN, {config.channels} channels x {config.num_blocks} blocks, "
                 f"{meta.get('num_params', 0):,} parameters{int8}"

@@ -15,11 +15,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # Windows: outputs are not locked
-    fcntl = None  # type: ignore[assignment]
-
 import av
 import numpy as np
 
@@ -27,6 +22,14 @@ from streamderain.errors import OutputError, reason
 from streamderain.frames import Batch, Frame, VideoInfo, timeline_shift, with_fine_bits
 from streamderain.options import EncodeOptions
 from streamderain.pipeline import Stage
+from streamderain.targets import (
+    CONTAINERS,
+    check_target,
+    is_folder_target,
+    live_target_format,
+    lock_partial,
+    partial_path,
+)
 from streamderain.writers import (
     DEEP_CODEC,
     X26X,
@@ -40,92 +43,6 @@ from streamderain.writers import (
 )
 
 log = logging.getLogger(__name__)
-
-# container suffix -> (FFmpeg format, default video codec)
-CONTAINERS: dict[str, tuple[str, str]] = {
-    ".mp4": ("mp4", "libx264"),
-    ".m4v": ("mp4", "libx264"),
-    ".mov": ("mov", "libx264"),
-    ".mkv": ("matroska", "libx264"),
-    ".webm": ("webm", "libvpx-vp9"),
-}
-# live output scheme -> FFmpeg format
-LIVE_OUTPUTS: dict[str, str] = {"rtsp": "rtsp", "rtmp": "flv", "udp": "mpegts", "srt": "mpegts"}
-
-
-def live_target_format(target: str | Path) -> str | None:
-    """The FFmpeg format of a live output URL, or None for a file or folder."""
-    text = str(target)
-    if "://" not in text:
-        return None
-    scheme = text.split("://", 1)[0].lower()
-    if scheme not in LIVE_OUTPUTS:
-        raise OutputError(f"{text}: cannot publish to {scheme}:// (use {', '.join(LIVE_OUTPUTS)})")
-    return LIVE_OUTPUTS[scheme]
-
-
-def is_folder_target(path: str | Path) -> bool:
-    """An output with no suffix (or an existing folder) is a folder of PNG frames."""
-    p = Path(path)
-    return p.is_dir() or str(path).endswith(os.sep) or p.suffix == ""
-
-
-def partial_path(target: Path) -> Path:
-    """The hidden file (or folder) beside ``target`` that an output is written to until done."""
-    if is_folder_target(target):
-        return target.with_name(f".{target.name}.partial")
-    return target.with_name(f".{target.stem}.partial{target.suffix}")
-
-
-def check_not_input(target: str | Path, source: str | Path) -> None:
-    """Refuse to write over the input (the same file or folder): the run reads what it writes."""
-    if "://" in str(source) or "://" in str(target):
-        return
-    src, dst = Path(source), Path(target)
-    if src.exists() and dst.exists() and src.resolve() == dst.resolve():
-        raise OutputError(f"{target}: output is the input; choose another output name")
-
-
-def check_codec(options: EncodeOptions) -> None:
-    """Refuse a ``--codec`` PyAV's FFmpeg has no video encoder for, before any work."""
-    if options.codec is None or options.encoder != "pyav":
-        return  # the ffmpeg binary says what it lacks itself
-    try:
-        kind = av.Codec(options.codec, "w").type
-    except ValueError:
-        kind = None
-    if kind != "video":
-        raise OutputError(f"--codec {options.codec}: no such video encoder (see: ffmpeg -encoders)")
-
-
-def check_target(path: str | Path) -> None:
-    """Refuse an output that cannot be written, before any work is done: an unknown container,
-    something that is neither a file nor a folder (``/dev/full``), or a name too long for its
-    folder once the temporary suffix is added."""
-    if live_target_format(path):
-        return
-    target = Path(path)
-    if target.exists() and not (target.is_file() or target.is_dir()):
-        raise OutputError(f"{path}: not a regular file or folder; choose another output")
-    if target.is_file() and is_folder_target(target):
-        raise OutputError(
-            f"{path}: a file with no extension; a folder of frames cannot replace it "
-            "(name a video file, e.g. out.mp4, or a folder that is not a file)"
-        )
-    if not is_folder_target(target) and target.suffix.lower() not in CONTAINERS:
-        known = ", ".join(sorted(CONTAINERS))
-        raise OutputError(f"{path}: unknown output container (use one of {known}, or a folder)")
-    folder = target.parent if str(target.parent) else Path(".")
-    try:
-        limit = os.pathconf(folder, "PC_NAME_MAX") if folder.is_dir() else 255
-    except OSError:
-        limit = 255
-    longest = max(len(target.name.encode()), len(partial_path(target).name.encode()))
-    if longest > limit:
-        raise OutputError(
-            f"{target.name[:40]}...: output name too long ({longest} bytes with the temporary "
-            f"suffix; this folder takes {limit})"
-        )
 
 
 class Encoder(Stage):
@@ -181,23 +98,16 @@ class Encoder(Stage):
 
     def _lock(self) -> int | None:
         """The partial output file, open and locked: a second run to the same output refuses,
-        instead of taking it for a killed run's and removing it. Folders of frames, and file
-        systems that do not lock (NFS without its lock service), go unlocked."""
-        if self.folder or fcntl is None or self._tmp is None:
+        instead of taking it for a killed run's and removing it. Folders go unlocked."""
+        if self.folder or self._tmp is None:
             return None
         try:
-            fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise OutputError(f"{self.name}: cannot write ({reason(exc)})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock_partial(self._tmp)
         except BlockingIOError:
-            os.close(fd)
             busy = f"{self.name}: another run is writing it; wait for it or choose another output"
             raise OutputError(busy) from None
         except OSError as exc:
-            log.debug("%s: written unlocked (%s)", self._tmp, reason(exc))
-        return fd
+            raise OutputError(f"{self.name}: cannot write ({reason(exc)})") from None
 
     def _unlock(self) -> None:
         if self._held is not None:

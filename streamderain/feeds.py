@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from streamderain.encoder import live_target_format, partial_path
 from streamderain.errors import StreamDerainError, reason
 from streamderain.options import ModelOptions, RunOptions
+from streamderain.targets import live_target_format, lock_partial, partial_path
 from streamderain.workers import Worker
 
 log = logging.getLogger(__name__)
@@ -88,14 +88,23 @@ def recover_segments(folder: Path, name: str) -> list[Path]:
     # this feed's own: "cam" must not take "cam-2"'s segment, which may be in progress
     ours = re.compile(rf"\.{re.escape(name)}-\d{{8}}-\d{{6}}\.partial{re.escape(SEGMENT_SUFFIX)}")
     for partial in sorted(p for p in folder.iterdir() if ours.fullmatch(p.name)):
-        if not partial.stat().st_size:  # killed before its first frame: nothing to keep
-            partial.unlink()
-            continue
-        target = folder / partial.name[1:].replace(f".partial{SEGMENT_SUFFIX}", SEGMENT_SUFFIX)
-        if partial_path(target) == partial and not target.exists():
-            os.replace(partial, target)
-            recovered.append(target)
-            log.warning("feed %s: recovered %s, cut short when its process died", name, target)
+        try:
+            held = lock_partial(partial)
+        except BlockingIOError:
+            continue  # another process is writing it: its feed is still running
+        try:
+            if not partial.stat().st_size:  # killed before its first frame: nothing to keep
+                partial.unlink()
+                continue
+            name_done = partial.name[1:].replace(f".partial{SEGMENT_SUFFIX}", SEGMENT_SUFFIX)
+            target = folder / name_done
+            if partial_path(target) == partial and not target.exists():
+                os.replace(partial, target)
+                recovered.append(target)
+                log.warning("feed %s: recovered %s, cut short when its process died", name, target)
+        finally:
+            if held is not None:
+                os.close(held)
     return recovered
 
 

@@ -75,6 +75,9 @@ def one_line_errors(verbose: bool) -> Iterator[None]:
         fail("aborted", verbose, 130)
     except (StreamDerainError, ModelLoadError) as exc:
         fail(str(exc), verbose)
+    except BrokenPipeError:  # its reader has gone (``streamderain models | head``): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - reported, not swallowed
         if isinstance(exc, MemoryError) or any(s in str(exc) for s in OUT_OF_MEMORY):
             fail("out of memory: try a smaller --batch, or --tile N", verbose)
@@ -230,7 +233,7 @@ def check_paths(src: str, dst: str, overwrite: bool) -> None:
         raise InputError(f"{src}: no such file")
     if "://" in dst:
         return
-    from streamderain.encoder import check_not_input
+    from streamderain.targets import check_not_input
 
     check_not_input(dst, src)
     dst_path = Path(dst)

@@ -15,8 +15,8 @@ from glob import glob
 from pathlib import Path
 from typing import Any
 
-from streamderain.encoder import CONTAINERS
 from streamderain.errors import StreamDerainError
+from streamderain.targets import CONTAINERS
 from training.data import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from streamderain import api, runner
-from streamderain.encoder import partial_path
 from streamderain.errors import StreamDerainError
 from streamderain.jobs import MANIFEST, Job, Result, expand_inputs, plan, summary_table
 from streamderain.options import RunOptions
+from streamderain.targets import lock_partial, partial_path
 from streamderain.workers import Worker
 from tests.live.test_live import interrupt_cli, start_cli
 from tests.media import clean_frames, decode_all, make_clip, packets
@@ -201,15 +201,19 @@ def test_a_feed_worker_can_be_told_to_stop_outside_ray(shared) -> None:
 def test_a_feed_recovers_its_own_segments_only(tmp_path: Path) -> None:
     """Feeds "cam" and "cam-2" share a folder: cam's restart renames its own half-written
     segment into place and leaves cam-2's, which may still be in progress; one cut before its
-    first frame (empty) is removed."""
+    first frame (empty) is removed; one another process has locked is left to it, though empty."""
     from streamderain.feeds import recover_segments
 
     for name in (".cam-20261206-070000.partial.mkv", ".cam-2-20261206-070000.partial.mkv"):
         (tmp_path / name).write_bytes(b"segment")
     (tmp_path / ".cam-20261206-080000.partial.mkv").touch()
+    writing = tmp_path / ".cam-20261206-090000.partial.mkv"  # another process's, still going
+    held = lock_partial(writing)
     assert recover_segments(tmp_path, "cam") == [tmp_path / "cam-20261206-070000.mkv"]
+    os.close(held)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".cam-2-20261206-070000.partial.mkv",
+        writing.name,
         "cam-20261206-070000.mkv",
     ]
 

@@ -95,6 +95,33 @@ def test_the_default_precision_is_int8_where_fp32_is_slow(monkeypatch):
     assert pick_precision("auto", cpu, "auto", None) == "fp32"  # no measured 8-bit speed
 
 
+def test_weights_replaced_in_the_package_run_in_fp32_not_their_old_8_bit_network(
+    tmp_path, monkeypatch
+):
+    """README's ``average ... --out training/weights/dcsfn-lite.pt`` leaves the 8-bit network of
+    the weights before: the default must run the new weights (fp32), not refuse or run the old."""
+    import shutil
+
+    import training.quantize
+    import training.weights
+    from streamderain.runner import pick_precision
+
+    package = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, package)
+    monkeypatch.setattr(training.weights, "WEIGHTS_DIR", package)
+    monkeypatch.setattr(training.quantize, "WEIGHTS_DIR", package)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert pick_precision("auto", torch.device("cpu"), "auto", None) == "int8"
+    light = load_model(LIGHT_MODEL)
+    with torch.no_grad():
+        next(light.net.parameters()).mul_(0.5)
+    save_model(package / f"{LIGHT_MODEL}.pt", light.net, light.config, "RGB", {})
+    assert set(int8_models()) == {HEAVY_MODEL}
+    assert pick_precision("auto", torch.device("cpu"), "auto", None) == "fp32"
+    with pytest.raises(ModelLoadError, match="bundled models only"):
+        int8_network_file(load_model(LIGHT_MODEL))
+
+
 def test_the_default_runs_what_this_cpu_picks(tmp_path, shared):
     """The command line's default is ``auto``, and ``-v`` says what it picked."""
     src = tmp_path / "in.mp4"

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from streamderain.batcher import Batcher
-from streamderain.encoder import partial_path
 from streamderain.frames import Frame
+from streamderain.targets import partial_path
 from tests.media import (
     clean_frames,
     decode_all,

@@ -12,6 +12,7 @@ import pytest
 from streamderain.frames import Batch, Frame
 from streamderain.temporal import TemporalFilter, TemporalStage
 from training.video_eval import temporal as stage_output
+from training.weights import resolve_source
 
 H, W = 96, 160
 OBJECT = 24  # side of the moving square, pixels
@@ -344,15 +345,23 @@ def test_eval_video_scores_each_clip_under_the_same_rain_whatever_else_is_scored
     import subprocess
     import sys
 
-    def rows(presets: str) -> dict[str, dict]:
+    def rows(presets: str, model: str = "dcsfn-lite", *more: str) -> dict[str, dict]:
         out = tmp_path / f"{presets}.json"
         cmd = [sys.executable, "-m", "training", "eval-video", "--frames", "6"]
-        cmd += ["--model", "dcsfn-lite", "--flip-average", "off"]
+        cmd += ["--model", model, "--flip-average", "off", *more]
         cmd += ["--fixed-presets", presets, "--davis-presets", "", "--json", str(out)]
         subprocess.run(cmd, check=True, timeout=600, capture_output=True)
         return {r["clip"]: r for r in json.loads(out.read_text())}
 
     alone, beside = rows("light"), rows("heavy-streaks,light")
+    scored = []  # two models of one file name, through one cache: each keeps its own frames
+    for folder, name in (("a", "dcsfn-lite"), ("b", "dcsfn-lite-heavy")):
+        (tmp_path / folder).mkdir()
+        model = tmp_path / folder / "model.pt"
+        model.write_bytes(resolve_source(name).read_bytes())
+        cached = rows("light", str(model), "--cache", str(tmp_path / "cache"))
+        scored.append(cached["street-light"]["per-frame"])
+    assert scored[0] == alone["street-light"]["per-frame"] and scored[1] != scored[0]
     assert set(alone) == {"street-light", "barn-light"}
     assert len(beside) == 4
     for clip, row in alone.items():

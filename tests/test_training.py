@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tests.conftest import DATA
 from training import DCSFNConfig, build_network, load_model
 from training.batches import PatchSampler
+from training.config import ConfigError
 from training.data import (
     DatasetError,
     draw_fence,
@@ -343,6 +344,8 @@ def test_resume_continues_exactly(shared, tmp_path, ema_decay):
     at_six = first.checkpoint_path.read_bytes()
     first.run(until=8, progress=False)
     first.checkpoint_path.write_bytes(at_six)  # killed at step 8, last checkpoint at 6
+    with open(first.log_path, "a") as log:
+        log.write('{"step": 9, "val_psn')  # and while writing a record
     resumed = Trainer(TINY, cfg, DATA, tmp_path / "b")
     resumed.resume()
     assert resumed.step == 6
@@ -374,6 +377,22 @@ def test_a_second_stage_starts_from_the_first_stages_weights(shared, tmp_path):
     other = replace(TINY, channels=8)
     with pytest.raises(ValueError, match="another model config"):
         Trainer(other, _tiny_train(init_from=str(weights)), DATA, tmp_path / "c")
+
+
+def test_a_resumed_run_keeps_its_plan_and_its_record_of_the_stage_before(shared, tmp_path):
+    """The run's own checkpoint holds both: the file it started from may be replaced or gone
+    by then (configs start from bundled names, whose files change), and ``--steps`` given once
+    must not be forgotten on resume."""
+    torch.set_num_threads(2)
+    first = Trainer(TINY, _tiny_train(steps=3), DATA, tmp_path / "a")
+    first.run(progress=False)
+    weights = first.snapshot({})
+    second = Trainer(TINY, _tiny_train(steps=4, init_from=str(weights)), DATA, tmp_path / "b")
+    second.run(until=2, progress=False)
+    weights.unlink()
+    resumed = Trainer(TINY, _tiny_train(init_from=str(weights)), DATA, tmp_path / "b", resume=True)
+    assert (resumed.step, resumed.cfg.steps) == (2, 4)
+    assert resumed.metadata({})["earlier_stage"]["steps"] == 3
 
 
 @pytest.mark.parametrize("single", [False, True])
@@ -547,6 +566,31 @@ def test_train_config_rejects_unknown_options():
         TrainConfig.from_dict({"val_preset": "drizzle"})
 
 
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"val_every": 0}, "val_every must be 1 or more"),
+        ({"steps": "6"}, "steps must be a whole number"),
+        ({"milestones": 0.5}, "milestones must be a list of numbers"),
+        ({"real_dirs": "pairs"}, "real_dirs must be a list of strings"),  # not p, a, i, r, s
+        ({"batch": 0}, "batch must be 1 or more"),
+        ({"rain_presets": {"light": 0}}, "no weight above 0"),
+        ({"lr": True}, "lr must be a number"),
+        ({"fence_fraction": 1.5}, "fence_fraction must be in 0..1"),
+    ],
+)
+def test_train_config_refuses_values_of_the_wrong_kind(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(values)
+
+
+def test_a_patch_smaller_than_the_network_takes_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="patch must be 8 or more"):
+        Trainer(TINY, _tiny_train(patch=4), DATA, tmp_path / "run")
+    with pytest.raises(ConfigError, match="channels must be a positive integer"):
+        DCSFNConfig(channels=True)
+
+
 def test_shipped_configs_parse():
     from training.recipe import load_train_config
 
@@ -571,6 +615,10 @@ def test_a_bf16_run_resumes_and_exports_in_its_own_precision(shared, tmp_path):
     train += ["--out", str(tmp_path / "run"), "--data-root", str(DATA), "--no-progress"]
     subprocess.run([*train, "--until", "3", "--precision", "bf16"], check=True, timeout=300)
     subprocess.run([*train, "--resume"], check=True, timeout=300)
+    other_plan = subprocess.run(
+        [*train, "--resume", "--steps", "9"], capture_output=True, text=True
+    )
+    assert other_plan.returncode == 1 and "planned for 6 steps" in other_plan.stderr
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [(r["step"], r["precision"]) for r in log] == [(3, "bf16"), (6, "bf16")]
     out = tmp_path / "tiny.pt"
@@ -586,6 +634,10 @@ def test_a_bf16_run_resumes_and_exports_in_its_own_precision(shared, tmp_path):
     average = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["ema"]
     for name, value in model.net.state_dict().items():
         assert torch.equal(value, average[f"module.{name}"]), "export ships the weight average"
+    from_run = load_model(tmp_path / "run" / "last.pt")  # a run in progress, tried as a model
+    assert (from_run.channel_order, from_run.config) == ("RGB", model.config)
+    for name, value in model.net.state_dict().items():
+        assert torch.equal(value, from_run.net.state_dict()[name]), "the weights export ships"
 
 
 def test_the_training_command_answers_bad_input_in_one_line(
@@ -612,6 +664,12 @@ def test_the_training_command_answers_bad_input_in_one_line(
         ),
         "a file there": (["average", "dcsfn-lite", "dcsfn-lite", "--out", "kept.pt"], "pass -y"),
     }
+    train = ["train", "--config", "tiny.toml", "--out", "run"]
+    cases["a damaged run"] = ([*train, "--resume"], "run/last.pt: not a PyTorch checkpoint")
+    cases["a model in place of a run's checkpoint"] = (
+        ["export", "--config", "tiny.toml", "--run", "snapshot-run", "--out", "x.pt"],
+        "not a training run's checkpoint",
+    )
     cases["rain that is not an aligned layer"] = (
         ["rain-stats", "--config", "layers.toml", "--data-root", "."],
         "a.png: not an aligned pair",
@@ -623,6 +681,11 @@ def test_the_training_command_answers_bad_input_in_one_line(
         Path("train-pairs", "dark", kind).mkdir(parents=True)
         cv2.imwrite(f"train-pairs/dark/{kind}/a.png", np.full((8, 8, 3), level, np.uint8))
     Path("layers.toml").write_text('[train]\nlayer_dirs = ["train-pairs/dark"]\n')
+    Path("tiny.toml").write_text("[model]\nchannels = 4\nscale_num = 2\nconv_num = 1\n")
+    Path("run").mkdir()
+    Path("run", "last.pt").write_bytes(b"PK\x03\x04 cut short")
+    Path("snapshot-run").mkdir()
+    torch.save({"state_dict": {}}, "snapshot-run/last.pt")
     Path("bad.toml").write_text("x = [")
     Path("typo.toml").write_text("[modle]\nchannels = 16\n")
     Path("empty.toml").write_text("")

@@ -14,7 +14,7 @@ from tests.conftest import DATA
 from tests.test_training import TINY, _tiny_train
 from training import load_model
 from training.batches import PatchSampler
-from training.data import find_pairs, pixel_digest, read_rgb
+from training.data import find_clean_images, find_pairs, pixel_digest, read_rgb
 from training.metrics import psnr
 from training.pack import PackTooLarge, pack, recipe_files
 from training.recipe import CLEAN_MAX_SIDE, TrainConfig, load_train_config
@@ -111,6 +111,19 @@ def test_a_pack_holds_every_held_out_set_even_one_not_trained_on(shared):
     assert {DATA / "train-pairs/pcnet/input/3.jpg", DATA / "train-pairs/pcnet/target/3.jpg"} <= set(
         exact
     )
+
+
+def test_a_pack_keeps_pictures_that_differ_only_in_their_format(tmp_path):
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "root" / "clean" / "x"
+    folder.mkdir(parents=True)
+    for i, suffix in enumerate((".png", ".jpg")):
+        cv2.imwrite(str(folder / f"big{suffix}"), np.full((16, 16, 3), 60 * i, np.uint8))
+    pack(TrainConfig(clean_dirs=("clean/x",)), tmp_path / "root", tmp_path / "out")
+    stored = find_clean_images(tmp_path / "out" / "clean" / "x")
+    assert sorted(int(read_rgb(p).mean()) for p in stored) == [0, 60]
 
 
 def test_a_pack_that_cannot_fit_is_refused_and_writes_nothing(shared, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from tests.media import clean_frames, decode_all, display_rotation, make_clip
@@ -99,6 +101,19 @@ def test_verbose_says_what_runs_and_models_lists_the_bundled_ones(tmp_path, shar
     helped = " ".join(run_cli("run", "--help").stdout.split())
     assert "streamderain models" in helped and "Number format" in helped
     assert "redo inputs done before" in " ".join(run_cli("batch", "--help").stdout.split())
+
+
+def test_a_listing_read_only_in_part_ends_quietly() -> None:
+    """``streamderain models | head -1``: the reader goes away first; no error, no traceback."""
+    import subprocess
+
+    from tests.test_reliability import CLI
+
+    for cmd in ([*CLI, "models"], [sys.executable, "-m", "training", "rain-stats", "--help"]):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.stdout.close()  # before the command writes its first line
+        assert proc.wait(timeout=120) != 0
+        assert proc.stderr.read() == "", cmd
 
 
 def test_sample_aspect_ratio_and_colour_range_are_not_invented_or_lost(tmp_path, shared):

@@ -5,6 +5,8 @@ eval-video``."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,11 @@ class OneLineErrors(click.Group):
 
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # its reader has gone (``... | head``): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except (ModelLoadError, DatasetError, ConfigError, OSError) as exc:
-            if ctx.params.get("verbose") or isinstance(exc, BrokenPipeError):
+            if ctx.params.get("verbose"):
                 raise
             where = " (-v: where)" if isinstance(exc, OSError) else ""
             raise click.ClickException(f"{exc}{where}") from None
@@ -125,14 +130,19 @@ def train(
         train_cfg = replace(train_cfg, steps=steps)
     if no_eval:
         train_cfg = replace(train_cfg, eval_dir="")
-    trainer = Trainer(model_cfg, train_cfg, data_root, out_dir, precision, device)
-    if resume:
-        if not trainer.checkpoint_path.exists():
-            raise click.ClickException(f"{trainer.checkpoint_path}: nothing to resume")
-        trainer.resume()
-        click.echo(f"resumed at step {trainer.step}", err=True)
-    elif trainer.checkpoint_path.exists():
+    checkpoint = out_dir / "last.pt"
+    if resume and not checkpoint.exists():
+        raise click.ClickException(f"{checkpoint}: nothing to resume")
+    if not resume and checkpoint.exists():
         raise click.ClickException(f"{out_dir} holds a run already: pass --resume or another --out")
+    trainer = Trainer(model_cfg, train_cfg, data_root, out_dir, precision, device, resume)
+    if steps and steps != trainer.cfg.steps:
+        raise click.ClickException(
+            f"--steps {steps}: this run is planned for {trainer.cfg.steps} steps (its learning "
+            "rate falls on that plan); stop earlier with --until, or go on in a new stage"
+        )
+    if resume:
+        click.echo(f"resumed at step {trainer.step}", err=True)
     trainer.run(until=until, progress=not no_progress, minutes=minutes, workers=workers)
 
 
@@ -406,8 +416,7 @@ def export(
     from training.weights import load_model
 
     model_cfg, train_cfg = load_train_config(config_path)
-    trainer = Trainer(model_cfg, train_cfg, DEFAULT_DATA_ROOT, run_dir)
-    trainer.resume()
+    trainer = Trainer(model_cfg, train_cfg, DEFAULT_DATA_ROOT, run_dir, resume=True)
     meta = trainer.metadata({})
     if step:
         snapshot = load_model(trainer.snapshot_path(step))

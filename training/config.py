@@ -50,12 +50,15 @@ class DCSFNConfig:
     def __post_init__(self) -> None:
         for name in ("channels", "num_blocks", "conv_num"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.scale_num not in (2, 3, 4):
             raise ConfigError(f"scale_num must be 2, 3 or 4, got {self.scale_num!r}")
         if self.unit not in RECURRENT_UNITS:
             raise ConfigError(f"unit must be one of {RECURRENT_UNITS}, got {self.unit!r}")
+        for name in ("cross", "single"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DCSFNConfig:

@@ -83,8 +83,12 @@ def pack(
         target = out / source.relative_to(data_root)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
+    written: set[Path] = set()
     for source, data in zip(pictures, encoded, strict=True):
         target = (out / source.relative_to(data_root)).with_suffix(".jpg")
+        if target in written:  # pictures of one name in two formats: both are kept
+            target = target.with_name(f"{source.name}.jpg")
+        written.add(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data.tobytes())
     return Packed(len(exact), len(pictures), quality, size)

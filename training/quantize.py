@@ -12,6 +12,7 @@ is where the network's error is smallest, so rounding shows there first: quantiz
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from training.data import list_images, read_rgb
 from training.metrics import luma, psnr
 from training.rain import add_rain
 from training.route import below_input
-from training.weights import WEIGHTS_DIR, DerainModel, ModelLoadError
+from training.weights import WEIGHTS_DIR, DerainModel, ModelLoadError, load_model
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -103,8 +104,30 @@ def quantize(model: DerainModel, data_root: Path, max_drop: float = 0.03) -> ov.
 
 
 def int8_models() -> dict[str, Path]:
-    """The bundled models that ship an 8-bit network, and its file."""
-    return {p.name[: -len(INT8_SUFFIX)]: p for p in sorted(WEIGHTS_DIR.glob(f"*{INT8_SUFFIX}"))}
+    """The bundled models that ship an 8-bit network made from their weights as they are now,
+    and its file: weights replaced since (``average`` or ``export`` into the package) leave a
+    stale network, which is not theirs to run."""
+    shipped = {}
+    for path in sorted(WEIGHTS_DIR.glob(f"*{INT8_SUFFIX}")):
+        name = path.name[: -len(INT8_SUFFIX)]
+        weights = WEIGHTS_DIR / f"{name}.pt"
+        if weights.is_file() and _fresh(path, path.stat().st_mtime_ns, weights.stat().st_mtime_ns):
+            shipped[name] = path
+    return shipped
+
+
+@functools.lru_cache(maxsize=8)
+def _fresh(network: Path, network_time: int, weights_time: int) -> bool:
+    """Whether an 8-bit network was made from its model's weights (once per version of each)."""
+    import openvino as ov
+
+    name = network.name[: -len(INT8_SUFFIX)]
+    return _made_from(ov.Core().read_model(network), load_model(name))
+
+
+def _made_from(network: ov.Model, model: DerainModel) -> bool:
+    key = WEIGHTS_KEY
+    return network.has_rt_info(key) and network.get_rt_info(key).value == model.digest()
 
 
 def int8_network_file(model: DerainModel) -> Path:
@@ -112,10 +135,8 @@ def int8_network_file(model: DerainModel) -> Path:
     import openvino as ov
 
     core = ov.Core()
-    digest = model.digest()
     for path in int8_models().values():
-        network = core.read_model(path)
-        if network.has_rt_info(WEIGHTS_KEY) and network.get_rt_info(WEIGHTS_KEY).value == digest:
+        if _made_from(core.read_model(path), model):
             return path
     shipped = ", ".join(int8_models())
     raise ModelLoadError(f"--precision int8 runs these bundled models only: {shipped}; use fp32")

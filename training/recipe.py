@@ -132,6 +132,24 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        counts = ("steps", "batch", "patch", "val_every", "val_images")
+        fractions = ("real_fraction", "structure_fraction", "fence_fraction", "dry_fraction")
+        rules = [
+            *((getattr(self, n) < 1, f"{n} must be 1 or more") for n in counts),
+            *((not 0 <= getattr(self, n) <= 1, f"{n} must be in 0..1") for n in fractions),
+            (self.lr <= 0, "lr must be above 0"),
+            (not 0 <= self.ema_decay < 1, "ema_decay must be in 0..1 (1 excluded)"),
+            (self.checkpoint_minutes <= 0, "checkpoint_minutes must be above 0"),
+            (not all(0 < m <= 1 for m in self.milestones), "milestones must be in 0..1"),
+            (len(self.layer_strength) != 2, "layer_strength must be [low, high]"),
+            (any(w < 0 for w in self.rain_presets.values()), "rain_presets: weights below 0"),
+            (not sum(self.rain_presets.values()) > 0, "rain_presets: no weight above 0"),
+        ]
+        for bad, message in rules:
+            if bad:
+                raise ConfigError(message)
+
     @property
     def held_out(self) -> dict[str, tuple[str, tuple[str, ...]]]:
         """The held-out pair sets, by the name they are scored under: (folder, rainy names)."""
@@ -146,18 +164,10 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown train option(s): {', '.join(unknown)}")
-        values = dict(values)
-        for key in (
-            "milestones",
-            "real_dirs",
-            "layer_dirs",
-            "layer_strength",
-            "clean_dirs",
-            "heavy_val_names",
-            "pairs_val_names",
-        ):
-            if key in values:
-                values[key] = tuple(values[key])
+        values = {
+            key: _typed(key, value, cls.__dataclass_fields__[key].type)
+            for key, value in values.items()
+        }
         bad = sorted(
             {*values.get("rain_presets", {}), values.get("val_preset", "light")}
             - {*PRESETS, REAL_LAYERS}
@@ -178,3 +188,40 @@ def load_train_config(path: str | Path) -> tuple[DCSFNConfig, TrainConfig]:
     return DCSFNConfig.from_dict(values.get("model", {})), TrainConfig.from_dict(
         values.get("train", {})
     )
+
+
+def _typed(name: str, value: Any, kind: str) -> Any:
+    """A config value of the field's type (TOML's lists as tuples), or a one-line refusal: a
+    string where a list belongs would be read letter by letter, ``true`` as 1."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind.startswith("tuple"):
+        item_ok = (lambda v: isinstance(v, str)) if "str" in kind else _is_number
+        if isinstance(value, list) and all(item_ok(v) for v in value):
+            return tuple(value)
+    elif kind.startswith("dict"):
+        if isinstance(value, dict) and all(_is_number(v) for v in value.values()):
+            return value
+    elif {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": number,
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+    }[kind]:
+        return value
+    raise ConfigError(f"{name} must be {_KINDS.get(kind, kind)}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_KINDS = {
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "tuple[str, ...]": "a list of strings",
+    "tuple[float, ...]": "a list of numbers",
+    "tuple[float, float]": "a list of two numbers",
+    "dict[str, float]": "a table of numbers",
+}

@@ -31,7 +31,7 @@ from training.metrics import ssim
 from training.recipe import DRY_LEVEL, PRECISIONS, TrainConfig
 from training.route import FlipAverage, below_input
 from training.validation import validate, validation_sets
-from training.weights import load_model, save_model
+from training.weights import load_model, read_training_checkpoint, save_model
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,12 @@ class Trainer:
         out_dir: Path,
         precision: str | None = None,
         device: str | torch.device = "cpu",
+        resume: bool = False,
     ) -> None:
         """``precision``: ``fp32`` or ``bf16``; None keeps a resumed run's own (else fp32).
-        ``device``: where the network trains (``cpu``, ``cuda``, ``cuda:N``)."""
+        ``device``: where the network trains (``cpu``, ``cuda``, ``cuda:N``). ``resume``: go on
+        from ``out_dir``'s checkpoint, whose plan and record of earlier stages are the run's
+        (``init_from`` is not read again: it may have been replaced since)."""
         if precision not in (None, *PRECISIONS):
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}")
         self.model_cfg, self.cfg = model_cfg, cfg
@@ -68,18 +71,12 @@ class Trainer:
         self._precision_given = precision is not None
         torch.manual_seed(cfg.seed)
         self.net = build_network(model_cfg)
+        if cfg.patch < self.net.min_size:
+            raise ConfigError(f"patch must be {self.net.min_size} or more for this network")
         self.earlier_stage: dict[str, Any] | None = None  # how the starting weights were made
         self.grown_from: int | None = None  # blocks of a shallower start, grown by deepen()
-        if cfg.init_from:
-            start = load_model(cfg.init_from)
-            weights = start.net.state_dict()
-            if start.config != dataclasses.replace(model_cfg, num_blocks=start.config.num_blocks):
-                raise ConfigError(f"{cfg.init_from}: another model config than this run's")
-            if start.config.num_blocks != model_cfg.num_blocks:
-                weights = deepen(weights, start.config, model_cfg.num_blocks)
-                self.grown_from = start.config.num_blocks
-            self.net.load_state_dict(weights)
-            self.earlier_stage = start.info.metadata
+        if cfg.init_from and not resume:
+            self._start_from(cfg.init_from)
         # Channels-last convolutions ran 1.2-1.5x faster on an AVX-512 CPU's oneDNN, bf16 more
         # still where the CPU has bfloat16 instructions.
         self.net.to(self.device, memory_format=torch.channels_last)
@@ -96,6 +93,22 @@ class Trainer:
         )
         self.step = 0
         self.wall = 0.0
+        if resume:
+            self.resume()
+
+    def _start_from(self, source: str, load_weights: bool = True) -> None:
+        """The weights of an earlier stage (grown where it had fewer blocks), and their record."""
+        start = load_model(source)
+        cfg = self.model_cfg
+        if start.config != dataclasses.replace(cfg, num_blocks=start.config.num_blocks):
+            raise ConfigError(f"{source}: another model config than this run's")
+        weights = start.net.state_dict()
+        if start.config.num_blocks != cfg.num_blocks:
+            weights = deepen(weights, start.config, cfg.num_blocks)
+            self.grown_from = start.config.num_blocks
+        if load_weights:
+            self.net.load_state_dict(weights)
+        self.earlier_stage = start.info.metadata
 
     @property
     def kept(self) -> torch.nn.Module:
@@ -121,6 +134,9 @@ class Trainer:
             "model_config": self.model_cfg.to_dict(),
             "precision": self.precision,
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "steps": self.cfg.steps,
+            "earlier_stage": self.earlier_stage,
+            "grown_from": self.grown_from,
         }
 
     def save_checkpoint(self) -> None:
@@ -131,7 +147,7 @@ class Trainer:
         os.replace(tmp, self.checkpoint_path)
 
     def resume(self) -> None:
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        state = read_training_checkpoint(self.checkpoint_path)
         if state["model_config"] != self.model_cfg.to_dict():
             raise ConfigError(f"{self.checkpoint_path}: trained with another model config")
         self.net.load_state_dict(state["net"])
@@ -143,6 +159,11 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.wall = state["step"], state["wall"]
+        self.cfg = dataclasses.replace(self.cfg, steps=state.get("steps", self.cfg.steps))
+        if "earlier_stage" in state:
+            self.earlier_stage, self.grown_from = state["earlier_stage"], state["grown_from"]
+        elif self.cfg.init_from and self.earlier_stage is None:  # saved before they were kept
+            self._start_from(self.cfg.init_from, load_weights=False)
         if not self._precision_given:
             self.precision = state.get("precision", self.precision)
 
@@ -154,7 +175,7 @@ class Trainer:
         if not self.log_path.exists():
             return
         lines = self.log_path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        kept = [line for line in lines if _logged_step(line) <= step]
         if len(kept) < len(lines):
             tmp = self.log_path.with_suffix(".tmp")
             tmp.write_text("".join(kept))
@@ -351,3 +372,11 @@ class Trainer:
                     last_ckpt = time.monotonic()
         bar.close()
         self.save_checkpoint()
+
+
+def _logged_step(line: str) -> float:
+    """A log record's step; a line cut short (the run killed while writing it) is after all."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

@@ -20,6 +20,7 @@ frames where the clean video does not change.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import zlib
@@ -38,7 +39,8 @@ from training.data import DatasetError, data_root_option, read_rgb
 from training.evaluate import derain_rgb
 from training.metrics import luma, psnr
 from training.rain import rain_video
-from training.route import AUTO, VIDEO_CHECK_EVERY, Router, evaluation_forward
+from training.route import AUTO, VIDEO_CHECK_EVERY, Router, evaluation_forward, model_names
+from training.weights import resolve_source
 
 SIZE = (640, 360)
 # Fixed-camera scenes: still backgrounds, and the pictures the moving objects are cut from.
@@ -352,9 +354,11 @@ def main(
     torch.set_num_threads(threads)
     openvino = openvino_available()
     net = evaluation_forward(model_name, flip_mode == "on", int8, openvino, VIDEO_CHECK_EVERY)
-    if cache is not None:  # one model's outputs never stand for another's
+    if cache is not None:  # one model's outputs never stand for another's, whatever its name
+        files = b"".join(resolve_source(n).read_bytes() for n in model_names(model_name))
         flip = "-flip" if flip_mode == "on" else ""
-        cache = cache / (Path(model_name).stem + flip + ("-int8" if int8 else ""))
+        weights = hashlib.sha256(files).hexdigest()[:16]
+        cache = cache / f"{Path(model_name).stem}-{weights}{flip}{'-int8' if int8 else ''}"
     rows = []
     for i, clip in enumerate(todo):
         t0 = time.perf_counter()

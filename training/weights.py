@@ -221,6 +221,8 @@ def _unpack(payload: Any, path: Path) -> tuple[dict[str, Tensor], ModelInfo]:
         if not _holds_tensors(state):
             raise ModelLoadError(f"{path}: no state dict of tensors")
         return state, info
+    if TRAINING_KEYS <= payload.keys():  # a run's last.pt: our own network, in RGB
+        return _from_training_checkpoint(payload, path)
     state = payload
     for key in ("net", "params_ema", "params", "state_dict"):
         if isinstance(payload.get(key), dict):
@@ -236,6 +238,38 @@ def _unpack(payload: Any, path: Path) -> tuple[dict[str, Tensor], ModelInfo]:
     # The authors' code reads images with OpenCV, so their weights expect BGR.
     info = ModelInfo(config, "BGR", str(path), {"origin": "original DCSFN code"})
     return state, info
+
+
+# What a training run's checkpoint (its last.pt) holds besides the optimizer's state.
+TRAINING_KEYS = frozenset({"step", "net", "opt", "sched", "model_config"})
+
+
+def read_training_checkpoint(path: Path) -> dict[str, Any]:
+    """A run's last.pt, read as untrusted as any checkpoint, refused if it is something else."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    state = _read(path)
+    if not isinstance(state, dict) or not TRAINING_KEYS <= state.keys():
+        raise ModelLoadError(f"{path}: not a training run's checkpoint")
+    return state
+
+
+def _from_training_checkpoint(state: dict[str, Any], path: Path) -> tuple[dict, ModelInfo]:
+    """The weights a run would export (its weight average, where it keeps one)."""
+    try:
+        config = DCSFNConfig.from_dict(state["model_config"])
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: bad model config ({exc})") from None
+    ema = state["ema"]
+    weights = (
+        state["net"]
+        if ema is None
+        else _strip_prefix({k: v for k, v in ema.items() if k.startswith("module.")})
+    )
+    if not _holds_tensors(weights):
+        raise ModelLoadError(f"{path}: no state dict of tensors")
+    metadata = {"origin": "a training run's checkpoint", "steps": state["step"]}
+    return weights, ModelInfo(config, "RGB", str(path), metadata)
 
 
 def resolve_source(source: str | Path | None) -> Path:

@@ -266,7 +266,7 @@ def test_a_recording_of_a_live_source_is_on_disk_within_a_second(
     import threading
 
     from streamderain import derain_video
-    from streamderain.encoder import partial_path
+    from streamderain.targets import partial_path
 
     server = make_tcp_stream_server(ts_bytes)
     out = tmp_path / f"rec{suffix}"
@@ -295,7 +295,7 @@ def test_a_killed_recording_is_kept_and_the_next_run_records_anew(
     (a file's is removed: rerunning makes it again)."""
     import signal
 
-    from streamderain.encoder import partial_path
+    from streamderain.targets import partial_path
 
     server = make_tcp_stream_server(ts_bytes)
     out = tmp_path / "rec.mp4"
