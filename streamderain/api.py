@@ -87,13 +87,13 @@ class Derainer:
 
     def _steady(self, image: np.ndarray, source: np.ndarray) -> np.ndarray:
         """One derained frame (of RGB ``source``) through the temporal filter: it returns it at
-        once, as there is no lookahead."""
+        once, as there is no lookahead. The source is kept as a copy: the caller may reuse or
+        draw on its array after the call."""
         self._count += 1
-        frame = Frame(self._count, self._count, Fraction(1, 25), image, original=source)
+        frame = Frame(self._count, self._count, Fraction(1, 25), image, original=source.copy())
         (frame,) = self.temporal.push(frame)
         return frame.image
 
-    @torch.inference_mode()
     def _tensor(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point() or not x.numel():
             raise ValueError(
@@ -102,7 +102,18 @@ class Derainer:
             )
         inp = x.to(self.runner.device, self.runner.dtype)
         y = self.runner.derain(inp.contiguous(memory_format=torch.channels_last))
-        return y.to(x.device, x.dtype).contiguous()
+        if self.temporal is not None:  # the filter works on 8-bit pictures, as video has them
+            pictures = zip(_as_uint8(y), _as_uint8(x), strict=True)
+            steady = np.stack([self._steady(image, source) for image, source in pictures])
+            y = torch.from_numpy(steady).permute(0, 3, 1, 2) / 255.0
+        # a copy made here, outside the runner's inference mode, is a tensor like any other:
+        # it may be changed in place or go into a network that learns
+        return y.to(x.device, x.dtype).clone(memory_format=torch.contiguous_format)
+
+
+def _as_uint8(x: torch.Tensor) -> np.ndarray:
+    """N x 3 x H x W floats in [0, 1] as N x H x W x 3 uint8."""
+    return (x.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def temporal_on(mode: str, decoder: Decoder) -> bool:
@@ -128,7 +139,8 @@ def derain_video(
     ``dst`` is replaced only by a finished (or cleanly interrupted) output. ``dst`` may also be a
     live URL to publish to. ``options`` (or their fields as keywords: ``crf=0``) say what to
     read, which model runs and how to write; ``runner`` reuses a loaded model across calls, and
-    its model options then stand instead of ``options.model``. Setting ``stop`` ends the run
+    its model options (batch and temporal stage included) then stand instead of
+    ``options.model``. Setting ``stop`` ends the run
     as Ctrl-C does, also while a live source is still connecting.
     """
     began = time.perf_counter()
@@ -138,6 +150,7 @@ def derain_video(
     check_codec(options.encode)
     with Decoder(src, options.decode, stop=stop) as decoder:
         runner = runner or ModelRunner(options.model)
+        model = runner.options  # a runner given stands for options.model: its batch, its stage
         is_file = Path(str(src)).is_file() and live_target_format(dst) is None
         encoder = Encoder(
             dst,
@@ -149,8 +162,8 @@ def derain_video(
         )
         try:  # until the pipeline runs, nothing else closes the output if this fails
             compare = options.encode.compare
-            temporal = temporal_on(options.model.temporal, decoder)
-            stages: list[tuple[str, Stage]] = [("batch", Batcher(options.model.batch))]
+            temporal = temporal_on(model.temporal, decoder)
+            stages: list[tuple[str, Stage]] = [("batch", Batcher(model.batch))]
             if compare or temporal:
                 stages.append(("keep", KeepOriginals()))
             stages.append(("model", runner))

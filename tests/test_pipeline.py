@@ -451,6 +451,23 @@ def test_batcher_groups_by_size_and_flushes_on_timeout():
     assert list(b.finish()) == []
 
 
+def test_a_runner_given_to_derain_video_brings_its_batch_and_temporal_stage(tmp_path, shared):
+    """Its model options stand instead of ``options.model``: all of them, not the mirror alone."""
+    from streamderain import derain_video
+    from streamderain.options import ModelOptions
+    from streamderain.runner import ModelRunner
+
+    src = tmp_path / "in.mp4"
+    make_clip(src, clean_frames(6, (96, 64)))
+    runner = ModelRunner(ModelOptions(device="cpu", batch=2, temporal="off", flip_average="off"))
+    sizes = []
+    infer = runner.infer
+    runner.infer = lambda images: (sizes.append(len(images)), infer(images))[1]
+    stats = derain_video(src, tmp_path / "out.mp4", runner=runner)
+    assert stats.frames == 6 and "temporal" not in stats.busy
+    assert sizes == [2, 2, 2]
+
+
 def test_derainer_api_accepts_bgr_rgb_and_tensors(shared):
     """And says what it takes when given no picture (0 x 0, or a batch of none)."""
     from streamderain import Derainer
@@ -468,6 +485,8 @@ def test_derainer_api_accepts_bgr_rgb_and_tensors(shared):
     assert (
         t_out[0].permute(1, 2, 0) * 255 - torch.from_numpy(rgb_out).float()
     ).abs().max() <= 0.5001
+    t_out.mul_(1.0)  # a tensor like any other: changed in place, or learnt through
+    torch.nn.Conv2d(3, 1, 3)(t_out).sum().backward()
     derainer = Derainer(device="cpu")
     for empty in (np.zeros((0, 0, 3), np.uint8), np.zeros((0, 64, 96, 3), np.uint8), t[:0]):
         with pytest.raises(ValueError, match="none of them 0"):

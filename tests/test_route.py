@@ -115,16 +115,19 @@ def test_the_command_line_runs_auto_as_the_heavy_model_on_veiled_rain(tmp_path, 
 def test_a_folder_of_pictures_chooses_for_each_picture(tmp_path, shared):
     src, out = tmp_path / "pictures", tmp_path / "derained"
     src.mkdir()
+    out.mkdir()
     pictures = [veiled()[0], light(), veiled()[0]]
     for i, picture in enumerate(pictures):
         cv2.imwrite(str(src / f"{i + 1}.png"), picture[..., ::-1])
-    cmd = [sys.executable, "-m", "streamderain", src, out, "--model", "auto", "--precision", "fp32"]
-    result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    written = [cv2.imread(str(p))[..., ::-1] for p in sorted(out.iterdir())]
     heavy, lite = (evaluation_forward(name, flip=True) for name in (HEAVY_MODEL, LIGHT_MODEL))
-    for image, picture, model in zip(written, pictures, (heavy, lite, heavy)):
-        assert np.abs(image.astype(int) - derain_rgb(model, picture)).max() <= 1
+    for batch in ("1", "3"):  # batched together too, each picture chooses its own
+        cmd = [sys.executable, "-m", "streamderain", src, out / batch, "--model", "auto"]
+        cmd += ["--precision", "fp32", "--batch", batch]
+        result = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        written = [cv2.imread(str(p))[..., ::-1] for p in sorted((out / batch).iterdir())]
+        for image, picture, model in zip(written, pictures, (heavy, lite, heavy), strict=True):
+            assert np.abs(image.astype(int) - derain_rgb(model, picture)).max() <= 1, batch
 
 
 def test_in_tiles_a_whole_frame_chooses_its_model(shared):

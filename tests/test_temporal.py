@@ -8,6 +8,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from streamderain.frames import Batch, Frame
 from streamderain.temporal import TemporalFilter, TemporalStage
@@ -334,9 +335,20 @@ def test_a_derainer_with_the_stage_on_steadies_a_still_scene(shared) -> None:
     steady = Derainer(ModelOptions(device="cpu"), temporal="on")  # a keyword beside options
     still = [np.ones((H, W), bool)] * len(clean)
     per_frame = [plain(image) for image in noisy]
-    combined = [steady(image) for image in noisy]
+    buffer = np.empty_like(noisy[0])  # one array reused for every frame, as a capture loop does
+    combined = []
+    for image in noisy:
+        buffer[:] = image
+        combined.append(steady(buffer))
     assert all(a.shape == b.shape for a, b in zip(per_frame, combined))
     assert error(combined[6:], clean[6:], still[6:]) < error(per_frame[6:], clean[6:], still[6:])
+    fresh = Derainer(device="cpu", temporal="on")  # the same frames again, each its own array
+    assert all(np.array_equal(fresh(image), out) for image, out in zip(noisy, combined))
+    as_tensors = Derainer(device="cpu", temporal="on")  # floats go through the stage too
+    for image, out in zip(noisy, combined):
+        x = torch.from_numpy(image).permute(2, 0, 1)[None] / 255.0
+        y = (as_tensors(x)[0].permute(1, 2, 0) * 255).round().byte().numpy()
+        assert np.abs(y.astype(int) - out).max() <= 1
 
 
 def test_eval_video_scores_each_clip_under_the_same_rain_whatever_else_is_scored(tmp_path):

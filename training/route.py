@@ -40,11 +40,16 @@ _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 Forward = Callable[[Tensor], Tensor]
 
 
-def veil_gap(light: Tensor, heavy: Tensor) -> float:
-    """Mean luma of the light model's output minus the heavy one's, in grey levels (0-255),
-    over a batch N x 3 x H x W of RGB in [0, 1]."""
+def veil_gaps(light: Tensor, heavy: Tensor) -> Tensor:
+    """Mean luma of the light model's output minus the heavy one's, in grey levels (0-255), of
+    each picture of a batch N x 3 x H x W of RGB in [0, 1]."""
     luma = _LUMA.to(light.device, light.dtype)
-    return float(((light.clamp(0, 1) - heavy.clamp(0, 1)) * luma).sum(1).mean()) * 255.0
+    return ((light.clamp(0, 1) - heavy.clamp(0, 1)) * luma).sum(1).mean((1, 2)) * 255.0
+
+
+def veil_gap(light: Tensor, heavy: Tensor) -> float:
+    """:func:`veil_gaps` over the whole batch (frames of one scene)."""
+    return float(veil_gaps(light, heavy).mean())
 
 
 class Router:
@@ -74,6 +79,11 @@ class Router:
             self._since_check += x.shape[0]
             return self.heavy(x) if self.heavy_chosen else self.light(x)
         light, heavy = self.light.forward(x), self.heavy.forward(x)
+        if self.every == 1 and x.shape[0] > 1:  # pictures batched together: each its own
+            wants = veil_gaps(light, heavy) > VEIL_GAP
+            if wants.any() and not wants.all():
+                heavy_out, light_out = self.heavy.finish(x, heavy), self.light.finish(x, light)
+                return torch.where(wants.view(-1, 1, 1, 1), heavy_out, light_out)
         wants_heavy = veil_gap(light, heavy) > VEIL_GAP
         if self._since_check is None or self.every == 1 or wants_heavy == self._last_wish:
             self.heavy_chosen = wants_heavy
