@@ -28,7 +28,9 @@ from streamderain.targets import (
     is_folder_target,
     live_target_format,
     lock_partial,
+    mark_redoable,
     partial_path,
+    redoable,
 )
 from streamderain.writers import (
     DEEP_CODEC,
@@ -95,6 +97,8 @@ class Encoder(Stage):
             if killed is not None:
                 os.close(killed)
         self._held = self._lock()
+        if self._held is not None and not info.live:
+            mark_redoable(self._tmp)
 
     def _lock(self) -> int | None:
         """The partial output file, open and locked: a second run to the same output refuses,
@@ -116,9 +120,10 @@ class Encoder(Stage):
 
     def _clear_killed_run(self) -> None:
         """A killed run's partial output: from a file it is redone, so it goes; from a live
-        source it cannot be, so it is kept beside the target (it plays up to its last second)."""
+        source (whichever run comes next) it cannot be, so it is kept beside the target (it
+        plays up to its last second)."""
         empty = self._tmp.is_file() and not self._tmp.stat().st_size  # killed before a frame
-        if empty or not self.info.live or self.folder:
+        if empty or self.folder or redoable(self._tmp):
             if not empty:
                 log.warning("removing %s, left by a run that was killed", self._tmp)
             self._discard()

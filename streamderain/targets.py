@@ -3,6 +3,7 @@ file it is written to until done, and that file's lock; and the checks made befo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -122,3 +123,23 @@ def lock_partial(path: Path) -> int | None:
     except OSError as exc:
         log.debug("%s: written unlocked (%s)", path, reason(exc))
     return fd
+
+
+#: marks a partial output whose run can be redone (its source is a file); see :func:`redoable`
+REDOABLE = "user.streamderain.redoable"
+
+
+def mark_redoable(path: Path) -> None:
+    """Note on ``path`` that its run can be redone from its source, where the file system
+    keeps such notes (extended attributes)."""
+    with contextlib.suppress(OSError, AttributeError):  # no xattrs here: it will be kept
+        os.setxattr(path, REDOABLE, b"1")
+
+
+def redoable(path: Path) -> bool:
+    """Whether a killed run's partial output may go: only one marked as redoable. Anything
+    else, a live recording above all, is what its run cannot make again, and is kept."""
+    try:
+        return os.getxattr(path, REDOABLE) == b"1"
+    except (OSError, AttributeError):
+        return False

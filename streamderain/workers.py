@@ -55,7 +55,7 @@ class Worker:
         self.options = options
         self.pipeline: Pipeline | None = None  # the file in progress, for Ctrl-C
         self.stopping = False
-        self.connecting = threading.Event()  # set: a source still connecting gives up
+        self.stop_file = threading.Event()  # set: the file in progress stops reading
         self.runner, self.setup_error = None, ""
         try:
             self.runner = ModelRunner(replace(options.model, device=device), threads)
@@ -95,6 +95,10 @@ class Worker:
         from streamderain.api import derain_video
 
         self.runner.finish()  # a file that failed on CUDA may have left one batch in flight
+        # each file its own: a file that fails stops its own reading, not the next file's
+        self.stop_file = threading.Event()
+        if self.stopping:
+            self.stop_file.set()
         try:
             return derain_video(
                 src,
@@ -102,7 +106,7 @@ class Worker:
                 self.options,
                 runner=self.runner,
                 on_start=self._started,
-                stop=self.connecting,
+                stop=self.stop_file,
                 **values,
             )
         finally:
@@ -122,7 +126,7 @@ class Worker:
         elif pipeline is not None:
             pipeline.request_stop()
         self.stopping = True
-        self.connecting.set()
+        self.stop_file.set()  # also while its live source is still connecting
 
 
 _worker: Worker | None = None  # a local pool process's worker

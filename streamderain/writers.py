@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from subprocess import PIPE, Popen, TimeoutExpired
 from typing import Protocol
 
 import av
@@ -300,7 +300,8 @@ class FFmpegWriter:
         )
         self.settings = settings
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=self.log)
+        # a session of its own: a terminal's Ctrl-C must not kill it mid-file (its input ends it)
+        self.proc = Popen(args, stdin=PIPE, stderr=self.log, start_new_session=True)
         try:
             self.container = av.open(self.proc.stdin, mode="w", format="nut")
             self.stream = self.container.add_stream("rawvideo", rate=info.rate or 25)
@@ -348,7 +349,7 @@ class FFmpegWriter:
                 self.proc.stdin.close()
             try:
                 return self._error() if self.proc.wait(timeout=120) else None
-            except subprocess.TimeoutExpired:
+            except TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
                 return "it did not finish within 120 s"

@@ -187,6 +187,14 @@ def test_a_worker_loads_the_model_once(
     assert loads == [(LIGHT_MODEL,), (HEAVY_MODEL,)] and api.ModelRunner is made
     bad = worker.derain(Job(str(inputs / "in" / "bad.mp4"), str(tmp_path / "bad.mp4")))
     assert bad.status == "failed" and "cannot open as video" in bad.reason
+    for size in ((64, 48), (96, 64)):  # a stream whose picture changes size: fails midway
+        make_clip(tmp_path / f"{size[0]}.ts", clean_frames(FRAMES, size))
+    mixed = tmp_path / "mixed.ts"
+    mixed.write_bytes((tmp_path / "64.ts").read_bytes() + (tmp_path / "96.ts").read_bytes())
+    midway = worker.derain(Job(str(mixed), str(tmp_path / "mixed.mp4")))
+    assert midway.status == "failed" and "96x64" in midway.reason, midway
+    after = worker.derain(Job(str(inputs / "in" / GOOD[0]), str(tmp_path / "after.mp4")))
+    assert (after.status, after.frames) == ("done", FRAMES), "the next file is not stopped"
 
 
 def test_a_feed_worker_can_be_told_to_stop_outside_ray(shared) -> None:
@@ -195,7 +203,7 @@ def test_a_feed_worker_can_be_told_to_stop_outside_ray(shared) -> None:
 
     worker = FeedWorker(RunOptions.of(device="cpu"), "cpu", threads=1)
     worker.stop()
-    assert worker.stopping and worker.connecting.is_set()
+    assert worker.stopping and worker.stop_file.is_set()
 
 
 def test_a_feed_recovers_its_own_segments_only(tmp_path: Path) -> None:

@@ -296,12 +296,22 @@ def test_never_overwrites_without_y(vfr_clip, tmp_path):
     assert len(decode_all(out)[0]) == 2
 
 
-def test_sigint_leaves_a_playable_partial_file(tmp_path, shared):
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_sigint_leaves_a_playable_partial_file(tmp_path, shared, encoder):
+    """Ctrl-C in a terminal signals the whole process group: an ffmpeg writer too, which must
+    not die with the file it writes."""
+    import os
+
     frames = clean_frames(75, (320, 180)) * 2
     src = tmp_path / "long.mp4"
     make_clip(src, frames)
     out = tmp_path / "partial.mp4"
-    proc = subprocess.Popen([*CLI, str(src), str(out), "-q"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, str(src), str(out), "-q", "--encoder", encoder],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     partial = partial_path(out)
     deadline = time.monotonic() + 120
     # interrupted once the first frame is written (the muxer writes nothing before it),
@@ -309,7 +319,7 @@ def test_sigint_leaves_a_playable_partial_file(tmp_path, shared):
     while not (partial.exists() and partial.stat().st_size > 0):
         assert proc.poll() is None and time.monotonic() < deadline, "no frame was written"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err

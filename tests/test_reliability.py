@@ -112,13 +112,23 @@ def test_sigterm_while_starting_is_a_clean_stop(tmp_path, shared):
 
 
 def test_a_partial_left_by_a_killed_run_is_removed_by_the_next(tmp_path, shared):
+    """Only one its run marked as made from a file (redone now) goes: a recording cut short is
+    kept, whichever kind of run comes next to that name."""
+    from streamderain.targets import mark_redoable
+
     clip = tmp_path / "in.mp4"
     make_clip(clip, clean_frames(3, (96, 64)))
     stale = tmp_path / ".out.partial.mp4"
     stale.write_bytes(b"half a file from a run that was killed")
+    mark_redoable(stale)
     result = run_cli(clip, tmp_path / "out.mp4", "--crf", "0")
     assert result.returncode == 0, result.stderr
     assert ours_left(tmp_path) == [] and len(decode_all(tmp_path / "out.mp4")[0]) == 3
+    stale.write_bytes(b"half a recording from a camera, which no run can make again")
+    result = run_cli(clip, tmp_path / "out.mp4", "--crf", "0", "-y")
+    assert result.returncode == 0, result.stderr
+    [kept] = tmp_path.glob("out-cut-*.mp4")
+    assert kept.read_bytes().startswith(b"half a recording") and "kept" in result.stderr
 
 
 def test_a_missing_camera_is_an_immediate_clear_error(tmp_path):
