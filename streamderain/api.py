@@ -156,7 +156,7 @@ def derain_video(
             dst,
             decoder.info,
             options.encode,
-            copy_streams_from=str(src) if is_file else None,
+            copy_streams_from=decoder.source if is_file else None,
             start=decoder.start,
             end=decoder.end,
         )

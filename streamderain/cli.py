@@ -286,12 +286,12 @@ def _run_batch(
     """Run the jobs with a progress bar, recording each outcome in ``results`` and the manifest."""
     from tqdm import tqdm
 
-    from streamderain.jobs import MANIFEST, Result, why
+    from streamderain.jobs import MANIFEST, Result, open_manifest, why
 
     skipped = sum(r.status == "skipped" for r in results.values())
     if skipped and not quiet:
         click.echo(f"streamderain: {skipped} input(s) done in an earlier run: skipped", err=True)
-    with open(out_dir / MANIFEST, "a") as manifest:
+    with open_manifest(out_dir / MANIFEST) as manifest:
 
         def report(result: Result) -> None:
             results[result.input] = result

@@ -56,8 +56,9 @@ class Decoder:
         stop: threading.Event | None = None,
     ) -> None:
         options = options or DecodeOptions()
-        self.source = str(source)
-        self.name = mask_url(self.source)
+        self.name = mask_url(str(source))
+        # a local path made absolute: FFmpeg takes "rec-10:00.mp4" for the protocol "rec-10"
+        self.source = str(source) if "://" in str(source) else str(Path(source).absolute())
         self.live = is_live(self.source)
         self.yields_cpu = not self.live  # a file waits; a camera's packets must be read in time
         self.start = options.start or 0.0
@@ -66,8 +67,7 @@ class Decoder:
         self.rtsp_transport = options.rtsp_transport
         self.reconnect_timeout = options.reconnect_timeout
         self.timeouts = (open_timeout, read_timeout)
-        self.corrupt_packets = 0
-        self.reconnects = 0
+        self.corrupt_packets = self.reconnects = 0
         self.clock = LiveClock()
         self._stop = stop or threading.Event()
         self._container: av.container.InputContainer | None = None
@@ -126,7 +126,7 @@ class Decoder:
         self._images = list_images(self.source)
         if not self._images:
             known = ", ".join(sorted(IMAGE_SUFFIXES))
-            raise InputError(f"{self.source}: folder holds no images ({known})")
+            raise InputError(f"{self.name}: folder holds no images ({known})")
         first = self._read_image(self._images[0])
         return VideoInfo(
             width=first.shape[1],

@@ -89,7 +89,8 @@ class Encoder(Stage):
         self._deep = False  # writing 10 bits a channel, from frames that carry their deep source
         self._last_pts: int | None = None
         self._offset_pts: int | None = None
-        self._tmp = None if self.live_format else partial_path(self.target)
+        # absolute, as FFmpeg takes "clean-10:00.mp4" for the protocol "clean-10"
+        self._tmp = None if self.live_format else partial_path(self.target.absolute())
         self._held: int | None = None  # the partial output file, open and locked while written
         if self._tmp is not None and self._tmp.exists():
             killed = self._lock()  # refused while another run writes it

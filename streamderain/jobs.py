@@ -6,6 +6,7 @@ skips what is already done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from glob import glob
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from streamderain.errors import StreamDerainError
 from streamderain.targets import CONTAINERS
@@ -85,7 +86,8 @@ class Result:
 
 def expand_inputs(items: Iterable[str], list_file: str | Path | None = None) -> list[str]:
     """Paths and globs (``*``, ``?``, ``[...]``, ``**``), plus a list file's lines, in order,
-    each once. A list file names one input per line; blank lines and ``#`` comments are skipped."""
+    each once; a path that exists is taken as it is, whatever characters it holds. A list file
+    names one input per line; blank lines and ``#`` comments are skipped."""
     items = list(items)
     if list_file is not None:
         try:
@@ -94,8 +96,8 @@ def expand_inputs(items: Iterable[str], list_file: str | Path | None = None) -> 
             raise StreamDerainError(f"{list_file}: cannot read the list ({exc})") from None
         items += [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
     found: dict[str, str] = {}
-    for item in items:
-        if "://" not in item and any(c in item for c in "*?["):
+    for item in items:  # a name that exists is itself (the shell expanded "clip [1].mp4")
+        if "://" not in item and any(c in item for c in "*?[") and not os.path.exists(item):
             matches = sorted(glob(item, recursive=True))
             if not matches:
                 log.warning("%s matches nothing", item)
@@ -104,6 +106,20 @@ def expand_inputs(items: Iterable[str], list_file: str | Path | None = None) -> 
         for m in matches:
             found.setdefault(m if "://" in m else os.path.abspath(m), m)
     return list(found)
+
+
+def open_manifest(path: Path) -> TextIO:
+    """The manifest, to append records to: a last line torn by a kill is ended first, so that
+    it does not swallow the next record."""
+    torn = False
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as existing:
+        if existing.seek(0, os.SEEK_END):
+            existing.seek(-1, os.SEEK_END)
+            torn = existing.read(1) != b"\n"
+    manifest = open(path, "a")
+    if torn:
+        manifest.write("\n")
+    return manifest
 
 
 def read_manifest(path: Path) -> dict[str, Result]:
@@ -171,8 +187,9 @@ def plan(
     """
     out_dir = out_dir.resolve()
     manifest = read_manifest(out_dir / MANIFEST)
-    # a glob over OUT_DIR: the outputs of an earlier batch (and its manifest) are no inputs
-    ours = {*manifest, str(out_dir / MANIFEST)}
+    # a glob over OUT_DIR (or its parent): it, the outputs of an earlier batch and its manifest
+    # are no inputs
+    ours = {*manifest, str(out_dir / MANIFEST), str(out_dir)}
     earlier = {s for s in inputs if "://" not in s and str(Path(s).resolve()) in ours}
     if earlier:
         log.info("left out %d earlier outputs: %s", len(earlier), ", ".join(sorted(earlier)))

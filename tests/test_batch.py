@@ -17,7 +17,16 @@ import pytest
 
 from streamderain import api, runner
 from streamderain.errors import StreamDerainError
-from streamderain.jobs import MANIFEST, Job, Result, expand_inputs, plan, summary_table
+from streamderain.jobs import (
+    MANIFEST,
+    Job,
+    Result,
+    expand_inputs,
+    open_manifest,
+    plan,
+    read_manifest,
+    summary_table,
+)
 from streamderain.options import RunOptions
 from streamderain.targets import lock_partial, partial_path
 from streamderain.workers import Worker
@@ -295,8 +304,28 @@ def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "output is the input" in known[str(tmp_path / "y/b.mp4")].reason
     jobs, known = plan(expand_inputs(["y/b.mp4"]), tmp_path / "out", overwrite=True)
     assert [j.output for j in jobs] == [str(tmp_path / "out/b.mp4")] and known == {}
+    (tmp_path / "y/clip [1].mp4").touch()  # the shell's expansion, taken as it is named
+    assert expand_inputs(["y/clip [1].mp4"]) == [str(tmp_path / "y/clip [1].mp4")]
+    (tmp_path / "y/clean").mkdir()  # --out-dir inside the globbed folder is no input
+    jobs, _ = plan(expand_inputs(["y/*"]), tmp_path / "y/clean")
+    assert sorted(Path(j.input).name for j in jobs) == [
+        "a.mp4",
+        "b.avi",
+        "b.mp4",
+        "b.ts",
+        "clip [1].mp4",
+    ]
     table = summary_table([Result("/a.mp4", "/o/a.mp4", "failed", "no such file")])
     assert table.splitlines()[1].split() == ["/a.mp4", "failed", "no", "such", "file"]
+
+
+def test_a_manifest_torn_by_a_kill_takes_the_next_record_on_a_line_of_its_own(tmp_path: Path):
+    path = tmp_path / MANIFEST
+    done = Result(str(tmp_path / "a.mp4"), str(tmp_path / "o" / "a.mp4"), "done")
+    path.write_text(done.to_json() + "\n" + done.to_json()[:40])
+    with open_manifest(path) as manifest:
+        manifest.write(Result(done.input, str(tmp_path / "o" / "b.mp4"), "done").to_json() + "\n")
+    assert sorted(Path(k).name for k in read_manifest(path)) == ["a.mp4", "b.mp4"]
 
 
 def test_the_manifest_keys_on_the_input_that_made_each_output(tmp_path: Path) -> None:
