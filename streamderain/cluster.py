@@ -24,6 +24,7 @@ from streamderain.pipeline import usable_cores
 from streamderain.workers import CPU_THREADS, Report, Worker, deliver
 
 log = logging.getLogger(__name__)
+notice = logging.getLogger("streamderain.notice")
 
 # A feed told to stop ends within its source's open timeout (10 s) and a segment's close.
 FEED_STOP_WAIT = 20.0
@@ -127,18 +128,23 @@ def run_ray(
 ) -> bool:
     """Derain ``jobs`` on Ray actors, each holding a model and given one file at a time.
 
-    One actor per GPU, or on CPUs one per ``threads`` cores (default up to ``CPU_THREADS``).
-    An actor that dies (its process or its node lost) is dropped and its file goes to another;
-    a file whose actor dies twice fails, as do the files left when every actor is gone. Returns
-    whether Ctrl-C stopped the run (at once: the files in flight are redone by the next run).
+    One actor per GPU, or on CPUs one per ``threads`` cores (default up to ``CPU_THREADS``, or
+    the cores shared among ``workers``); never more than the cluster can place, as an actor
+    that cannot be placed would hold its file forever. An actor that dies (its process or its
+    node lost) is replaced by a new one, and its file goes to the next free actor; a file whose
+    actor dies twice fails. Returns whether Ctrl-C stopped the run (at once: the files in
+    flight are redone by the next run).
     """
     with ray_session(address) as ray, stop_requested() as stop:
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        device, threads, per_actor = actor_resources(
-            ray, options.model.device, threads or min(CPU_THREADS, cpus)
-        )
+        threads = threads or min(CPU_THREADS, max(1, cpus // (workers or 1)))
+        device, threads, per_actor = actor_resources(ray, options.model.device, threads)
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        n = max(workers or (gpus if device == "cuda" else cpus // threads), 1)
+        fits = max(gpus if device == "cuda" else cpus // threads, 1)
+        n = max(workers or fits, 1)
+        if n > fits:
+            log.warning("--workers %d: the Ray cluster has room for %d; running %d", n, fits, fits)
+            n = fits
         log.info("%d Ray actor(s), each with %s", n, per_actor)
         actor = ray.remote(Worker).options(**per_actor, max_restarts=0)
         idle = [actor.remote(options, device, threads) for _ in range(n)]
@@ -153,8 +159,9 @@ def run_ray(
             worker, job = running.pop(ready[0])
             try:
                 result = ray.get(ready[0])
-            except ray.exceptions.RayActorError as exc:  # died, or cut off: never used again
+            except ray.exceptions.RayActorError as exc:  # died, or cut off: replaced
                 ray.kill(worker)
+                idle.append(actor.remote(options, device, threads))
                 deaths[job] += 1
                 log.warning("a Ray worker died on %s: %s", job.input, reason(exc))
                 if deaths[job] < 2:
@@ -164,11 +171,7 @@ def run_ray(
                 continue
             idle.append(worker)
             deliver(result, report)
-        if stop.is_set():
-            return True
-        for job in todo:  # every actor died before these ran
-            report(Result.failed(job, "its Ray worker died"))
-        return False
+        return stop.is_set()
 
 
 def run_feeds(
@@ -223,7 +226,14 @@ def _wait_for_feeds(
 
 
 def _outcome(ray: ModuleType, ref: Any, name: str) -> dict[str, Any]:
+    """A feed's end, said as it comes: a feed that fails while the others run is not left
+    unsaid until they stop."""
     try:
-        return ray.get(ref)
+        outcome = ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
-        return {"feed": name, "error": reason(exc.cause if exc.cause else exc)}
+        outcome = {"feed": name, "error": reason(exc.cause if exc.cause else exc)}
+    if "error" in outcome:
+        log.error("feed %s ended: %s", name, outcome["error"])
+    else:
+        notice.info("feed %s ended: %d frames into %s", name, outcome["frames"], outcome["output"])
+    return outcome

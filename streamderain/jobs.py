@@ -29,7 +29,8 @@ MANIFEST = "manifest.jsonl"
 class Job:
     """One input to derain and where its output goes (absolute paths).
 
-    ``size`` and ``mtime`` tell this input from another file later found at the same path."""
+    ``size`` and ``mtime`` tell this input from another file later found at the same path
+    (for a folder of pictures: all its pictures' sizes, and the latest change among them)."""
 
     input: str
     output: str
@@ -38,8 +39,13 @@ class Job:
 
     @classmethod
     def of(cls, src: str, output: Path) -> Job:
-        stat = Path(src).stat() if "://" not in src and Path(src).exists() else None
-        return cls(src, str(output), stat.st_size if stat else 0, stat.st_mtime if stat else 0.0)
+        path = Path(src)
+        if "://" in src or not path.exists():
+            return cls(src, str(output))
+        files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+        stats = [p.stat() for p in files] + [path.stat()]  # the folder's: a picture removed
+        size = sum(st.st_size for st in stats[:-1])
+        return cls(src, str(output), size, max(st.st_mtime for st in stats))
 
 
 @dataclass

@@ -6,6 +6,7 @@ The same :class:`Worker` runs in a local process pool (:func:`run_local`) and as
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 # CPUs are split into workers of CPU_THREADS cores (not measured: this machine has 2).
 CPU_THREADS = 4
 PR_SET_PDEATHSIG = 1  # prctl(2)
+#: the driver's stop, passed on to its worker processes (POSIX; elsewhere they take Ctrl-C)
+STOP_SIGNAL = getattr(signal, "SIGUSR1", None)
 
 Report = Callable[[Result], None]
 
@@ -73,6 +76,8 @@ class Worker:
         t0 = time.perf_counter()
         try:
             Path(job.output).parent.mkdir(parents=True, exist_ok=True)
+            if Path(job.input).is_dir():  # pictures come out as pictures, dots in its name or not
+                Path(job.output).mkdir(exist_ok=True)
             stats = self.derain_video(job.input, job.output)
         except (StreamDerainError, ModelLoadError) as exc:
             return Result.failed(job, reason(exc))
@@ -133,13 +138,57 @@ _worker: Worker | None = None  # a local pool process's worker
 
 
 def _start_process(options: RunOptions, devices, threads: int | None) -> None:
+    """A worker process stops when the driver tells it (:func:`tell_workers`), not on the
+    signals that reach the whole group (a terminal's Ctrl-C, a service manager's SIGTERM):
+    the driver passes on every stop it gets, also one sent to it alone (``kill PID``,
+    ``docker stop``), which never reached the workers."""
     global _worker
     _die_with_parent()
+    stopped = threading.Event()  # told to stop while the model still loads
+    if STOP_SIGNAL is not None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+        signal.signal(
+            STOP_SIGNAL, lambda signum, frame: _worker.interrupt() if _worker else stopped.set()
+        )
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)  # held since the driver started us
     _worker = Worker(options, devices.get(), threads)
-    # Ctrl-C in a terminal and a service manager's stop (SIGTERM to the whole group) reach the
-    # workers too: each finishes its file, as the driver asks
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda signum, frame: _worker.interrupt())
+    if STOP_SIGNAL is None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda signum, frame: _worker.interrupt())
+    if stopped.is_set():
+        _worker.interrupt()
+
+
+#: signals a new worker process holds until it has its handlers (a Ctrl-C while it imports
+#: torch printed a traceback); it inherits them held from the driver, which holds them while
+#: it starts workers
+HELD = {signal.SIGINT, signal.SIGTERM, STOP_SIGNAL} if STOP_SIGNAL is not None else set()
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Hold :data:`HELD` while worker processes start; one that came meanwhile is taken after."""
+    if not HELD:
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def tell_workers(pool: ProcessPoolExecutor) -> None:
+    """Pass the driver's stop on to each worker process: the first finishes its file, as a
+    playable partial output; a second stops at once."""
+    if STOP_SIGNAL is None:
+        return  # they took the terminal's Ctrl-C themselves
+    for process in list(pool._processes.values()):  # noqa: SLF001 - the pool's own processes
+        try:
+            os.kill(process.pid, STOP_SIGNAL)
+        except (ProcessLookupError, TypeError):  # gone, or not started yet
+            pass
 
 
 def _die_with_parent() -> None:
@@ -199,12 +248,14 @@ def run_local(
             running: dict[Future, Job] = {}
             broken = False
             while running or (todo and not broken):
-                while todo and not broken and len(running) < len(devices):
-                    job = todo.popleft()
-                    running[pool.submit(_derain_in_process, job)] = job
                 try:
+                    with held_signals():  # the pool starts its processes as jobs come
+                        while todo and not broken and len(running) < len(devices):
+                            job = todo.popleft()
+                            running[pool.submit(_derain_in_process, job)] = job
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 except KeyboardInterrupt:
+                    tell_workers(pool)
                     if stopping:
                         for job in running.values():  # ours to replace on the next run
                             report(Result.failed(job, "aborted; the output holds what was done"))

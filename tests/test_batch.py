@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,6 +138,19 @@ def test_ray_gives_the_same_outputs(local_run, inputs: Path) -> None:
         assert np.array_equal(a, b), (png.name, int(np.abs(a.astype(int) - b).max()))
 
 
+def test_a_ray_batch_asks_for_no_more_actors_than_the_cluster_places(inputs: Path) -> None:
+    """An actor that cannot be placed waits forever, and so did the file given to it."""
+    pytest.importorskip("ray")
+    out = inputs / "out-ray-many"
+    many = str(len(os.sched_getaffinity(0)) + 1)
+    run = batch(
+        "in/a.mp4", "in/c.mp4", "--out-dir", out, "--ray", "local", "--workers", many, cwd=inputs
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"--workers {many}: the Ray cluster has room for" in run.stderr
+    assert sorted(r["status"] for r in manifest(out)) == ["done", "done"]
+
+
 def test_sigterm_stops_a_ray_batch_as_ctrl_c_does(inputs: Path) -> None:
     """A service manager's stop: Ray's driver takes SIGTERM for itself (a crash report and
     exit) unless the batch takes it back; it then stops as Ctrl-C does, for a rerun to finish."""
@@ -153,9 +167,11 @@ def test_sigterm_stops_a_ray_batch_as_ctrl_c_does(inputs: Path) -> None:
     assert "interrupted" in err and "SIGTERM received" not in err and "Traceback" not in err
 
 
-def test_sigterm_to_the_whole_group_finishes_a_local_batchs_files(tmp_path: Path, shared) -> None:
-    """A service manager's stop reaches the worker processes too: each closes its file playable
-    and recorded for a re-run to finish, as on Ctrl-C, instead of dying with a hidden partial."""
+@pytest.mark.parametrize("to", ["group", "driver"])
+def test_sigterm_finishes_a_local_batchs_files(tmp_path: Path, shared, to: str) -> None:
+    """A service manager's stop, to the whole group or to the driver alone (``kill PID``,
+    ``docker stop``): each worker closes its file playable and recorded for a re-run to finish,
+    as on Ctrl-C, instead of dying with a hidden partial or running on to the file's end."""
     src = tmp_path / "long.mp4"
     make_clip(src, clean_frames(75, (256, 144)))
     out = tmp_path / "out"
@@ -173,13 +189,32 @@ def test_sigterm_to_the_whole_group_finishes_a_local_batchs_files(tmp_path: Path
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.02)
     assert partial.stat().st_size, "the worker is writing the file"
-    os.killpg(proc.pid, signal.SIGTERM)
+    (os.killpg if to == "group" else os.kill)(proc.pid, signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130 and "Traceback" not in err, err
     (record,) = manifest(out)
     done = re.fullmatch(r"interrupted; the output holds the (\d+) frames done", record["reason"])
     assert record["status"] == "failed" and done, record
     assert len(decode_all(out / "long.mp4")[0]) == int(done[1]) > 0 and not partial.exists()
+
+
+def test_ctrl_c_while_the_workers_start_is_a_clean_stop(tmp_path: Path, shared) -> None:
+    """The workers import torch for seconds after they start: a Ctrl-C then printed a
+    traceback from each of them."""
+    for name in ("a.mp4", "b.mp4"):
+        make_clip(tmp_path / name, clean_frames(FRAMES, (96, 64)))
+    cmd = [sys.executable, "-m", "streamderain", "batch", "-v", "--workers", "2", "--threads", "1"]
+    cmd += [tmp_path / "a.mp4", tmp_path / "b.mp4", "--out-dir", tmp_path / "out"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "worker process(es)" in line:
+            break
+    time.sleep(1.0)  # while they import
+    os.killpg(proc.pid, signal.SIGINT)
+    err = "".join(seen) + proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
 
 
 def test_a_worker_loads_the_model_once(
@@ -204,6 +239,16 @@ def test_a_worker_loads_the_model_once(
     assert midway.status == "failed" and "96x64" in midway.reason, midway
     after = worker.derain(Job(str(inputs / "in" / GOOD[0]), str(tmp_path / "after.mp4")))
     assert (after.status, after.frames) == ("done", FRAMES), "the next file is not stopped"
+    dated = tmp_path / "2023.12.01"  # a folder of pictures whose name looks like a suffix
+    shutil.copytree(inputs / "in" / "stills", dated)
+    pictures = worker.derain(Job.of(str(dated), tmp_path / "out" / dated.name))
+    assert (pictures.status, pictures.frames) == ("done", 3), pictures
+    assert len(list((tmp_path / "out" / dated.name).glob("*.png"))) == 3
+    before = Job.of(str(dated), tmp_path / "out" / dated.name)
+    picture = dated / "001.png"
+    os.utime(picture, ns=(picture.stat().st_atime_ns, dated.stat().st_mtime_ns + 10**9))
+    assert Job.of(str(dated), tmp_path / "x").mtime > before.mtime, "a picture edited counts"
+    assert before.size == sum(p.stat().st_size for p in dated.iterdir())
 
 
 def test_a_feed_worker_can_be_told_to_stop_outside_ray(shared) -> None:

@@ -117,15 +117,19 @@ def test_a_dead_camera_is_reported_and_ctrl_c_stops_its_feed_quickly(tmp_path, s
     feeds = tmp_path / "feeds.toml"
     feeds.write_text(
         f'[[feed]]\nname = "dead"\nsource = "rtsp://127.0.0.1:9/none"\noutput = "{tmp_path}"\n'
+        f'[[feed]]\nname = "yard"\nsource = "{tmp_path}/gone.mp4"\noutput = "{tmp_path}"\n'
     )
     proc = start_cli("feeds", feeds, "--ray", "local")
     seen = []
     deadline = time.monotonic() + 180
-    for line in proc.stderr:
+    for line in proc.stderr:  # a feed that ends is said at once, while the others run on
         seen.append(line)
-        if "cannot connect" in line or time.monotonic() > deadline:
+        said = "".join(seen)
+        if "cannot connect" in said and "feed yard ended" in said or time.monotonic() > deadline:
             break
-    assert seen and "cannot connect" in seen[-1] and "127.0.0.1:9" in seen[-1], seen
+    said = "".join(seen)
+    assert "cannot connect" in said and "127.0.0.1:9" in said, seen
+    assert "feed yard ended: " in said and "gone.mp4: no such file" in said, seen
     asked = time.monotonic()
     err = interrupt_cli(proc, signum=signum)
     assert proc.returncode == 130, "".join(seen) + err
