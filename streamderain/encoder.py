@@ -31,6 +31,7 @@ from streamderain.targets import (
     mark_redoable,
     partial_path,
     redoable,
+    replace_folder,
 )
 from streamderain.writers import (
     DEEP_CODEC,
@@ -256,10 +257,7 @@ class Encoder(Stage):
         if self._tmp is None:
             return []
         if self.folder:
-            self.target.mkdir(parents=True, exist_ok=True)
-            for f in sorted(self._tmp.iterdir()):
-                os.replace(f, self.target / f.name)
-            self._tmp.rmdir()
+            replace_folder(self._tmp, self.target)
         else:
             os.replace(self._tmp, self.target)
         self._unlock()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from pathlib import Path
 
 try:
@@ -143,3 +144,20 @@ def redoable(path: Path) -> bool:
         return os.getxattr(path, REDOABLE) == b"1"
     except (OSError, AttributeError):
         return False
+
+
+def replace_folder(frames: Path, target: Path) -> None:
+    """A finished folder of frames into place. A target that holds frames only (PNG files) is
+    replaced whole, so that no frame of an earlier, longer run stays among the new ones; one
+    that holds anything else gets the new frames beside what it had."""
+    if target.is_dir() and all(p.is_file() and p.suffix == ".png" for p in target.iterdir()):
+        earlier = target.with_name(f".{target.name}.earlier")
+        shutil.rmtree(earlier, ignore_errors=True)
+        os.replace(target, earlier)
+        os.replace(frames, target)
+        shutil.rmtree(earlier)
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for f in sorted(frames.iterdir()):
+        os.replace(f, target / f.name)
+    frames.rmdir()

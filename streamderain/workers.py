@@ -135,28 +135,37 @@ class Worker:
 
 
 _worker: Worker | None = None  # a local pool process's worker
+_started = None  # where it says which process took which input
 
 
-def _start_process(options: RunOptions, devices, threads: int | None) -> None:
-    """A worker process stops when the driver tells it (:func:`tell_workers`), not on the
-    signals that reach the whole group (a terminal's Ctrl-C, a service manager's SIGTERM):
-    the driver passes on every stop it gets, also one sent to it alone (``kill PID``,
-    ``docker stop``), which never reached the workers."""
-    global _worker
+def _start_process(options: RunOptions, devices, threads: int | None, started) -> None:
+    """A worker process finishes its file and stops on the driver's word (:func:`tell_workers`),
+    which passes on every stop it gets, also one sent to it alone (``kill PID``, ``docker
+    stop``), which never reached the workers; and on SIGTERM (a service manager's stop to the
+    whole group, the pool's own on a crash). A terminal's Ctrl-C, which reaches the whole
+    group, is left to the driver: taken here too, it would be a second stop."""
+    global _worker, _started
     _die_with_parent()
+    _started = started
     stopped = threading.Event()  # told to stop while the model still loads
     if STOP_SIGNAL is not None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)
-        signal.signal(
-            STOP_SIGNAL, lambda signum, frame: _worker.interrupt() if _worker else stopped.set()
-        )
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for signum in (signal.SIGTERM, STOP_SIGNAL):
+            signal.signal(signum, lambda signum, frame: _stop(stopped))
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)  # held since the driver started us
     _worker = Worker(options, devices.get(), threads)
     if STOP_SIGNAL is None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda signum, frame: _worker.interrupt())
     if stopped.is_set():
+        _worker.interrupt()
+
+
+def _stop(stopped: threading.Event) -> None:
+    """Finish the file in progress and stop; the same however many times it is asked."""
+    if _worker is None:
+        stopped.set()
+    elif not _worker.stopping:
         _worker.interrupt()
 
 
@@ -180,8 +189,8 @@ def held_signals() -> Iterator[None]:
 
 
 def tell_workers(pool: ProcessPoolExecutor) -> None:
-    """Pass the driver's stop on to each worker process: the first finishes its file, as a
-    playable partial output; a second stops at once."""
+    """Pass the driver's stop on to each worker process: it finishes its file, as a playable
+    partial output. (A second stop does not wait for them: they die with the driver.)"""
     if STOP_SIGNAL is None:
         return  # they took the terminal's Ctrl-C themselves
     for process in list(pool._processes.values()):  # noqa: SLF001 - the pool's own processes
@@ -201,6 +210,7 @@ def _die_with_parent() -> None:
 
 
 def _derain_in_process(job: Job) -> Result:
+    _started.put((job.input, os.getpid()))
     return _worker.derain(job)
 
 
@@ -228,9 +238,9 @@ def run_local(
     """Derain ``jobs`` in local worker processes; ``report`` gets each result as it comes.
 
     A worker per GPU, or one per ``CPU_THREADS`` cores on a CPU, each with ``cores / workers``
-    threads. A worker process that dies takes its pool down: the inputs in flight get one more
-    try in a fresh pool, and fail if they take it down again. Returns whether Ctrl-C stopped
-    the run.
+    threads. A worker process that dies takes its pool down: the inputs in flight go on in a
+    fresh pool, and the one whose process died fails if it takes it down again. Returns
+    whether Ctrl-C stopped the run.
     """
     devices = worker_devices(options.model.device, workers)
     if devices[0] == "cpu":
@@ -239,11 +249,12 @@ def run_local(
     todo, crashes, stopping = deque(jobs), Counter(), False
     context = multiprocessing.get_context("spawn")  # fork is unsafe with torch's threads
     while todo:
-        queue = context.SimpleQueue()
+        queue, started, pids = context.SimpleQueue(), context.SimpleQueue(), {}
         for device in devices:
             queue.put(device)
+        setup = (options, queue, threads, started)
         with ProcessPoolExecutor(
-            len(devices), context, initializer=_start_process, initargs=(options, queue, threads)
+            len(devices), context, initializer=_start_process, initargs=setup
         ) as pool:
             running: dict[Future, Job] = {}
             broken = False
@@ -258,7 +269,7 @@ def run_local(
                     tell_workers(pool)
                     if stopping:
                         for job in running.values():  # ours to replace on the next run
-                            report(Result.failed(job, "aborted; the output holds what was done"))
+                            report(Result.failed(job, "aborted; the next run redoes it"))
                         pool.shutdown(wait=False, cancel_futures=True)
                         raise
                     stopping = True
@@ -273,7 +284,7 @@ def run_local(
                             todo.clear()
                     except BrokenProcessPool:
                         broken = True
-                        crashes[job] += 1
+                        crashes[job] += _died_on(job, pool, started, pids)
                         if stopping:
                             continue  # not recorded: the next run does it
                         if crashes[job] < 2:
@@ -283,6 +294,17 @@ def run_local(
             if broken and todo:
                 log.warning("a worker process died; starting a fresh pool")
     return stopping
+
+
+def _died_on(job: Job, pool: ProcessPoolExecutor, started, pids: dict[str, int]) -> bool:
+    """Whether ``job``'s own worker process died (by a signal other than the pool's SIGTERM to
+    the rest): a crash takes the whole pool down, and the files beside it, or waiting, are not
+    to blame."""
+    while not started.empty():
+        name, pid = started.get()
+        pids[name] = pid
+    process = (pool._processes or {}).get(pids.get(job.input))  # noqa: SLF001
+    return process is not None and process.exitcode not in (None, 0, -signal.SIGTERM)
 
 
 def worker_devices(device: str, workers: int | None) -> list[str]:

@@ -274,6 +274,21 @@ def test_a_folder_of_pictures_of_several_sizes(tmp_path, shared):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_folder_of_frames_written_again_holds_this_runs_frames_only(tmp_path, shared):
+    """A shorter run over an earlier one's frames replaces them all (9 of 12 stayed); a folder
+    that holds anything besides frames is the user's, and keeps it."""
+    src = tmp_path / "in.mp4"
+    make_clip(src, clean_frames(6, (96, 64)))
+    frames = tmp_path / "frames"
+    assert run_cli(src, frames, "-q").returncode == 0
+    assert run_cli(src, frames, "-q", "-y", "--max-frames", "2").returncode == 0
+    assert sorted(p.name for p in frames.iterdir()) == ["frame-000001.png", "frame-000002.png"]
+    (frames / "notes.txt").write_text("the user's")
+    assert run_cli(src, frames, "-q", "-y", "--max-frames", "1").returncode == 0
+    assert sorted(p.name for p in frames.iterdir())[-1] == "notes.txt"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_compare_output_is_twice_as_wide(vfr_clip, tmp_path):
     out = tmp_path / "compare.mp4"
     result = run_cli(vfr_clip[0], out, "-q", "--compare", "side-by-side", "--max-frames", "3")

@@ -81,6 +81,17 @@ def test_a_pair_without_its_twin_is_an_error(tmp_path):
         find_pairs(tmp_path)
     with pytest.raises(DatasetError, match="no known pair layout"):
         find_pairs(tmp_path / "..")
+    (tmp_path / "rain-1.jpg").write_bytes(b"")  # one pair, two rainy images: not one dropped
+    with pytest.raises(DatasetError, match="rain-1.jpg and rain-1.png: one pair, two images"):
+        find_pairs(tmp_path)
+
+
+def test_a_rainy_jpeg_pairs_with_its_clean_png(tmp_path):
+    for folder, name in (("rain", "a.jpg"), ("norain", "a.png")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_bytes(b"")
+    [pair] = find_pairs(tmp_path)
+    assert (pair.rainy.name, pair.clean.name) == ("a.jpg", "a.png")
 
 
 def test_synthetic_rain_is_seeded_and_brightens_like_rain():

@@ -73,17 +73,27 @@ def _match(rainy: dict[str, Path], clean: dict[str, Path], folder: Path) -> list
     return [Pair(rainy[k], clean[k]) for k in sorted(rainy, key=lambda k: _natural_key(Path(k)))]
 
 
-def _by_key(files: Sequence[Path], prefix: str) -> dict[str, Path]:
-    """Files whose stem starts with ``prefix``, keyed by what follows it."""
-    return {p.stem[len(prefix) :]: p for p in files if p.stem.startswith(prefix)}
+def _by_key(files: Sequence[Path], prefix: str = "") -> dict[str, Path]:
+    """Files whose stem starts with ``prefix``, keyed by what follows it (so a rainy JPEG pairs
+    with a clean PNG); two of one key are refused, not one of them dropped."""
+    keyed: dict[str, Path] = {}
+    for p in files:
+        if p.stem.startswith(prefix):
+            key = p.stem[len(prefix) :]
+            if key in keyed:
+                raise DatasetError(
+                    f"{p.parent}: {keyed[key].name} and {p.name}: one pair, two images"
+                )
+            keyed[key] = p
+    return keyed
 
 
 def find_pairs(folder: str | Path) -> list[Pair]:
     """Pairs in any of the published layouts.
 
     - ``rain-N`` beside ``norain-N`` (RainTrainL, RainTrainH);
-    - ``rain/`` and ``norain/`` sharing file names (JORDER);
-    - ``input/`` and ``target/`` sharing file names (PCNet);
+    - ``rain/`` and ``norain/`` sharing file names, whatever the format (JORDER);
+    - ``input/`` and ``target/`` sharing file names, whatever the format (PCNet);
     - clean ``norain-N`` at the top, rainy ``rainy/rain-N`` (PReNet's Rain100L test).
     """
     folder = Path(folder)
@@ -91,8 +101,7 @@ def find_pairs(folder: str | Path) -> list[Pair]:
         raise DatasetError(f"{folder}: no such folder")
     for rainy_dir, clean_dir in (("rain", "norain"), ("input", "target")):
         if (folder / rainy_dir).is_dir() and (folder / clean_dir).is_dir():
-            rainy = {p.name: p for p in list_images(folder / rainy_dir)}
-            clean = {p.name: p for p in list_images(folder / clean_dir)}
+            rainy, clean = (_by_key(list_images(folder / d)) for d in (rainy_dir, clean_dir))
             return _match(rainy, clean, folder)
     top = list_images(folder)
     if (folder / "rainy").is_dir():
