@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from streamderain.errors import StreamDerainError, reason
-from streamderain.options import ModelOptions, RunOptions
+from streamderain.options import DecodeOptions, EncodeOptions, ModelOptions, RunOptions
 from streamderain.targets import live_target_format, lock_partial, partial_path
 from streamderain.workers import Worker
 
@@ -69,6 +69,8 @@ def read_feeds(path: str | Path) -> list[Feed]:
         if unknown:
             raise StreamDerainError(f"{path}: feed {i + 1}: unknown option {', '.join(unknown)}")
         try:
+            for key, value in extra.items():
+                _check_kind(key, value)
             RunOptions.of(**extra)
         except (StreamDerainError, TypeError) as exc:
             raise StreamDerainError(f"{path}: feed {i + 1}: {reason(exc)}") from None
@@ -80,6 +82,30 @@ def read_feeds(path: str | Path) -> list[Feed]:
     if len(set(names)) < len(names):
         raise StreamDerainError(f"{path}: feed names must be unique")
     return feeds
+
+
+#: each per-feed option's type, as its options class declares it (``float | None``)
+KINDS = {f.name: f.type for group in (DecodeOptions, EncodeOptions) for f in fields(group)}
+
+
+def _check_kind(key: str, value: Any) -> None:
+    """A feed's option of the kind its option takes: ``reconnect_timeout = "abc"`` failed with
+    "'<' not supported between instances of 'str' and 'int'", and ``duration = true`` ran."""
+    kinds = {k.strip() for k in str(KINDS[key]).split("|")}
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if not (
+        ("float" in kinds and (whole or isinstance(value, float)))
+        or ("int" in kinds and whole)
+        or (kinds & {"str", "bool"} and type(value).__name__ in kinds)
+    ):
+        words = {
+            "float": "a number",
+            "int": "a whole number",
+            "str": "text",
+            "bool": "true or false",
+        }
+        wanted = " or ".join(words[k] for k in sorted(kinds - {"None"}))
+        raise StreamDerainError(f"{key} must be {wanted}, got {value!r}")
 
 
 def recover_segments(folder: Path, name: str) -> list[Path]:
