@@ -233,9 +233,10 @@ def check_paths(src: str, dst: str, overwrite: bool) -> None:
         raise InputError(f"{src}: no such file")
     if "://" in dst:
         return
-    from streamderain.targets import check_not_input
+    from streamderain.targets import check_not_input, check_target
 
     check_not_input(dst, src)
+    check_target(dst)  # /dev/full: no file to ask about overwriting
     dst_path = Path(dst)
     parent = dst_path.parent if dst_path.parent != Path("") else Path(".")
     if not parent.is_dir():

@@ -77,8 +77,9 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, sh
     clip = tmp_path / "in.mp4"
     make_clip(clip, clean_frames(3, (96, 64)))
     if Path("/dev/full").exists():
-        result = run_cli(clip, "/dev/full", "-y")
-        assert result.returncode == 1 and "not a regular file or folder" in result.stderr
+        for yes in (["-y"], []):  # without -y too: not "exists (pass -y to overwrite)"
+            result = run_cli(clip, "/dev/full", *yes)
+            assert result.returncode == 1 and "not a regular file or folder" in result.stderr
         assert not Path("/dev/.full.partial").exists()
     notes = tmp_path / "notes"
     notes.write_text("the user's notes")

@@ -344,6 +344,23 @@ def test_snapshots_hold_the_moving_average_of_the_weights_when_asked(shared, tmp
     assert trainer.metadata({})["recipe"]["weight_average"] == "EMA, decay 0.9"
 
 
+def test_a_runs_checkpoint_of_any_age_loads_and_exports(shared, tmp_path):
+    """Runs from before 2026-12-03 kept no weight average in last.pt and their snapshots beside
+    it: both still load, as a model and through export."""
+    trainer = Trainer(TINY, _tiny_train(steps=2), DATA, tmp_path / "old")
+    trainer.run(progress=False)
+    state = trainer.state()
+    del state["ema"], state["steps"], state["earlier_stage"], state["grown_from"]
+    torch.save(state, trainer.checkpoint_path)
+    model = load_model(trainer.checkpoint_path)
+    for name, value in trainer.net.state_dict().items():
+        assert torch.equal(model.net.state_dict()[name], value), name
+    snapshot = trainer.snapshot({})
+    beside = snapshot.rename(tmp_path / "old" / snapshot.name)
+    again = Trainer(TINY, _tiny_train(steps=2), DATA, tmp_path / "old", resume=True)
+    assert again.snapshot_path(2) == beside and again.cfg.steps == 2
+
+
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_resume_continues_exactly(shared, tmp_path, ema_decay):
     torch.set_num_threads(2)

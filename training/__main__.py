@@ -136,6 +136,8 @@ def train(
     if not resume and checkpoint.exists():
         raise click.ClickException(f"{out_dir} holds a run already: pass --resume or another --out")
     trainer = Trainer(model_cfg, train_cfg, data_root, out_dir, precision, device, resume)
+    if trainer.step > trainer.cfg.steps:  # a checkpoint from before runs kept their plan
+        raise click.ClickException(f"--steps {steps}: this run is at step {trainer.step} already")
     if steps and steps != trainer.cfg.steps:
         raise click.ClickException(
             f"--steps {steps}: this run is planned for {trainer.cfg.steps} steps (its learning "

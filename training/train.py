@@ -31,7 +31,7 @@ from training.metrics import ssim
 from training.recipe import DRY_LEVEL, PRECISIONS, TrainConfig
 from training.route import FlipAverage, below_input
 from training.validation import validate, validation_sets
-from training.weights import load_model, read_training_checkpoint, save_model
+from training.weights import ModelLoadError, load_model, read_training_checkpoint, save_model
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,10 @@ class Trainer:
         if "earlier_stage" in state:
             self.earlier_stage, self.grown_from = state["earlier_stage"], state["grown_from"]
         elif self.cfg.init_from and self.earlier_stage is None:  # saved before they were kept
-            self._start_from(self.cfg.init_from, load_weights=False)
+            try:
+                self._start_from(self.cfg.init_from, load_weights=False)
+            except ModelLoadError as exc:  # gone since: the run goes on, its lineage unknown
+                log.warning("no record of the stage before: %s", exc)
         if not self._precision_given:
             self.precision = state.get("precision", self.precision)
 
@@ -182,7 +185,10 @@ class Trainer:
             os.replace(tmp, self.log_path)
 
     def snapshot_path(self, step: int) -> Path:
-        return self.out_dir / "snapshots" / f"step-{step:06d}.pt"
+        """The snapshot of ``step``: in ``snapshots/``, or beside ``last.pt`` in older runs."""
+        path = self.out_dir / "snapshots" / f"step-{step:06d}.pt"
+        older = self.out_dir / path.name
+        return older if older.exists() and not path.exists() else path
 
     def snapshot(self, scores: dict[str, Any]) -> Path:
         """The weights now, in the shipping format, with how they were made."""

@@ -260,7 +260,7 @@ def _from_training_checkpoint(state: dict[str, Any], path: Path) -> tuple[dict, 
         config = DCSFNConfig.from_dict(state["model_config"])
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{path}: bad model config ({exc})") from None
-    ema = state["ema"]
+    ema = state.get("ema")  # runs from before 2026-12-03 kept none
     weights = (
         state["net"]
         if ema is None
