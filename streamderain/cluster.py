@@ -131,8 +131,9 @@ def run_ray(
     One actor per GPU, or on CPUs one per ``threads`` cores (default up to ``CPU_THREADS``, or
     the cores shared among ``workers``); never more than the cluster can place, as an actor
     that cannot be placed would hold its file forever. An actor that dies (its process or its
-    node lost) is replaced by a new one, and its file goes to the next free actor; a file whose
-    actor dies twice fails. Returns whether Ctrl-C stopped the run (at once: the files in
+    node lost) is dropped and its file goes to the next free actor, or, where it was the last,
+    to a new one (where the others live on, a new one might never be placed, its node gone); a
+    file whose actor dies twice fails. Returns whether Ctrl-C stopped the run (at once: the files in
     flight are redone by the next run).
     """
     with ray_session(address) as ray, stop_requested() as stop:
@@ -159,9 +160,10 @@ def run_ray(
             worker, job = running.pop(ready[0])
             try:
                 result = ray.get(ready[0])
-            except ray.exceptions.RayActorError as exc:  # died, or cut off: replaced
+            except ray.exceptions.RayActorError as exc:  # died, or cut off: never used again
                 ray.kill(worker)
-                idle.append(actor.remote(options, device, threads))
+                if not idle and not running:  # the last one: a new one, or the batch ends here
+                    idle.append(actor.remote(options, device, threads))
                 deaths[job] += 1
                 log.warning("a Ray worker died on %s: %s", job.input, reason(exc))
                 if deaths[job] < 2:

@@ -99,8 +99,8 @@ class Encoder(Stage):
             if killed is not None:
                 os.close(killed)
         self._held = self._lock()
-        if self._held is not None and not info.live:
-            mark_redoable(self._tmp)
+        if self._held is not None:
+            mark_redoable(self._tmp, not info.live)
 
     def _lock(self) -> int | None:
         """The partial output file, open and locked: a second run to the same output refuses,
@@ -125,7 +125,8 @@ class Encoder(Stage):
         source (whichever run comes next) it cannot be, so it is kept beside the target (it
         plays up to its last second)."""
         empty = self._tmp.is_file() and not self._tmp.stat().st_size  # killed before a frame
-        if empty or self.folder or redoable(self._tmp):
+        noted = redoable(self._tmp)  # None where the file system keeps no notes: this run's kind
+        if empty or self.folder or (noted if noted is not None else not self.info.live):
             if not empty:
                 log.warning("removing %s, left by a run that was killed", self._tmp)
             self._discard()

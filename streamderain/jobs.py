@@ -218,13 +218,19 @@ def plan(
             )
         elif before and before.is_done_from(job) and output.exists() and not overwrite:
             known[src] = Result(**{**asdict(before), "status": "skipped"})
-        elif output.exists() and before is None and not overwrite:
+        elif output.exists() and before is None and not overwrite and not _empty_folder(output):
             known[src] = Result.failed(job, f"{job.output} exists (pass -y to overwrite)")
         else:
             jobs.append(job)
         if src not in known or known[src].status == "skipped":
             owner.setdefault(output, src)
     return jobs, known
+
+
+def _empty_folder(path: Path) -> bool:
+    """A folder with nothing in it (a folder input's output, made before a run that was killed):
+    no one's work to lose."""
+    return path.is_dir() and not any(path.iterdir())
 
 
 def summary_table(results: list[Result], failed_only: bool = False) -> str:

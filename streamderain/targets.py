@@ -126,31 +126,34 @@ def lock_partial(path: Path) -> int | None:
     return fd
 
 
-#: marks a partial output whose run can be redone (its source is a file); see :func:`redoable`
+#: marks a partial output with whether its run can be redone; see :func:`redoable`
 REDOABLE = "user.streamderain.redoable"
 
 
-def mark_redoable(path: Path) -> None:
-    """Note on ``path`` that its run can be redone from its source, where the file system
-    keeps such notes (extended attributes)."""
-    with contextlib.suppress(OSError, AttributeError):  # no xattrs here: it will be kept
-        os.setxattr(path, REDOABLE, b"1")
+def mark_redoable(path: Path, redo: bool) -> None:
+    """Note on ``path`` whether its run can be redone from its source (a file: yes; a live
+    source: no), where the file system keeps such notes (extended attributes)."""
+    with contextlib.suppress(OSError, AttributeError):  # no xattrs: see redoable
+        os.setxattr(path, REDOABLE, b"1" if redo else b"0")
 
 
-def redoable(path: Path) -> bool:
-    """Whether a killed run's partial output may go: only one marked as redoable. Anything
-    else, a live recording above all, is what its run cannot make again, and is kept."""
+def redoable(path: Path) -> bool | None:
+    """Whether a killed run's partial output may go, as its run noted: a file's is made again
+    by rerunning; a live recording is what no run can make again. None where nothing was noted
+    (no extended attributes: macOS, Windows, some network file systems)."""
     try:
         return os.getxattr(path, REDOABLE) == b"1"
     except (OSError, AttributeError):
-        return False
+        return None
 
 
 def replace_folder(frames: Path, target: Path) -> None:
     """A finished folder of frames into place. A target that holds frames only (PNG files) is
     replaced whole, so that no frame of an earlier, longer run stays among the new ones; one
-    that holds anything else gets the new frames beside what it had."""
-    if target.is_dir() and all(p.is_file() and p.suffix == ".png" for p in target.iterdir()):
+    that holds anything else, or is a link to a folder, gets the new frames beside what it
+    had."""
+    ours = target.is_dir() and not target.is_symlink()
+    if ours and all(p.is_file() and p.suffix == ".png" for p in target.iterdir()):
         earlier = target.with_name(f".{target.name}.earlier")
         shutil.rmtree(earlier, ignore_errors=True)
         os.replace(target, earlier)

@@ -194,10 +194,8 @@ def tell_workers(pool: ProcessPoolExecutor) -> None:
     if STOP_SIGNAL is None:
         return  # they took the terminal's Ctrl-C themselves
     for process in list(pool._processes.values()):  # noqa: SLF001 - the pool's own processes
-        try:
+        if process.is_alive():  # not reaped: its pid is still its own
             os.kill(process.pid, STOP_SIGNAL)
-        except (ProcessLookupError, TypeError):  # gone, or not started yet
-            pass
 
 
 def _die_with_parent() -> None:
@@ -276,17 +274,23 @@ def run_local(
                     todo.clear()
                     log.warning("stopping: finishing the files in progress (Ctrl-C again to abort)")
                     continue
-                for future in finished:
-                    job = running.pop(future)
-                    try:
-                        if not deliver(future.result(), report):
-                            stopping = True  # the worker was interrupted: stop, as on Ctrl-C
-                            todo.clear()
-                    except BrokenProcessPool:
-                        broken = True
-                        crashes[job] += _died_on(job, pool, started, pids)
-                        if stopping:
-                            continue  # not recorded: the next run does it
+                _drain(started, pids)  # a pipe: read as it fills, or the workers block on it
+                lost = []
+                while finished:
+                    for future in finished:
+                        job = running.pop(future)
+                        try:
+                            if not deliver(future.result(), report):
+                                stopping = True  # the worker was interrupted: stop, as on Ctrl-C
+                                todo.clear()
+                        except BrokenProcessPool:
+                            lost.append(job)
+                    finished = wait(running)[0] if lost else set()  # the rest end with the pool
+                if lost:
+                    broken = True
+                    for job in _to_blame(lost, pool, started, pids):
+                        crashes[job] += 1
+                    for job in [] if stopping else lost:  # stopping: the next run does them
                         if crashes[job] < 2:
                             todo.appendleft(job)
                         else:
@@ -296,15 +300,28 @@ def run_local(
     return stopping
 
 
-def _died_on(job: Job, pool: ProcessPoolExecutor, started, pids: dict[str, int]) -> bool:
-    """Whether ``job``'s own worker process died (by a signal other than the pool's SIGTERM to
-    the rest): a crash takes the whole pool down, and the files beside it, or waiting, are not
-    to blame."""
+def _drain(started, pids: dict[str, int]) -> None:
+    """Which process took which input, as the workers said it."""
     while not started.empty():
         name, pid = started.get()
         pids[name] = pid
-    process = (pool._processes or {}).get(pids.get(job.input))  # noqa: SLF001
-    return process is not None and process.exitcode not in (None, 0, -signal.SIGTERM)
+
+
+def _to_blame(
+    lost: list[Job], pool: ProcessPoolExecutor, started, pids: dict[str, int]
+) -> list[Job]:
+    """The inputs a broken pool lost whose own worker process died (by a signal other than the
+    pool's SIGTERM to the rest): a crash takes the whole pool down, and the files beside it are
+    not to blame. Where none is (a process died loading the model), all of them are, so that
+    no input is retried forever."""
+    _drain(started, pids)
+    processes = pool._processes or {}  # noqa: SLF001 - which of the pool's processes died
+    dead = {
+        name
+        for name, pid in pids.items()
+        if pid in processes and processes[pid].exitcode not in (None, 0, -signal.SIGTERM)
+    }
+    return [job for job in lost if job.input in dead] or lost
 
 
 def worker_devices(device: str, workers: int | None) -> list[str]:

@@ -198,6 +198,20 @@ def test_sigterm_finishes_a_local_batchs_files(tmp_path: Path, shared, to: str) 
     assert len(decode_all(out / "long.mp4")[0]) == int(done[1]) > 0 and not partial.exists()
 
 
+def test_a_batch_of_many_files_does_not_fill_the_workers_pipe(tmp_path: Path, shared) -> None:
+    """Each worker says which input it takes through a pipe: one read only after a crash
+    filled after some hundreds of files, and the batch hung."""
+    from streamderain.workers import run_local
+
+    long = "camera-front-left-" * 5
+    jobs = [
+        Job(str(tmp_path / f"{long}{i:04d}.mp4"), str(tmp_path / f"{i}.mp4")) for i in range(900)
+    ]
+    results = []
+    run_local(jobs, RunOptions.of(device="cpu", model="dcsfn-lite"), results.append, workers=1)
+    assert len(results) == 900 and all("no such file" in r.reason for r in results)
+
+
 def test_ctrl_c_while_the_workers_start_is_a_clean_stop(tmp_path: Path, shared) -> None:
     """The workers import torch for seconds after they start: a Ctrl-C then printed a
     traceback from each of them."""
@@ -351,6 +365,10 @@ def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert [j.output for j in jobs] == [str(tmp_path / "out/b.mp4")] and known == {}
     (tmp_path / "y/clip [1].mp4").touch()  # the shell's expansion, taken as it is named
     assert expand_inputs(["y/clip [1].mp4"]) == [str(tmp_path / "y/clip [1].mp4")]
+    (tmp_path / "pictures").mkdir()  # its output folder left empty by a killed run: no one's
+    (tmp_path / "out/pictures").mkdir()
+    jobs, known = plan(expand_inputs(["pictures"]), out)
+    assert [Path(j.output).name for j in jobs] == ["pictures"] and known == {}
     (tmp_path / "y/clean").mkdir()  # --out-dir inside the globbed folder is no input
     jobs, _ = plan(expand_inputs(["y/*"]), tmp_path / "y/clean")
     assert sorted(Path(j.input).name for j in jobs) == [

@@ -286,6 +286,10 @@ def test_a_folder_of_frames_written_again_holds_this_runs_frames_only(tmp_path, 
     (frames / "notes.txt").write_text("the user's")
     assert run_cli(src, frames, "-q", "-y", "--max-frames", "1").returncode == 0
     assert sorted(p.name for p in frames.iterdir())[-1] == "notes.txt"
+    link = tmp_path / "link"  # a link to a folder of frames is written through, and kept
+    link.symlink_to(frames)
+    assert run_cli(src, link, "-q", "-y", "--max-frames", "1").returncode == 0
+    assert link.is_symlink() and (frames / "notes.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

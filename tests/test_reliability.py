@@ -121,11 +121,12 @@ def test_a_partial_left_by_a_killed_run_is_removed_by_the_next(tmp_path, shared)
     make_clip(clip, clean_frames(3, (96, 64)))
     stale = tmp_path / ".out.partial.mp4"
     stale.write_bytes(b"half a file from a run that was killed")
-    mark_redoable(stale)
+    mark_redoable(stale, True)
     result = run_cli(clip, tmp_path / "out.mp4", "--crf", "0")
     assert result.returncode == 0, result.stderr
     assert ours_left(tmp_path) == [] and len(decode_all(tmp_path / "out.mp4")[0]) == 3
     stale.write_bytes(b"half a recording from a camera, which no run can make again")
+    mark_redoable(stale, False)
     result = run_cli(clip, tmp_path / "out.mp4", "--crf", "0", "-y")
     assert result.returncode == 0, result.stderr
     [kept] = tmp_path.glob("out-cut-*.mp4")

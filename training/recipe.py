@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,7 @@ def load_train_config(path: str | Path) -> tuple[DCSFNConfig, TrainConfig]:
 def _typed(name: str, value: Any, kind: str) -> Any:
     """A config value of the field's type (TOML's lists as tuples), or a one-line refusal: a
     string where a list belongs would be read letter by letter, ``true`` as 1."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    number = _is_number(value)
     if kind.startswith("tuple"):
         item_ok = (lambda v: isinstance(v, str)) if "str" in kind else _is_number
         if isinstance(value, list) and all(item_ok(v) for v in value):
@@ -212,7 +213,8 @@ def _typed(name: str, value: Any, kind: str) -> Any:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (TOML's ``nan`` and ``inf`` are floats too)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _KINDS = {
