@@ -698,6 +698,7 @@ def test_the_training_command_answers_bad_input_in_one_line(
         ["export", "--config", "tiny.toml", "--run", "snapshot-run", "--out", "x.pt"],
         "not a training run's checkpoint",
     )
+    cases["gaps on a packed data root"] = (["gaps", "--data-root", "kroot"], "past the validation")
     cases["rain that is not an aligned layer"] = (
         ["rain-stats", "--config", "layers.toml", "--data-root", "."],
         "a.png: not an aligned pair",
@@ -709,6 +710,9 @@ def test_the_training_command_answers_bad_input_in_one_line(
         Path("train-pairs", "dark", kind).mkdir(parents=True)
         cv2.imwrite(f"train-pairs/dark/{kind}/a.png", np.full((8, 8, 3), level, np.uint8))
     Path("layers.toml").write_text('[train]\nlayer_dirs = ["train-pairs/dark"]\n')
+    Path("kroot/clean/images/kodak24").mkdir(parents=True)  # the validation's 12, as packed
+    for i in range(12):
+        cv2.imwrite(f"kroot/clean/images/kodak24/{i:02d}.png", np.zeros((8, 8, 3), np.uint8))
     Path("tiny.toml").write_text("[model]\nchannels = 4\nscale_num = 2\nconv_num = 1\n")
     Path("run").mkdir()
     Path("run", "last.pt").write_bytes(b"PK\x03\x04 cut short")

@@ -209,12 +209,14 @@ def calibration_gaps(
     The pictures are Kodak's from the 13th on (the training validation uses the first 12), under
     seeded synthetic rain: training-side data, so the threshold is not set on what measures it.
     """
-    from training.data import list_images, read_rgb
+    from training.data import DatasetError, list_images, read_rgb
     from training.evaluate import derain_rgb
     from training.metrics import luma, psnr
     from training.rain import add_rain
 
     files = list_images(data_root / "clean" / "images" / "kodak24")[12 : 12 + images]
+    if not files:  # a packed data root holds the validation's 12 only
+        raise DatasetError(f"{data_root}: no Kodak pictures past the validation's 12")
     pictures = [read_rgb(f, 512) for f in files]
     out: dict[str, list[tuple[float, float]]] = {}
     for i, rain in enumerate(CALIBRATION_RAINS):
