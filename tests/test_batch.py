@@ -122,11 +122,13 @@ def test_ray_gives_the_same_outputs(local_run, inputs: Path) -> None:
     pytest.importorskip("ray")
     _, local = local_run
     out = inputs / "out-ray"
-    run = batch(
-        "in/*.m*", "in/stills", "--out-dir", out, *SAME_AS_RAY, "--ray", "local", cwd=inputs
-    )
+    # one worker more than the cluster places: an actor never placed held its file forever
+    many = str(len(os.sched_getaffinity(0)) + 1)
+    same = ("--workers", many, *SAME_AS_RAY[2:])
+    run = batch("in/*.m*", "in/stills", "--out-dir", out, *same, "--ray", "local", cwd=inputs)
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr
+    assert f"--workers {many}: the Ray cluster has room for" in run.stderr
     status = sorted((Path(r["input"]).name, r["status"]) for r in manifest(out))
     assert status == sorted([*((n, "done") for n in [*GOOD, "stills"]), ("bad.mp4", "failed")])
     for name in GOOD:
@@ -136,19 +138,6 @@ def test_ray_gives_the_same_outputs(local_run, inputs: Path) -> None:
     for png in (local / "stills").glob("*.png"):
         a, b = cv2.imread(str(png)), cv2.imread(str(out / "stills" / png.name))
         assert np.array_equal(a, b), (png.name, int(np.abs(a.astype(int) - b).max()))
-
-
-def test_a_ray_batch_asks_for_no_more_actors_than_the_cluster_places(inputs: Path) -> None:
-    """An actor that cannot be placed waits forever, and so did the file given to it."""
-    pytest.importorskip("ray")
-    out = inputs / "out-ray-many"
-    many = str(len(os.sched_getaffinity(0)) + 1)
-    run = batch(
-        "in/a.mp4", "in/c.mp4", "--out-dir", out, "--ray", "local", "--workers", many, cwd=inputs
-    )
-    assert run.returncode == 0, run.stderr
-    assert f"--workers {many}: the Ray cluster has room for" in run.stderr
-    assert sorted(r["status"] for r in manifest(out)) == ["done", "done"]
 
 
 def test_sigterm_stops_a_ray_batch_as_ctrl_c_does(inputs: Path) -> None:
@@ -205,11 +194,11 @@ def test_a_batch_of_many_files_does_not_fill_the_workers_pipe(tmp_path: Path, sh
 
     long = "camera-front-left-" * 5
     jobs = [
-        Job(str(tmp_path / f"{long}{i:04d}.mp4"), str(tmp_path / f"{i}.mp4")) for i in range(900)
+        Job(str(tmp_path / f"{long}{i:04d}.mp4"), str(tmp_path / f"{i}.mp4")) for i in range(500)
     ]
     results = []
     run_local(jobs, RunOptions.of(device="cpu", model="dcsfn-lite"), results.append, workers=1)
-    assert len(results) == 900 and all("no such file" in r.reason for r in results)
+    assert len(results) == 500 and all("no such file" in r.reason for r in results)
 
 
 def test_ctrl_c_while_the_workers_start_is_a_clean_stop(tmp_path: Path, shared) -> None:

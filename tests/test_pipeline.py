@@ -276,19 +276,24 @@ def test_a_folder_of_pictures_of_several_sizes(tmp_path, shared):
 
 def test_a_folder_of_frames_written_again_holds_this_runs_frames_only(tmp_path, shared):
     """A shorter run over an earlier one's frames replaces them all (9 of 12 stayed); a folder
-    that holds anything besides frames is the user's, and keeps it."""
+    that holds anything besides frames is the user's, and keeps it; so does a link's folder."""
+    from streamderain import derain_video
+    from streamderain.options import ModelOptions
+    from streamderain.runner import ModelRunner
+
+    runner = ModelRunner(ModelOptions(device="cpu", model="dcsfn-lite", flip_average="off"))
     src = tmp_path / "in.mp4"
     make_clip(src, clean_frames(6, (96, 64)))
     frames = tmp_path / "frames"
-    assert run_cli(src, frames, "-q").returncode == 0
-    assert run_cli(src, frames, "-q", "-y", "--max-frames", "2").returncode == 0
+    derain_video(src, frames, runner=runner)
+    derain_video(src, frames, runner=runner, max_frames=2)
     assert sorted(p.name for p in frames.iterdir()) == ["frame-000001.png", "frame-000002.png"]
     (frames / "notes.txt").write_text("the user's")
-    assert run_cli(src, frames, "-q", "-y", "--max-frames", "1").returncode == 0
+    derain_video(src, frames, runner=runner, max_frames=1)
     assert sorted(p.name for p in frames.iterdir())[-1] == "notes.txt"
-    link = tmp_path / "link"  # a link to a folder of frames is written through, and kept
+    link = tmp_path / "link"
     link.symlink_to(frames)
-    assert run_cli(src, link, "-q", "-y", "--max-frames", "1").returncode == 0
+    derain_video(src, link, runner=runner, max_frames=1)
     assert link.is_symlink() and (frames / "notes.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

@@ -151,22 +151,17 @@ def test_the_progress_bar_counts_the_frames_the_run_reads():
     assert expected_frames(VideoInfo(64, 48, Fraction(1, 25), None, None), 0.0, None, 5) == 5
 
 
-def test_names_with_a_colon_are_files_not_protocols(tmp_path, shared) -> None:
+def test_names_with_a_colon_are_files_not_protocols(tmp_path, shared, monkeypatch) -> None:
     """FFmpeg reads "rec-10:00.mp4" as the protocol "rec-10" unless told it is a file."""
-    import subprocess
-
-    from tests.test_reliability import CLI
+    from streamderain import derain_video
+    from streamderain.options import ModelOptions
+    from streamderain.runner import ModelRunner
 
     make_clip(tmp_path / "rec-10:00.mp4", clean_frames(3, (96, 64)), audio=True)
+    monkeypatch.chdir(tmp_path)
+    runner = ModelRunner(ModelOptions(device="cpu", model="dcsfn-lite", flip_average="off"))
     for encoder in ("pyav", "ffmpeg"):
         out = f"clean-10:00-{encoder}.mp4"
-        result = subprocess.run(
-            [*CLI, "rec-10:00.mp4", out, "-q", "--encoder", encoder],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr
+        derain_video("rec-10:00.mp4", out, runner=runner, encoder=encoder)
         images, _, _ = decode_all(tmp_path / out)
         assert len(images) == 3

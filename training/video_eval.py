@@ -288,6 +288,14 @@ def before_after(versions: dict[str, list[np.ndarray]], clip: Clip, path: Path) 
     cv2.imwrite(str(path), np.concatenate(panels, axis=1), [cv2.IMWRITE_JPEG_QUALITY, 88])
 
 
+def cache_folder(cache: Path, model_name: str, flip: bool, int8: bool) -> Path:
+    """Where a model's frames are cached: one model's never stand for another's, whatever its
+    file is called (two runs' ``step-002000.pt``, a bundled model replaced)."""
+    files = b"".join(resolve_source(n).read_bytes() for n in model_names(model_name))
+    weights = hashlib.sha256(files).hexdigest()[:16]
+    return cache / f"{Path(model_name).stem}-{weights}{'-flip' * flip}{'-int8' * int8}"
+
+
 @click.command()
 @data_root_option
 @click.option("--frames", default=40, show_default=True, help="Frames per fixed-camera clip.")
@@ -354,11 +362,8 @@ def main(
     torch.set_num_threads(threads)
     openvino = openvino_available()
     net = evaluation_forward(model_name, flip_mode == "on", int8, openvino, VIDEO_CHECK_EVERY)
-    if cache is not None:  # one model's outputs never stand for another's, whatever its name
-        files = b"".join(resolve_source(n).read_bytes() for n in model_names(model_name))
-        flip = "-flip" if flip_mode == "on" else ""
-        weights = hashlib.sha256(files).hexdigest()[:16]
-        cache = cache / f"{Path(model_name).stem}-{weights}{flip}{'-int8' if int8 else ''}"
+    if cache is not None:
+        cache = cache_folder(cache, model_name, flip_mode == "on", int8)
     rows = []
     for i, clip in enumerate(todo):
         t0 = time.perf_counter()

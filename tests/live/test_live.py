@@ -121,7 +121,7 @@ def test_a_relay_answering_not_found_while_its_camera_is_away_is_waited_for(
     wrong.stop()
     server = make_rtsp_server(clip_path, loop=True)
     out = tmp_path / "relay.mp4"
-    proc = start_cli(server.url, out, "-v", "--max-frames", "400", "--reconnect-timeout", "40")
+    proc = start_cli(server.url, out, "-v", "--max-frames", "150", "--reconnect-timeout", "40")
     wait_until_deraining(proc)
     server.stop()
     server.mount = "/elsewhere"  # the same server, without the camera's path: 404
