@@ -49,7 +49,7 @@ PER_FEED_OPTIONS = RunOptions.names() - {f.name for f in fields(ModelOptions)}
 def read_feeds(path: str | Path) -> list[Feed]:
     """The ``[[feed]]`` tables of a TOML file: name, source, output and any run option (with
     underscores: ``reconnect_timeout = 0``); names are unique."""
-    from training.config import read_toml
+    from training.config import ConfigError, read_toml, typed
 
     try:
         tables = read_toml(path).get("feed", [])
@@ -69,10 +69,10 @@ def read_feeds(path: str | Path) -> list[Feed]:
         if unknown:
             raise StreamDerainError(f"{path}: feed {i + 1}: unknown option {', '.join(unknown)}")
         try:
-            for key, value in extra.items():
-                _check_kind(key, value)
+            for key, value in extra.items():  # "abc" for a number said "'<' not supported"
+                typed(key, value, KINDS[key])
             RunOptions.of(**extra)
-        except (StreamDerainError, TypeError) as exc:
+        except (StreamDerainError, ConfigError, TypeError) as exc:
             raise StreamDerainError(f"{path}: feed {i + 1}: {reason(exc)}") from None
         name, source, output = (str(table[k]) for k in FEED_KEYS)
         feeds.append(Feed(name, source, output, tuple(sorted(extra.items()))))
@@ -86,26 +86,6 @@ def read_feeds(path: str | Path) -> list[Feed]:
 
 #: each per-feed option's type, as its options class declares it (``float | None``)
 KINDS = {f.name: f.type for group in (DecodeOptions, EncodeOptions) for f in fields(group)}
-
-
-def _check_kind(key: str, value: Any) -> None:
-    """A feed's option of the kind its option takes: ``reconnect_timeout = "abc"`` failed with
-    "'<' not supported between instances of 'str' and 'int'", and ``duration = true`` ran."""
-    kinds = {k.strip() for k in str(KINDS[key]).split("|")}
-    whole = isinstance(value, int) and not isinstance(value, bool)
-    if not (
-        ("float" in kinds and (whole or isinstance(value, float)))
-        or ("int" in kinds and whole)
-        or (kinds & {"str", "bool"} and type(value).__name__ in kinds)
-    ):
-        words = {
-            "float": "a number",
-            "int": "a whole number",
-            "str": "text",
-            "bool": "true or false",
-        }
-        wanted = " or ".join(words[k] for k in sorted(kinds - {"None"}))
-        raise StreamDerainError(f"{key} must be {wanted}, got {value!r}")
 
 
 def recover_segments(folder: Path, name: str) -> list[Path]:

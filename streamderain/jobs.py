@@ -42,10 +42,12 @@ class Job:
         path = Path(src)
         if "://" in src or not path.exists():
             return cls(src, str(output))
-        files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
-        stats = [p.stat() for p in files] + [path.stat()]  # the folder's: a picture removed
-        size = sum(st.st_size for st in stats[:-1])
-        return cls(src, str(output), size, max(st.st_mtime for st in stats))
+        if not path.is_dir():
+            stat = path.stat()
+            return cls(src, str(output), stat.st_size, stat.st_mtime)
+        pictures = [p.stat() for p in path.iterdir() if p.is_file()]
+        latest = max([path.stat().st_mtime, *(st.st_mtime for st in pictures)])  # or one removed
+        return cls(src, str(output), sum(st.st_size for st in pictures), latest)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,3 +101,42 @@ def build_network(config: DCSFNConfig) -> nn.Module:
         config.unit,
         config.cross,
     )
+
+
+def typed(name: str, value: Any, kind: str) -> Any:
+    """A setting of the kind its dataclass field declares (``kind``: the annotation, such as
+    ``float | None``; TOML's lists come back as tuples), or a one-line refusal: a string where a
+    list belongs would be read letter by letter, ``true`` taken for 1, ``nan`` for a number."""
+    kind = kind.removesuffix(" | None")
+    if kind.startswith("tuple"):
+        item_ok = (lambda v: isinstance(v, str)) if "str" in kind else _is_number
+        if isinstance(value, list) and all(item_ok(v) for v in value):
+            return tuple(value)
+    elif kind.startswith("dict"):
+        if isinstance(value, dict) and all(_is_number(v) for v in value.values()):
+            return value
+    elif {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": _is_number(value),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+    }[kind]:
+        return value
+    raise ConfigError(f"{name} must be {_KINDS.get(kind, kind)}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (TOML's ``nan`` and ``inf`` are floats too)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_KINDS = {
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "tuple[str, ...]": "a list of strings",
+    "tuple[float, ...]": "a list of numbers",
+    "tuple[float, float]": "a list of two numbers",
+    "dict[str, float]": "a table of numbers",
+}

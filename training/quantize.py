@@ -111,32 +111,32 @@ def int8_models() -> dict[str, Path]:
     for path in sorted(WEIGHTS_DIR.glob(f"*{INT8_SUFFIX}")):
         name = path.name[: -len(INT8_SUFFIX)]
         weights = WEIGHTS_DIR / f"{name}.pt"
-        if weights.is_file() and _fresh(path, path.stat().st_mtime_ns, weights.stat().st_mtime_ns):
+        if weights.is_file() and _digest_of(path) == _digest_of(weights):
             shipped[name] = path
     return shipped
 
 
-@functools.lru_cache(maxsize=8)
-def _fresh(network: Path, network_time: int, weights_time: int) -> bool:
-    """Whether an 8-bit network was made from its model's weights (once per version of each)."""
+def _digest_of(path: Path) -> str | None:
+    """:meth:`DerainModel.digest` of a bundled model's weights, or of the weights an 8-bit
+    network was made from: read once per version of the file (start-up asks more than once)."""
+    return _read_digest(path, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _read_digest(path: Path, version: int) -> str | None:
+    if not path.name.endswith(INT8_SUFFIX):
+        return load_model(path).digest()
     import openvino as ov
 
-    name = network.name[: -len(INT8_SUFFIX)]
-    return _made_from(ov.Core().read_model(network), load_model(name))
-
-
-def _made_from(network: ov.Model, model: DerainModel) -> bool:
-    key = WEIGHTS_KEY
-    return network.has_rt_info(key) and network.get_rt_info(key).value == model.digest()
+    network = ov.Core().read_model(path)
+    return network.get_rt_info(WEIGHTS_KEY).value if network.has_rt_info(WEIGHTS_KEY) else None
 
 
 def int8_network_file(model: DerainModel) -> Path:
     """The shipped 8-bit network made from exactly these weights."""
-    import openvino as ov
-
-    core = ov.Core()
+    digest = model.digest()
     for path in int8_models().values():
-        if _made_from(core.read_model(path), model):
+        if _digest_of(path) == digest:
             return path
     shipped = ", ".join(int8_models())
     raise ModelLoadError(f"--precision int8 runs these bundled models only: {shipped}; use fp32")

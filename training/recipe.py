@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.config import ConfigError, DCSFNConfig, read_toml
+from training.config import ConfigError, DCSFNConfig, read_toml, typed
 from training.rain import PRESETS
 
 #: the longest side clean pictures are read at, for training and for the packed data
@@ -166,7 +165,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown train option(s): {', '.join(unknown)}")
         values = {
-            key: _typed(key, value, cls.__dataclass_fields__[key].type)
+            key: typed(key, value, cls.__dataclass_fields__[key].type)
             for key, value in values.items()
         }
         bad = sorted(
@@ -189,41 +188,3 @@ def load_train_config(path: str | Path) -> tuple[DCSFNConfig, TrainConfig]:
     return DCSFNConfig.from_dict(values.get("model", {})), TrainConfig.from_dict(
         values.get("train", {})
     )
-
-
-def _typed(name: str, value: Any, kind: str) -> Any:
-    """A config value of the field's type (TOML's lists as tuples), or a one-line refusal: a
-    string where a list belongs would be read letter by letter, ``true`` as 1."""
-    number = _is_number(value)
-    if kind.startswith("tuple"):
-        item_ok = (lambda v: isinstance(v, str)) if "str" in kind else _is_number
-        if isinstance(value, list) and all(item_ok(v) for v in value):
-            return tuple(value)
-    elif kind.startswith("dict"):
-        if isinstance(value, dict) and all(_is_number(v) for v in value.values()):
-            return value
-    elif {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": number,
-        "bool": isinstance(value, bool),
-        "str": isinstance(value, str),
-    }[kind]:
-        return value
-    raise ConfigError(f"{name} must be {_KINDS.get(kind, kind)}, got {value!r}")
-
-
-def _is_number(value: Any) -> bool:
-    """A finite int or float (TOML's ``nan`` and ``inf`` are floats too)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-_KINDS = {
-    "int": "a whole number",
-    "float": "a number",
-    "bool": "true or false",
-    "str": "a string",
-    "tuple[str, ...]": "a list of strings",
-    "tuple[float, ...]": "a list of numbers",
-    "tuple[float, float]": "a list of two numbers",
-    "dict[str, float]": "a table of numbers",
-}
