@@ -8,7 +8,7 @@ cannot take are left out, with a warning.
 from __future__ import annotations
 
 import logging
-import os
+import shutil
 from pathlib import Path
 
 import av
@@ -174,7 +174,9 @@ def ffmpeg_audio_args(source: str, fmt: str) -> dict[str, str | int]:
 
 
 def stamp_rotation(path: Path, fmt: str, degrees: int) -> None:
-    """Give a finished file's video a display rotation by remuxing it (packets copied)."""
+    """Give a finished file's video a display rotation by remuxing it (packets copied), then
+    copying it back into ``path`` itself: the file stays the one its run holds locked, where
+    a rename would leave a moment in which another run could take it for a killed run's."""
     stamped = path.with_name(f"{path.name}.rotated")
     try:
         with av.open(str(path)) as src, av.open(str(stamped), "w", format=fmt) as dst:
@@ -187,4 +189,7 @@ def stamp_rotation(path: Path, fmt: str, degrees: int) -> None:
     except (av.error.FFmpegError, OSError) as exc:
         stamped.unlink(missing_ok=True)
         raise OutputError(f"cannot set the display rotation ({reason(exc)})") from None
-    os.replace(stamped, path)
+    try:
+        shutil.copyfile(stamped, path)
+    finally:
+        stamped.unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ import pytest
 from streamderain import StreamDerainError, derain_video
 from streamderain.options import ModelOptions
 from streamderain.runner import ModelRunner
-from tests.media import clean_frames, decode_all, make_clip
+from tests.media import clean_frames, decode_all, display_rotation, make_clip
 
 RUN_LIMIT_S = 60
 
@@ -174,3 +175,24 @@ def test_a_second_run_to_an_output_being_written_is_refused(tmp_path, shared):
     first.finish()
     assert len(decode_all(out)[0]) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]
+
+
+def test_stamping_a_rotation_keeps_the_partial_file_locked(tmp_path):
+    """``--encoder ffmpeg`` stamps a rotation by remuxing the finished partial file; a rename
+    over it swapped in a file nobody locked, so for that moment a second run to the same output
+    could take it for a killed run's and remove it. The stamped file is the locked one."""
+    from streamderain.streams import stamp_rotation
+    from streamderain.targets import lock_partial
+
+    partial = tmp_path / ".out.partial.mp4"
+    make_clip(partial, clean_frames(3, (64, 48)))
+    held = lock_partial(partial)
+    try:
+        stamp_rotation(partial, "mp4", 90)
+        with pytest.raises(BlockingIOError):
+            lock_partial(partial)
+    finally:
+        os.close(held)
+    assert display_rotation(partial) == 90
+    assert len(decode_all(partial)[0]) == 3
+    assert [p.name for p in tmp_path.iterdir()] == [partial.name]
