@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import DATA
+from tests.conftest import DATA, FIXTURES
 from training import DCSFNConfig, build_network, load_model
 from training.batches import PatchSampler
 from training.config import ConfigError
@@ -23,6 +23,7 @@ from training.data import (
     draw_thin_structures,
     find_clean_images,
     find_pairs,
+    list_images,
     pixel_digest,
     read_pair,
     read_rgb,
@@ -407,6 +408,18 @@ def test_a_second_stage_starts_from_the_first_stages_weights(shared, tmp_path):
         Trainer(other, _tiny_train(init_from=str(weights)), DATA, tmp_path / "c")
 
 
+def test_a_stage_started_from_the_authors_bgr_weights_starts_as_the_same_function(shared, tmp_path):
+    """A run trains in RGB; the authors' checkpoints are BGR. Their weights were copied as they
+    were, so the run began with red and blue swapped (and its snapshots said RGB)."""
+    authors = FIXTURES / "gru_c8_n2_dp.pth"
+    start = load_model(authors)
+    assert start.channel_order == "BGR"
+    run = Trainer(start.config, _tiny_train(init_from=str(authors)), DATA, tmp_path / "run")
+    x = torch.rand(1, 3, 40, 56) * torch.tensor([1.0, 0.5, 0.1]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert (run.net.eval()(x) - start(x)).abs().max() < 1e-5
+
+
 def test_a_resumed_run_keeps_its_plan_and_its_record_of_the_stage_before(shared, tmp_path):
     """The run's own checkpoint holds both: the file it started from may be replaced or gone
     by then (configs start from bundled names, whose files change), and ``--steps`` given once
@@ -495,6 +508,30 @@ def test_a_fence_is_evenly_spaced_bars():
         gaps = np.diff(peaks[profile[peaks + 1] > 0.3 * profile.max()])
         even.append(len(gaps) >= 4 and np.median(np.abs(gaps - np.median(gaps))) <= 1)
     assert np.mean(even) > 0.75
+
+
+def test_no_picture_scored_on_reaches_training_from_a_clean_folder(shared):
+    """Held-out pairs and validation pictures named among the clean folders (``clean_dirs =
+    ["clean/images"]`` holds the Kodak validation pictures) are left out by their pixels, and
+    the evaluation set named as training data is refused by name."""
+    cfg = _tiny_train(
+        clean_dirs=("clean/images/kodak24", "train-pairs/jorder-small/norain"),
+        val_dir="clean/images/kodak24",
+        val_images=3,
+        heavy_val_dir="train-pairs/jorder-small",
+        heavy_val_names=("norain-15.png", "norain-16.png"),
+    )
+    sampler = PatchSampler(cfg, DATA)
+    assert len(sampler.clean) == (24 - 3) + (18 - 2)
+    scored = [read_rgb(f) for f in list_images(DATA / "clean" / "images" / "kodak24")[:3]]
+    scored += [
+        read_rgb(DATA / "train-pairs" / "jorder-small" / "norain" / n) for n in cfg.heavy_val_names
+    ]
+    assert not any(
+        np.array_equal(c, s) for c in sampler.clean for s in scored if c.shape == s.shape
+    )
+    with pytest.raises(ConfigError, match="for evaluation only"):
+        PatchSampler(replace(cfg, eval_dir="rain100L-test", real_dirs=("rain100L-test",)), DATA)
 
 
 def test_no_held_out_pair_or_its_rain_reaches_training(shared):

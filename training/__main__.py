@@ -554,14 +554,14 @@ def rain_stats(data_root: Path, config_path: str, draws: int) -> None:
     import cv2
     import numpy as np
 
-    from training.batches import held_out_pairs, training_pairs
+    from training.batches import kept_apart, training_pairs
     from training.data import find_clean_images, read_layer, read_rgb
     from training.rain import PRESETS, add_rain, layer_stats
     from training.recipe import load_train_config
 
     _, cfg = load_train_config(config_path)
-    held = held_out_pairs(cfg, data_root)
-    real = [read_layer(p) for p in training_pairs(cfg.layer_dirs, data_root, held)]
+    apart = kept_apart(cfg, data_root)
+    real = [read_layer(p) for p in training_pairs(cfg.layer_dirs, data_root, apart)]
     clean = find_clean_images(data_root / "clean" / "images" / "urban100")
     rng = np.random.default_rng(0)
     rows = {"real heavy layers": [layer_stats(layer) for layer in real]}

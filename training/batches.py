@@ -24,9 +24,12 @@ from training.data import (
     find_clean_images,
     find_pairs,
     hold_out,
+    list_images,
+    pixel_digest,
     read_layer,
     read_pair,
     read_rgb,
+    shrink,
     without_pictures_of,
 )
 from training.rain import PRESETS, RainField, RainLayers, transplant
@@ -44,15 +47,34 @@ def held_out_sets(cfg: TrainConfig, data_root: Path) -> dict[str, list[Pair]]:
     }
 
 
-def held_out_pairs(cfg: TrainConfig, data_root: Path) -> list[Pair]:
-    """Every pair a recipe validates on, whichever set it is scored in."""
-    return [p for pairs in held_out_sets(cfg, data_root).values() for p in pairs]
+def kept_apart(cfg: TrainConfig, data_root: Path) -> set[str]:
+    """The :func:`~training.data.pixel_digest` of every picture the recipe scores on (held-out
+    pairs, both sides; the validation pictures; the evaluation pairs): none may be trained on,
+    under any name or in any folder."""
+    pairs = [p for held in held_out_sets(cfg, data_root).values() for p in held]
+    if cfg.eval_dir:
+        pairs += find_pairs(data_root / cfg.eval_dir)
+    apart = {pixel_digest(f) for p in pairs for f in (p.rainy, p.clean)}
+    if cfg.val_dir:
+        apart |= {pixel_digest(f) for f in list_images(data_root / cfg.val_dir)[: cfg.val_images]}
+    return apart
 
 
-def training_pairs(dirs: tuple[str, ...], data_root: Path, held_out: list[Pair]) -> list[Pair]:
-    """The pairs of ``dirs``, less every held-out picture wherever it turns up."""
-    pairs = [p for d in dirs for p in find_pairs(data_root / d)]
-    return without_pictures_of(pairs, held_out) if held_out else pairs
+def check_not_evaluation(cfg: TrainConfig) -> None:
+    """Refuse, by name, a training folder that holds the evaluation set or lies inside it."""
+    if not cfg.eval_dir:
+        return
+    held = Path(cfg.eval_dir)
+    for folder in (*cfg.real_dirs, *cfg.layer_dirs, *cfg.clean_dirs):
+        inside = Path(folder)
+        if inside == held or held in inside.parents or inside in held.parents:
+            raise ConfigError(f"{folder}: {cfg.eval_dir} is for evaluation only; never train on it")
+
+
+def training_pairs(dirs: tuple[str, ...], data_root: Path, apart: set[str]) -> list[Pair]:
+    """The pairs of ``dirs``, less every picture kept apart (:func:`kept_apart`) wherever it
+    turns up."""
+    return without_pictures_of([p for d in dirs for p in find_pairs(data_root / d)], apart)
 
 
 class PatchSampler:
@@ -65,9 +87,10 @@ class PatchSampler:
 
     def __init__(self, cfg: TrainConfig, data_root: Path) -> None:
         self.cfg = cfg
-        held_out = held_out_pairs(cfg, data_root)
-        self.real_pairs = training_pairs(cfg.real_dirs, data_root, held_out)
-        self.layer_pairs = training_pairs(cfg.layer_dirs, data_root, held_out)
+        check_not_evaluation(cfg)
+        apart = kept_apart(cfg, data_root)
+        self.real_pairs = training_pairs(cfg.real_dirs, data_root, apart)
+        self.layer_pairs = training_pairs(cfg.layer_dirs, data_root, apart)
         self.real = [read_pair(p) for p in self.real_pairs]
         self.layers = (
             RainLayers([read_layer(p) for p in self.layer_pairs], cfg.layer_strength)
@@ -75,7 +98,10 @@ class PatchSampler:
             else None
         )
         clean_files = [f for d in cfg.clean_dirs for f in find_clean_images(data_root / d)]
-        self.clean = [read_rgb(f, CLEAN_MAX_SIDE) for f in clean_files]
+        clean = [read_rgb(f) for f in clean_files]
+        self.clean = [shrink(c, CLEAN_MAX_SIDE) for c in clean if pixel_digest(c) not in apart]
+        if len(self.clean) < len(clean):
+            log.warning("%d clean pictures left out: scored on", len(clean) - len(self.clean))
         self.presets = list(cfg.rain_presets)
         weights = np.array([cfg.rain_presets[k] for k in self.presets], np.float64)
         self.preset_p = weights / weights.sum()
@@ -86,11 +112,11 @@ class PatchSampler:
         if REAL_LAYERS in self.presets and self.layers is None:
             raise ConfigError(f"rain preset {REAL_LAYERS!r} needs layer_dirs")
         log.info(
-            "training data: %d real pairs, %d rain layers, %d clean images (%d pairs held out)",
+            "training data: %d real pairs, %d rain layers, %d clean images (%d pictures apart)",
             len(self.real),
             len(self.layer_pairs),
             len(self.clean),
-            len(held_out),
+            len(apart),
         )
 
     def _one(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

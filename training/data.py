@@ -119,11 +119,16 @@ def read_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DatasetError(f"{path}: not a readable image")
-    if max_side is not None and max(image.shape[:2]) > max_side:
-        scale = max_side / max(image.shape[:2])
-        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return shrink(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), max_side)
+
+
+def shrink(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``image`` made smaller (area-averaged) until its longer side is at most ``max_side``."""
+    if max_side is None or max(image.shape[:2]) <= max_side:
+        return image
+    scale = max_side / max(image.shape[:2])
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
@@ -154,9 +159,11 @@ def find_clean_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def pixel_digest(path: str | Path) -> str:
-    """A digest of an image's pixels: the same picture in two files (or formats) gives one digest."""
-    return hashlib.sha1(read_rgb(path).tobytes()).hexdigest()
+def pixel_digest(image: str | Path | np.ndarray) -> str:
+    """A digest of an image's pixels (a file's, or an RGB array's): the same picture in two
+    files (or formats) gives one digest."""
+    pixels = image if isinstance(image, np.ndarray) else read_rgb(image)
+    return hashlib.sha1(pixels.tobytes()).hexdigest()
 
 
 def hold_out(pairs: Sequence[Pair], names: Sequence[str]) -> tuple[list[Pair], list[Pair]]:
@@ -168,13 +175,13 @@ def hold_out(pairs: Sequence[Pair], names: Sequence[str]) -> tuple[list[Pair], l
     return [p for p in pairs if p.rainy.name not in names], held
 
 
-def without_pictures_of(pairs: Sequence[Pair], held_out: Sequence[Pair]) -> list[Pair]:
-    """``pairs`` less any whose clean picture is one of ``held_out``'s, under any file name.
+def without_pictures_of(pairs: Sequence[Pair], banned: set[str]) -> list[Pair]:
+    """``pairs`` less any with a picture (rainy or clean) whose :func:`pixel_digest` is
+    ``banned``, under any file name.
 
     The shared sets overlap (RainTrainH_min's pairs are also in jorder-small), so a held-out
     pair is recognised by its pixels, not its path."""
-    banned = {pixel_digest(p.clean) for p in held_out}
-    return [p for p in pairs if pixel_digest(p.clean) not in banned]
+    return [p for p in pairs if not {pixel_digest(p.clean), pixel_digest(p.rainy)} & banned]
 
 
 def augment(

@@ -102,7 +102,7 @@ class Trainer:
         cfg = self.model_cfg
         if start.config != dataclasses.replace(cfg, num_blocks=start.config.num_blocks):
             raise ConfigError(f"{source}: another model config than this run's")
-        weights = start.net.state_dict()
+        weights = start.rgb_weights()  # a run trains in RGB, whatever its start's order
         if start.config.num_blocks != cfg.num_blocks:
             weights = deepen(weights, start.config, cfg.num_blocks)
             self.grown_from = start.config.num_blocks

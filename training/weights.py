@@ -124,6 +124,17 @@ class DerainModel(nn.Module):
         """RGB to the network's channel order, and back (a flip undoes itself)."""
         return x.flip(1) if self.channel_order == "BGR" else x
 
+    def rgb_weights(self) -> dict[str, Tensor]:
+        """The network's weights as a network for RGB pictures has them, to train on: a BGR
+        checkpoint's with the colours of its first convolution's input and its last one's
+        output reversed, the same function (colour meets the network only there and in its
+        residual ``x - rain``)."""
+        state = self.net.state_dict()
+        if self.channel_order == "RGB":
+            return state
+        flips = {"convert.0.weight": (1,), "merge.2.weight": (0,), "merge.2.bias": (0,)}
+        return {k: v.flip(flips[k]) if k in flips else v for k, v in state.items()}
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.to_net_order(x)
         h, w = x.shape[-2:]
