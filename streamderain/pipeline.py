@@ -266,18 +266,20 @@ class Pipeline:
                 )
             )
         t0 = time.perf_counter()
-        for t in threads:
-            t.start()
         try:
+            for t in threads:
+                t.start()
             self._wait()
+        except KeyboardInterrupt:  # as a second Ctrl-C: the output is kept
+            self.stats.interrupted = True
+            raise
+        except BaseException as exc:  # the caller's on_frame, or no thread to start
+            self._fail(exc)  # as any stage's failure: a partial output replaces nothing
+            raise
         finally:
             self.stop_event.set()
             for t in threads:
-                limit = FINISH_TIMEOUT if t is threads[-1] else JOIN_TIMEOUT
-                t.join(timeout=limit)
-                if t.is_alive():
-                    log.error("stage %s did not stop within %g s", t.name, limit)
-                    self._fail(StreamDerainError(f"the {t.name} stage did not stop"))
+                self._join(t, last=t is threads[-1])
             self.stats.wall = time.perf_counter() - t0
             self.stats.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if self.errors:
@@ -286,6 +288,22 @@ class Pipeline:
                 raise first
             raise StreamDerainError(f"{type(first).__name__}: {first}") from first
         return self.stats
+
+    def _join(self, thread: threading.Thread, last: bool) -> None:
+        """Wait for a stage's thread. One still busy after a stop the user asked for (a model
+        call of seconds, after a second Ctrl-C) is left to end by itself: the stages after it
+        have closed the output already. Otherwise a stage that does not stop is an error."""
+        if thread.ident is None:
+            return  # never started
+        limit = FINISH_TIMEOUT if last else JOIN_TIMEOUT
+        thread.join(timeout=limit)
+        if not thread.is_alive():
+            return
+        if self.stats.interrupted and not self.errors and not last:
+            log.warning("stage %s is still busy; not waiting for it", thread.name)
+            return
+        log.error("stage %s did not stop within %g s", thread.name, limit)
+        self._fail(StreamDerainError(f"the {thread.name} stage did not stop"))
 
     def _wait(self) -> None:
         while True:

@@ -208,6 +208,7 @@ class ModelRunner(Stage):
         for mirror in self.mirrors:
             mirror.on = flip_on(self.options.flip_average, live)
         if self._cuda:
+            self._pending = None  # a stopped run's last batch, never collected, is not this one's
             # A video's frames share one size: cuDNN times its kernels for it on the first
             # batch and keeps the fastest. A folder's pictures may each have their own size,
             # where timing every size would cost more than it saves.

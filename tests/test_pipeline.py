@@ -16,6 +16,7 @@ import torch
 
 from streamderain.batcher import Batcher
 from streamderain.frames import Frame
+from streamderain.pipeline import Stage
 from streamderain.targets import partial_path
 from tests.media import (
     clean_frames,
@@ -454,6 +455,81 @@ def test_a_failing_stage_stops_a_source_that_is_waiting(monkeypatch):
     assert ended == [True]
 
 
+class _Items(list):
+    """A source of items that stops when told."""
+
+    yields_cpu = False
+
+    def stop(self) -> None:
+        pass
+
+
+class _Closes(Stage):
+    """A stage that notes how each run ended for it (``failed``, as the encoder is told)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay, self.aborted = delay, []
+
+    def process(self, item):
+        time.sleep(self.delay)
+        return [item]
+
+    def abort(self, failed: bool) -> None:
+        self.aborted.append(failed)
+
+
+def test_an_error_in_the_callers_on_frame_fails_the_run():
+    """An exception raised in the main thread (the caller's ``on_frame``) stopped the stages as
+    a user's stop does, and the encoder then moved its partial file over an existing output."""
+    from streamderain.pipeline import Pipeline
+
+    def on_frame(n: int) -> None:
+        raise ValueError("the caller's own bug")
+
+    last = _Closes()
+    with pytest.raises(ValueError, match="the caller's own bug"):
+        Pipeline(_Items([[1]] * 20), [("encode", last)], on_frame=on_frame).run()
+    assert last.aborted == [True]
+
+
+def test_a_stage_still_busy_after_a_second_ctrl_c_is_left_to_end(monkeypatch):
+    """A model call of seconds (a 4K batch) outlasts the join after a second Ctrl-C; the run
+    used to end as an error ("the model stage did not stop", exit 1), not as interrupted."""
+    import threading
+
+    from streamderain import pipeline
+
+    monkeypatch.setattr(pipeline, "JOIN_TIMEOUT", 0.2)
+    model, last = _Closes(delay=1.5), _Closes()
+    run = pipeline.Pipeline(_Items([[1]] * 5), [("model", model), ("encode", last)])
+    threading.Timer(0.3, run.abort).start()
+    stats = run.run()
+    assert stats.interrupted and last.aborted == [False]
+
+
+def test_a_stage_thread_that_cannot_start_stops_those_started(monkeypatch):
+    """No thread to start (``can't start new thread``) or a Ctrl-C while starting them left the
+    started stages running, and the decoder was then closed under its thread (a crash)."""
+    import threading
+
+    from streamderain.pipeline import Pipeline
+
+    start, started = threading.Thread.start, []
+
+    def start_two(thread: threading.Thread) -> None:
+        if len(started) == 2:
+            raise RuntimeError("can't start new thread")
+        started.append(thread)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_two)
+    model = _Closes()
+    with pytest.raises(RuntimeError, match="can't start"):
+        Pipeline(_Items([[1]] * 5), [("model", model), ("encode", _Closes())]).run()
+    assert model.aborted == [True]
+    assert not any(t.is_alive() for t in started)
+
+
 def test_cores_are_counted_where_the_system_has_no_affinity(monkeypatch):
     """macOS and Windows have no os.sched_getaffinity: the model runs on every core there."""
     import os
@@ -658,6 +734,12 @@ def test_cuda_runner_overlaps_batches_and_matches_the_cpu(shared):
         for want, have in zip(expected, got, strict=True):
             diff = np.abs(want.images.astype(int) - have.images.astype(int))
             assert diff.max() <= tolerance, (precision, int(diff.max()))
+    # a run stopped with a batch in flight: the runner's next run does not return it
+    stopped = ModelRunner(ModelOptions(device="cuda"))
+    list(stopped.process(batches[0]))
+    stopped.prepare(*images[0].shape[:2])
+    got = [b for batch in batches[1:] for b in stopped.process(batch)] + list(stopped.finish())
+    assert [f.index for b in got for f in b.frames] == [2, 3, 4, 5]
 
 
 @pytest.mark.cuda
