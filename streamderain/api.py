@@ -197,6 +197,7 @@ def derain_video(
             encoder.abort()
             raise
         stats = pipeline.run()
+        stats.interrupted |= stop is not None and stop.is_set()
         if stats.frames == 0 and not stats.interrupted:
             length = decoder.duration
             if decoder.start > 0 and length is not None and decoder.start >= length:

@@ -22,7 +22,7 @@ import numpy as np
 
 from streamderain.errors import CannotOpen, InputError, NoVideoStream, reason
 from streamderain.frames import Frame, VideoInfo, eight_bits, pixel_bits, rgb_image
-from streamderain.live import RECORDING_SCHEMES, LiveClock, Outage, is_live, mask_url
+from streamderain.live import RECORDING_SCHEMES, LiveClock, Outage, StopSignal, is_live, mask_url
 from streamderain.options import DecodeOptions
 from streamderain.streams import file_origin
 from training.data import IMAGE_SUFFIXES, list_images
@@ -42,8 +42,8 @@ class Decoder:
         options: what to read, and how long a live source may stay lost.
         open_timeout, read_timeout: seconds before a connection attempt or a read gives up,
             so a dead camera never hangs the process.
-        stop: an event that ends reading when set, also while a live source is still
-            connecting (default: a new one; :meth:`stop` sets it).
+        stop: the caller's event that ends reading when set, also while a live source is
+            still connecting; :meth:`stop` ends it without setting the caller's event.
     """
 
     def __init__(
@@ -69,7 +69,7 @@ class Decoder:
         self.timeouts = (open_timeout, read_timeout)
         self.corrupt_packets = self.reconnects = 0
         self.clock = LiveClock()
-        self._stop = stop or threading.Event()
+        self._stop = StopSignal(stop)  # the caller's event is watched, never set
         self._container: av.container.InputContainer | None = None
         self._images: list[Path] | None = None
         self.info = self._open()

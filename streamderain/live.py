@@ -94,6 +94,28 @@ class LiveClock:
         return seconds
 
 
+class StopSignal:
+    """A reader's stop: set by the reader itself (:meth:`set`, on a failure anywhere in its
+    run) or by the caller's event, which it only watches: a run that fails must not stop the
+    caller's next run with the same event."""
+
+    def __init__(self, theirs: threading.Event | None = None) -> None:
+        self._own, self._theirs = threading.Event(), theirs
+
+    def set(self) -> None:
+        self._own.set()
+
+    def is_set(self) -> bool:
+        return self._own.is_set() or (self._theirs is not None and self._theirs.is_set())
+
+    def wait(self, timeout: float) -> bool:
+        """Whether it was set within ``timeout`` seconds (told within 50 ms of the caller's)."""
+        end = time.monotonic() + timeout
+        while not self.is_set() and (left := end - time.monotonic()) > 0:
+            self._own.wait(min(left, 0.05) if self._theirs is not None else left)
+        return self.is_set()
+
+
 class Outage:
     """One spell without a live source's picture: one deadline (``--reconnect-timeout``, 0 for
     none) and one backoff (0.5 s doubling to 5 s) for every try in it, whether the source
@@ -103,7 +125,7 @@ class Outage:
         self,
         name: str,
         reconnect_timeout: float,
-        stop: threading.Event,
+        stop: StopSignal,
         *,
         after_picture: bool = False,
     ) -> None:

@@ -99,9 +99,7 @@ class Worker:
         """``derain_video`` with this worker's runner instead of a new model per file."""
         from streamderain.api import derain_video
 
-        self.runner.finish()  # a file that failed on CUDA may have left one batch in flight
-        # each file its own: a file that fails stops its own reading, not the next file's
-        self.stop_file = threading.Event()
+        self.stop_file = threading.Event()  # what a stop sets for the file in progress
         if self.stopping:
             self.stop_file.set()
         try:

@@ -196,3 +196,23 @@ def test_stamping_a_rotation_keeps_the_partial_file_locked(tmp_path):
     assert display_rotation(partial) == 90
     assert len(decode_all(partial)[0]) == 3
     assert [p.name for p in tmp_path.iterdir()] == [partial.name]
+
+
+def test_the_callers_stop_event_is_watched_never_set(tmp_path, runner):
+    """A run that failed set the caller's ``stop`` event, so the caller's next run with it read
+    nothing ("no video frame could be decoded"); a run stopped by it said it was not
+    interrupted."""
+    src = tmp_path / "in.mp4"
+    make_clip(src, clean_frames(6, (64, 48)))
+    stop = threading.Event()
+
+    def fails(n: int) -> None:
+        raise ValueError("the caller's bug")
+
+    with pytest.raises(ValueError):
+        derain_video(src, tmp_path / "a.mp4", runner=runner, stop=stop, on_frame=fails)
+    assert not stop.is_set()
+    assert derain_video(src, tmp_path / "b.mp4", runner=runner, stop=stop).frames == 6
+    stop.set()
+    stats = derain_video(src, tmp_path / "c.mp4", runner=runner, stop=stop)
+    assert stats.interrupted and stats.frames == 0
