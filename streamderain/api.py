@@ -19,7 +19,7 @@ from streamderain.compare import Compose, KeepOriginals
 from streamderain.decoder import Decoder
 from streamderain.encoder import Encoder
 from streamderain.errors import InputError
-from streamderain.frames import Frame
+from streamderain.frames import Frame, expected_frames
 from streamderain.options import ModelOptions, RunOptions
 from streamderain.pipeline import Pipeline, Stage, Stats
 from streamderain.runner import ModelRunner
@@ -185,6 +185,9 @@ def derain_video(
                 decoder.info.width,
                 one_scene=not decoder.is_image_folder,
                 live=decoder.live,
+                frames=expected_frames(
+                    decoder.info, decoder.start, decoder.end, options.decode.max_frames
+                ),
             )
             if log.isEnabledFor(logging.DEBUG):  # the -v banner; describing costs a little
                 log.debug("input   %s", decoder.describe())

@@ -54,7 +54,8 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
 
 
 #: how torch (CPU, CUDA) and OpenVINO say that memory ran out
-OUT_OF_MEMORY = ("bad_alloc", "can't allocate memory", "out of memory")
+#: what out-of-memory errors say: std::bad_alloc, PyTorch's, OpenVINO's
+OUT_OF_MEMORY = ("bad_alloc", "can't allocate memory", "out of memory", "Failed to allocate")
 
 
 def fail(message: str, verbose: bool, code: int = 1) -> None:

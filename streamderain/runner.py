@@ -199,9 +199,17 @@ class ModelRunner(Stage):
             self._compute = torch.cuda.Stream(self.device)
             self._pending: tuple[Batch, torch.Tensor, torch.cuda.Event] | None = None
 
-    def prepare(self, height: int, width: int, one_scene: bool = True, live: bool = False) -> None:
+    def prepare(
+        self,
+        height: int,
+        width: int,
+        one_scene: bool = True,
+        live: bool = False,
+        frames: int | None = None,
+    ) -> None:
         """Get ready for a stream of frames of this size (OpenVINO compiles per shape: seconds),
-        so that the time before the first frame is setup, not processing. With ``auto`` the
+        so that the time before the first frame is setup, not processing; for batches of at
+        most ``frames`` (about how many the stream has, where known). With ``auto`` the
         stream's first frames choose its model anew, and then every
         :data:`~training.route.VIDEO_CHECK_EVERY` frames, or every frame where they are not
         ``one_scene`` (a folder of pictures). ``--flip-average auto`` is on unless ``live``."""
@@ -218,11 +226,12 @@ class ModelRunner(Stage):
         # a model behind the router compiles its smaller mirror only once the rain asks for it:
         # 1 s and 40 MB that light rain, most videos, never needs (int8, 640x360)
         alone = not isinstance(self.forward, Router)
+        batch = min(self.options.batch, frames) if frames else self.options.batch
         for forward, mirror in zip(self.forwards, self.mirrors, strict=True):
             if isinstance(forward, OpenVINOBackend) and not self.tile:
-                forward.prepare(self.options.batch, height, width)
+                forward.prepare(batch, height, width)
                 if alone and mirror.on:  # the same size again is already compiled
-                    forward.prepare(self.options.batch, *mirror.mirror_size(height, width))
+                    forward.prepare(batch, *mirror.mirror_size(height, width))
 
     def describe(self) -> str:
         """One line on what runs, for the banner of ``-v``."""

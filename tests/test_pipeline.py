@@ -762,3 +762,20 @@ def test_the_whole_pipeline_on_the_gpu_gives_the_cpu_picture(vfr_clip, tmp_path)
     cpu, _ = derained_in_time(src, pts_ms, tmp_path / "cpu.mp4", "--device", "cpu")
     agreement = [psnr(g, c) for g, c in zip(gpu, cpu, strict=True)]
     assert min(agreement) >= 35, min(agreement)
+
+
+def test_a_batch_larger_than_the_clip_is_compiled_for_the_clip(tmp_path):
+    """``--batch 3000`` on a 7-frame clip compiled OpenVINO for 3,000 frames before the first
+    (27 GB at 160x96: out of memory), though no batch of the clip can hold more than 7."""
+    from streamderain import derain_video
+    from streamderain.backends import OpenVINOBackend
+    from streamderain.options import ModelOptions
+    from streamderain.runner import ModelRunner
+
+    src = tmp_path / "in.mp4"
+    make_clip(src, clean_frames(7, (64, 48)))
+    runner = ModelRunner(ModelOptions(model="dcsfn-lite", batch=500, flip_average="off"))
+    if not isinstance(runner.forwards[0], OpenVINOBackend):
+        pytest.skip("OpenVINO is not this machine's backend")
+    assert derain_video(src, tmp_path / "out.mp4", runner=runner).frames == 7
+    assert set(runner.forwards[0]._compiled) == {(7, 48, 64)}
