@@ -20,7 +20,7 @@ from streamderain.decoder import Decoder
 from streamderain.encoder import Encoder
 from streamderain.errors import InputError
 from streamderain.frames import Frame, expected_frames
-from streamderain.options import ModelOptions, RunOptions
+from streamderain.options import DecodeOptions, EncodeOptions, ModelOptions, RunOptions
 from streamderain.pipeline import Pipeline, Stage, Stats
 from streamderain.runner import ModelRunner
 from streamderain.targets import check_codec, check_not_input, check_target, live_target_format
@@ -55,6 +55,13 @@ class Derainer:
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
         self.channel_order = channel_order
+        if isinstance(options, RunOptions):
+            options = options.model
+        if options is not None and not isinstance(options, ModelOptions):
+            raise TypeError(
+                f"options must be ModelOptions, got {type(options).__name__} "
+                "(a model by name: Derainer(model='dcsfn-lite'))"
+            )
         options = dataclasses.replace(options or ModelOptions(), **values)
         self.runner = ModelRunner(options)
         self.temporal = TemporalFilter(lookahead=0) if options.temporal == "on" else None
@@ -122,12 +129,23 @@ def temporal_on(mode: str, decoder: Decoder) -> bool:
     return mode == "on" or (mode == "auto" and not decoder.is_image_folder)
 
 
+def _run_options(options: object) -> RunOptions:
+    """``options`` as a whole run's: one group of them (``ModelOptions()``) stands for itself
+    beside the other groups' defaults."""
+    if options is None or isinstance(options, RunOptions):
+        return options or RunOptions()
+    for f in dataclasses.fields(RunOptions):
+        if type(options) is f.default_factory:
+            return RunOptions(**{f.name: options})
+    raise TypeError(f"options must be RunOptions, got {type(options).__name__}")
+
+
 def derain_video(
     src: str | Path,
     dst: str | Path,
-    options: RunOptions | None = None,
+    options: RunOptions | DecodeOptions | ModelOptions | EncodeOptions | None = None,
     *,
-    runner: ModelRunner | None = None,
+    runner: ModelRunner | Derainer | None = None,
     on_frame: Callable[[int], None] | None = None,
     on_start: Callable[[Pipeline, Decoder], None] | None = None,
     stop: threading.Event | None = None,
@@ -138,13 +156,18 @@ def derain_video(
     ``dst`` (a file) is written through a temporary file and renamed into place, so an existing
     ``dst`` is replaced only by a finished (or cleanly interrupted) output. ``dst`` may also be a
     live URL to publish to. ``options`` (or their fields as keywords: ``crf=0``) say what to
-    read, which model runs and how to write; ``runner`` reuses a loaded model across calls, and
-    its model options (batch and temporal stage included) then stand instead of
-    ``options.model``. Setting ``stop`` ends the run
+    read, which model runs and how to write (one group alone, ``ModelOptions(...)``, stands
+    beside the others' defaults); ``runner`` (or a :class:`Derainer`) reuses a loaded model
+    across calls, and its model options (batch and temporal stage included) then stand instead
+    of ``options.model``. Setting ``stop`` ends the run
     as Ctrl-C does, also while a live source is still connecting.
     """
     began = time.perf_counter()
-    options = RunOptions.of(**values) if options is None else options.replace(**values)
+    options = _run_options(options).replace(**values)
+    if isinstance(runner, Derainer):
+        runner = runner.runner
+    if runner is not None and not isinstance(runner, ModelRunner):
+        raise TypeError(f"runner must be a ModelRunner or a Derainer, got {type(runner).__name__}")
     check_target(dst)
     check_not_input(dst, src)
     check_codec(options.encode)

@@ -9,6 +9,7 @@ most users typed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -39,6 +40,29 @@ def _optional_choice(flag: str, value: object, allowed: tuple[str, ...]) -> tupl
     return _choice(flag, value, allowed) if value is not None else (False, "")
 
 
+_KIND_NAMES = {"int": "a whole number", "float": "a number", "bool": "True or False", "str": "text"}
+
+
+def _of_kind(value: object, kind: str) -> bool:
+    """``value`` is of ``kind`` (a field's annotation less ``| None``); True is no number."""
+    if isinstance(value, bool) or kind == "bool":
+        return kind == "bool" and isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, int | float) and math.isfinite(value)
+    return isinstance(value, {"int": int, "str": str}[kind])
+
+
+def _check_kinds(group: object) -> None:
+    """Each option of the kind its field declares, before any rule compares it: ``batch=2.0``
+    failed deep in a run, ``start="1"`` with a TypeError, and ``live_drop="no"`` dropped
+    frames of a file (a non-empty string is true)."""
+    for f in fields(group):
+        value, kind = getattr(group, f.name), str(f.type).removesuffix(" | None")
+        if value is not None and not _of_kind(value, kind):
+            flag = f"--{f.name.replace('_', '-')}"
+            raise UsageError(f"{flag} must be {_KIND_NAMES[kind]}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """What to read of the source, and how a live source is kept.
@@ -61,6 +85,7 @@ class DecodeOptions:
     live_drop: bool | None = None
 
     def __post_init__(self) -> None:
+        _check_kinds(self)
         s, d, n = self.start, self.duration, self.max_frames
         _check(
             [
@@ -112,6 +137,7 @@ class ModelOptions:
     def __post_init__(self) -> None:
         if self.model is not None:
             object.__setattr__(self, "model", str(self.model))
+        _check_kinds(self)
         _check(
             [
                 (self.batch < 1, f"--batch must be at least 1, got {self.batch}"),
@@ -147,6 +173,7 @@ class EncodeOptions:
     compare: str | None = None
 
     def __post_init__(self) -> None:
+        _check_kinds(self)
         crf = self.crf
         _check(
             [

@@ -149,3 +149,44 @@ def test_the_api_refuses_to_write_over_its_input(media):
     with pytest.raises(OutputError, match="output is the input"):
         derain_video(clip, str(clip), max_frames=2)
     assert clip.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"live_drop": "no"},  # a non-empty string is true: it dropped frames of a file
+        {"max_frames": 3.0},
+        {"batch": 2.0},
+        {"batch": "2"},
+        {"start": "1"},
+        {"crf": 18.5},
+        {"duration": True},
+        {"reconnect_timeout": float("nan")},
+    ],
+)
+def test_an_option_of_the_wrong_kind_is_named_before_any_work(values):
+    """Options check their kinds as they are made: these failed deep in a run (a TypeError
+    from OpenVINO or ``islice``), or changed it silently."""
+    from streamderain.errors import UsageError
+    from streamderain.options import RunOptions
+
+    (name,) = values
+    with pytest.raises(UsageError, match=f"--{name.replace('_', '-')} must be"):
+        RunOptions.of(**values)
+
+
+def test_the_api_names_the_options_it_takes(media, tmp_path):
+    """A model name or the wrong options object was an AttributeError from deep inside; one
+    group of options stands beside the others' defaults, and a Derainer is a runner."""
+    from streamderain import Derainer, derain_video
+    from streamderain.options import ModelOptions, RunOptions
+
+    with pytest.raises(TypeError, match="Derainer\\(model='dcsfn-lite'\\)"):
+        Derainer("dcsfn-lite")
+    with pytest.raises(TypeError, match="options must be RunOptions, got dict"):
+        derain_video(media / "clip.mp4", tmp_path / "a.mp4", {"crf": 3})
+    derainer = Derainer(RunOptions.of(model="dcsfn-lite", flip_average="off"))
+    stats = derain_video(
+        media / "clip.mp4", tmp_path / "b.mp4", ModelOptions(batch=2), runner=derainer, max_frames=2
+    )
+    assert stats.frames == 2

@@ -98,7 +98,7 @@ def test_feeds_take_run_options_per_feed_and_name_what_is_wrong(tmp_path):
         '[[feed]]\nname="a"\nsource="s"\noutput="o"\nreconect_timeout=3\n': "unknown option",
         '[[feed]]\nname="a"\nsource="s"\noutput="o"\nmodel="x.pt"\n': "unknown option model",
         '[[feed]]\nname="a"\nsource="s"\noutput="o"\nreconnect_timeout="abc"\n': (
-            "reconnect_timeout must be a number, got 'abc'"
+            "reconnect-timeout must be a number, got 'abc'"
         ),
         '[[feed]]\nname="a"\nsource="s"\noutput="o"\nduration=true\n': "duration must be",
         '[[feed]]\nname="a"\nsource="s"\noutput="o"\nreconnect_timeout=-1\n': "must be >= 0",
