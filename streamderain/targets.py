@@ -58,12 +58,18 @@ def partial_path(target: Path) -> Path:
 
 
 def check_not_input(target: str | Path, source: str | Path) -> None:
-    """Refuse to write over the input (the same file or folder): the run reads what it writes."""
+    """Refuse to write over the input (the same file or folder), or to read the file it
+    writes through: the run reads what it writes, or removes its input as a killed run's."""
     if "://" in str(source) or "://" in str(target):
         return
     src, dst = Path(source), Path(target)
-    if src.exists() and dst.exists() and src.resolve() == dst.resolve():
+    if not src.exists():
+        return
+    if dst.exists() and src.resolve() == dst.resolve():
         raise OutputError(f"{target}: output is the input; choose another output name")
+    temporary = partial_path(dst.absolute())
+    if temporary.exists() and src.resolve() == temporary.resolve():  # a killed run's, it would go
+        raise OutputError(f"{source}: the name of {target}'s temporary file; rename the input")
 
 
 def check_codec(options: EncodeOptions) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ def media(tmp_path_factory, shared):
     d = tmp_path_factory.mktemp("bad")
     clip = d / "clip.mp4"
     make_clip(clip, clean_frames(4, (96, 64)))
+    make_clip(d / "uncounted.mkv", clean_frames(4, (96, 64)))  # Matroska counts no frames
     (d / "notes.txt").write_text("not a video\n")
     (d / "empty.mp4").write_bytes(b"")
     (d / "truncated.mp4").write_bytes(clip.read_bytes()[:300])
@@ -56,6 +58,8 @@ def media(tmp_path_factory, shared):
     with open(d / "evil.pth", "wb") as f:
         pickle.dump({"net": _Exploit(d / "pwned")}, f)
     (d / "existing.mp4").write_bytes(b"keep me")
+    (d / "renamed").mkdir()
+    shutil.copy(clip, d / "renamed" / ".out.partial.mp4")  # as a killed run's, it would go
     locked = d / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -77,7 +81,14 @@ def _cases(d: Path) -> dict[str, tuple[list[str], str]]:
         "output folder read-only": ([clip, str(d / "locked" / "o.mp4")], "not writable"),
         "unknown container": ([clip, str(d / "o.xyz")], "unknown output container"),
         "negative batch": ([clip, out, "--batch", "-2"], "--batch must be at least 1"),
-        "batch past memory": ([clip, out, "--batch", "100000"], "out of memory"),
+        "batch past memory": (
+            [str(d / "uncounted.mkv"), out, "--batch", "100000"],
+            "out of memory",
+        ),
+        "input named as the output's temporary file": (
+            [str(d / "renamed" / ".out.partial.mp4"), str(d / "renamed" / "out.mp4")],
+            "the name of",
+        ),
         "unknown device": ([clip, out, "--device", "tpu"], "unknown device"),
         "cuda without gpu": ([clip, out, "--device", "cuda"], "no CUDA GPU"),
         "bad crf": ([clip, out, "--crf", "99"], "--crf must be in 0..63"),
