@@ -124,9 +124,10 @@ class Encoder(Stage):
         """A killed run's partial output: from a file it is redone, so it goes; from a live
         source (whichever run comes next) it cannot be, so it is kept beside the target (it
         plays up to its last second)."""
-        empty = self._tmp.is_file() and not self._tmp.stat().st_size  # killed before a frame
+        # killed before a frame
+        empty = not (any(self._tmp.iterdir()) if self.folder else self._tmp.stat().st_size)
         noted = redoable(self._tmp)  # None where the file system keeps no notes: this run's kind
-        if empty or self.folder or (noted if noted is not None else not self.info.live):
+        if empty or (noted if noted is not None else not self.info.live):
             if not empty:
                 log.warning("removing %s, left by a run that was killed", self._tmp)
             self._discard()
@@ -214,6 +215,7 @@ class Encoder(Stage):
         try:
             if self.folder:
                 self._writer = FolderWriter(self._tmp)
+                mark_redoable(self._tmp, not self.info.live)
                 return
             fmt, codec = self._format_and_codec()
             self._deep = self._deep_output(codec)

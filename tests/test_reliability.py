@@ -131,6 +131,19 @@ def test_a_partial_left_by_a_killed_run_is_removed_by_the_next(tmp_path, shared)
     assert result.returncode == 0, result.stderr
     [kept] = tmp_path.glob("out-cut-*.mp4")
     assert kept.read_bytes().startswith(b"half a recording") and "kept" in result.stderr
+    # a recording to a folder of frames too (it was removed whatever its run had been)
+    from fractions import Fraction
+
+    from streamderain.encoder import Encoder
+    from streamderain.frames import VideoInfo
+
+    frames = tmp_path / ".frames.partial"
+    frames.mkdir()
+    (frames / "frame-000001.png").write_bytes(b"a frame of a camera")
+    mark_redoable(frames, False)
+    Encoder(tmp_path / "frames", VideoInfo(96, 64, Fraction(1, 25), Fraction(25), None)).finish()
+    [kept] = tmp_path.glob("frames-cut-*")
+    assert (kept / "frame-000001.png").read_bytes() == b"a frame of a camera"
 
 
 def test_a_missing_camera_is_an_immediate_clear_error(tmp_path):
