@@ -13,7 +13,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from streamderain.frames import Batch
+from streamderain.frames import Batch, upright
 from streamderain.pipeline import Stage
 
 
@@ -43,9 +43,8 @@ class Compose(Stage):
         for f in batch.frames:
             if f.original is None:
                 raise ValueError("Compose needs KeepOriginals before the model")
-            turns = round(f.rotation / 90) % 4  # np.rot90 turns counter-clockwise, as rotation
             halves = [
-                label(np.rot90(p, turns), t) for p, t in zip((f.original, f.image), self.LABELS)
+                label(upright(p, f.rotation), t) for p, t in zip((f.original, f.image), self.LABELS)
             ]
             image = np.ascontiguousarray(np.concatenate(halves, axis=self.axis))
             frames.append(replace(f, image=image, original=None, rotation=0))

@@ -19,7 +19,14 @@ import av
 import numpy as np
 
 from streamderain.errors import OutputError, reason
-from streamderain.frames import Batch, Frame, VideoInfo, timeline_shift, with_fine_bits
+from streamderain.frames import (
+    Batch,
+    Frame,
+    VideoInfo,
+    timeline_shift,
+    upright,
+    with_fine_bits,
+)
 from streamderain.options import EncodeOptions
 from streamderain.pipeline import Stage
 from streamderain.targets import (
@@ -195,6 +202,8 @@ class Encoder(Stage):
             self._wait_for(float(pts * frame.time_base))
         if self._deep and frame.deep is not None and frame.deep.shape == image.shape:
             image = with_fine_bits(image, frame.deep)
+        if self.folder:  # a PNG keeps no display rotation: a phone's video is turned upright
+            image = upright(image, frame.rotation)
         try:
             self._writer.write(np.ascontiguousarray(image), pts, frame.time_base, frame.name)
         except OutputError as exc:

@@ -62,6 +62,12 @@ def video_frame(
     return out
 
 
+def upright(image: np.ndarray, rotation: float) -> np.ndarray:
+    """``image`` turned as a player shows it (``rotation``: degrees counter-clockwise, as
+    ``np.rot90`` turns), for outputs that carry no display rotation of their own."""
+    return np.rot90(image, round(rotation / 90) % 4)
+
+
 def expected_frames(
     info: VideoInfo, start: float, end: float | None, max_frames: int | None
 ) -> int | None:

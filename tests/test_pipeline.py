@@ -779,3 +779,22 @@ def test_a_batch_larger_than_the_clip_is_compiled_for_the_clip(tmp_path):
         pytest.skip("OpenVINO is not this machine's backend")
     assert derain_video(src, tmp_path / "out.mp4", runner=runner).frames == 7
     assert set(runner.forwards[0]._compiled) == {(7, 48, 64)}
+
+
+def test_a_phone_video_written_as_frames_comes_out_upright(tmp_path):
+    """A PNG keeps no display rotation: the frames of a video a player turns by 90 degrees came
+    out sideways."""
+    import cv2
+
+    from streamderain.encoder import Encoder
+    from streamderain.frames import VideoInfo
+
+    tb = Fraction(1, 25)
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:, :8] = 255  # a bar at the left edge: at the bottom once turned counter-clockwise
+    frames = Encoder(tmp_path / "frames", VideoInfo(64, 48, tb, Fraction(25), None))
+    frames.write(Frame(0, 0, tb, image, rotation=90))
+    frames.finish()
+    written = cv2.imread(str(tmp_path / "frames" / "frame-000001.png"))
+    assert written.shape == (64, 48, 3)
+    assert written[-8:].min() == 255 and written[:-8].max() == 0
