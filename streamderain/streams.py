@@ -7,6 +7,8 @@ cannot take are left out, with a warning.
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import shutil
 from pathlib import Path
@@ -17,25 +19,34 @@ from streamderain.errors import OutputError, reason
 
 log = logging.getLogger(__name__)
 
-# Audio/subtitle codecs each container takes as they are (None: all of them).
+# Audio/subtitle codecs each container takes as they are, where players play them (None: all
+# its FFmpeg muxer takes; Matroska's are most, but not a camera's G.711 sound or MP4's text).
 COPYABLE: dict[str, set[str] | None] = {
     "mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac", "mov_text"},
     "mov": {"aac", "mp3", "ac3", "alac", "pcm_s16le", "pcm_s24le", "mov_text"},
     "matroska": None,
     "webm": {"opus", "vorbis", "webvtt"},
 }
-# Audio a container cannot take is re-encoded to its usual codec at a transparent bit rate;
-# subtitles it cannot take are left out, with a warning.
+# Audio a container cannot take is re-encoded to its usual codec at a transparent bit rate
+# (lossless FLAC in Matroska); subtitles it cannot take are left out, with a warning.
 AUDIO_FALLBACK: dict[str, tuple[str, int]] = {
     "mp4": ("aac", 256_000),
     "mov": ("aac", 256_000),
+    "matroska": ("flac", 0),
     "webm": ("libopus", 192_000),
 }
 
 
 def copies_as_is(fmt: str, codec: str) -> bool:
     allowed = COPYABLE.get(fmt, set())
-    return allowed is None or codec in allowed
+    return codec in (_muxer_codecs(fmt) if allowed is None else allowed)
+
+
+@functools.cache
+def _muxer_codecs(fmt: str) -> frozenset[str]:
+    """The codecs FFmpeg's muxer for ``fmt`` takes."""
+    with av.open(io.BytesIO(), "w", format=fmt) as probe:
+        return frozenset(probe.supported_codecs)
 
 
 def file_origin(container: av.container.InputContainer) -> float:
@@ -55,7 +66,8 @@ class AudioReencoder:
         rate = source.rate if not rates or source.rate in rates else max(rates)
         self.stream = output.add_stream(codec, rate=rate)
         self.stream.layout = source.layout.name
-        self.stream.bit_rate = bit_rate
+        if bit_rate:  # none for lossless codecs
+            self.stream.bit_rate = bit_rate
         self.decoder = source.codec_context
 
     def packets(self, packet: av.Packet | None, shift: float) -> list[av.Packet]:
@@ -87,7 +99,7 @@ class StreamCopier:
         offset: float,
         origin: float,
     ) -> None:
-        self.input = av.open(source)
+        self.input = av.open(source, metadata_errors="replace")
         try:
             self.start, self.end, self.offset, self.origin = start, end, offset, origin
             self.map: dict[int, av.stream.Stream] = {}
@@ -165,12 +177,12 @@ class StreamCopier:
 
 def ffmpeg_audio_args(source: str, fmt: str) -> dict[str, str | int]:
     """ffmpeg's audio options: copy if the container takes every audio stream, else re-encode."""
-    with av.open(source) as src:
+    with av.open(source, metadata_errors="replace") as src:
         codecs = [s.codec_context.name for s in src.streams.audio if s.codec_context]
     if all(copies_as_is(fmt, c) for c in codecs) or fmt not in AUDIO_FALLBACK:
         return {"acodec": "copy"}
     codec, bit_rate = AUDIO_FALLBACK[fmt]
-    return {"acodec": codec, "audio_bitrate": bit_rate}
+    return {"acodec": codec, **({"audio_bitrate": bit_rate} if bit_rate else {})}
 
 
 def stamp_rotation(path: Path, fmt: str, degrees: int) -> None:

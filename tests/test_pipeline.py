@@ -798,3 +798,35 @@ def test_a_phone_video_written_as_frames_comes_out_upright(tmp_path):
     written = cv2.imread(str(tmp_path / "frames" / "frame-000001.png"))
     assert written.shape == (64, 48, 3)
     assert written[-8:].min() == 255 and written[:-8].max() == 0
+
+
+def test_a_cameras_sound_and_a_tag_that_is_not_utf8_do_not_stop_a_run(tmp_path):
+    """An IP camera's G.711 sound does not fit Matroska as it is (the run failed at its
+    output; now FLAC, lossless), and one tag that is not UTF-8 failed every run of the file."""
+    src = tmp_path / "camera.mov"
+    with av.open(str(src), "w") as out:
+        out.metadata["title"] = "cafX"
+        v = out.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = out.add_stream("pcm_mulaw", rate=8000)
+        a.layout = "mono"
+        for i, image in enumerate(clean_frames(6, (64, 48))):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 10)
+            out.mux(v.encode(frame))
+            sound = av.AudioFrame.from_ndarray(
+                np.zeros((1, 800), np.int16), format="s16", layout="mono"
+            )
+            sound.sample_rate, sound.pts = 8000, i * 800
+            out.mux(a.encode(sound))
+        out.mux(v.encode(None))
+        out.mux(a.encode(None))
+    data = src.read_bytes()
+    src.write_bytes(data.replace(b"cafX", b"caf\xe9"))  # Latin-1, as old cameras write
+    out = tmp_path / "clean.mkv"
+    result = run_cli(src, out, "-q", "--flip-average", "off", "--temporal", "off")
+    assert result.returncode == 0, result.stderr
+    assert len(decode_all(out)[0]) == 6
+    with av.open(str(out)) as done:
+        assert done.streams.audio[0].codec_context.name == "flac"
+    assert len(packets(out, "audio")) > 0
