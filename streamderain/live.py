@@ -45,15 +45,21 @@ def mask_url(url: str) -> str:
     """The URL with its password replaced, for logs and messages.
 
     Everything between the user name and the last ``@`` of the authority is the password (it
-    may itself hold ``@`` or ``:``)."""
+    may itself hold ``@`` or ``:``). One that holds ``/``, ``?`` or ``#`` ends the authority
+    early for a URL parser (and FFmpeg), so there the last ``@`` of the whole URL ends it: a
+    path with an ``@`` is masked too far rather than a password shown."""
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    if "@" in parts.netloc:
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        if ":" not in userinfo:
+            return url
+        user = userinfo.split(":", 1)[0]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, after = rest.rpartition("@")
+    if not (sep and at and ":" in userinfo):
         return url
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    if ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{after}"
 
 
 class LiveClock:

@@ -161,6 +161,9 @@ def test_passwords_are_masked_up_to_the_last_at_sign():
     assert mask_url("rtsp://admin:p@ss@127.0.0.1:1/x") == "rtsp://admin:***@127.0.0.1:1/x"
     assert mask_url("rtsp://admin:secret@cam/x") == "rtsp://admin:***@cam/x"
     assert mask_url("rtsp://cam/x@y") == "rtsp://cam/x@y"
+    # a password with what ends an authority: it was shown whole in every message
+    for password in ("p#ss", "p/ss", "p?ss"):
+        assert mask_url(f"rtsp://admin:{password}@cam:1/x") == "rtsp://admin:***@cam:1/x"
 
 
 def test_averaging_two_models_mixes_their_parameters_and_keeps_both_records():
