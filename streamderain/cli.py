@@ -32,6 +32,9 @@ class _DefaultGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = [self.default, *args]
+        elif args and Path(args[0]).exists():  # a folder named "sample" silently ran the command
+            note = f"running the command {args[0]!r}; to derain the file, write ./{args[0]}"
+            click.echo(f"streamderain: {note}", err=True)
         return super().parse_args(ctx, args)
 
 

@@ -165,3 +165,16 @@ def test_names_with_a_colon_are_files_not_protocols(tmp_path, shared, monkeypatc
         derain_video("rec-10:00.mp4", out, runner=runner, encoder=encoder)
         images, _, _ = decode_all(tmp_path / out)
         assert len(images) == 3
+
+
+def test_a_file_named_as_a_command_is_pointed_out(tmp_path) -> None:
+    """``streamderain sample clean.mp4`` beside a folder named ``sample`` wrote a synthetic
+    clip without a word: the command still runs, and the way to the folder is said."""
+    import subprocess
+
+    from tests.test_reliability import CLI
+
+    (tmp_path / "models").mkdir()
+    listed = subprocess.run([*CLI, "models"], cwd=tmp_path, capture_output=True, text=True)
+    assert listed.returncode == 0 and "auto (default)" in listed.stdout
+    assert "to derain the file, write ./models" in listed.stderr
