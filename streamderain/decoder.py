@@ -17,19 +17,16 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
-import numpy as np
 
 from streamderain.errors import CannotOpen, InputError, NoVideoStream, reason
 from streamderain.frames import Frame, VideoInfo, eight_bits, pixel_bits, rgb_image
 from streamderain.live import RECORDING_SCHEMES, LiveClock, Outage, StopSignal, is_live, mask_url
 from streamderain.options import DecodeOptions
+from streamderain.pictures import PictureFolder
 from streamderain.streams import file_origin
-from training.data import IMAGE_SUFFIXES, list_images
 
 log = logging.getLogger(__name__)
 
-IMAGE_FOLDER_RATE = Fraction(25)
 LIVE_TIME_BASE = Fraction(1, 90_000)
 
 
@@ -71,12 +68,13 @@ class Decoder:
         self.clock = LiveClock()
         self._stop = StopSignal(stop)  # the caller's event is watched, never set
         self._container: av.container.InputContainer | None = None
-        self._images: list[Path] | None = None
+        self._folder: PictureFolder | None = None
         self.info = self._open()
 
     def _open(self) -> VideoInfo:
         if Path(self.source).is_dir():
-            return self._open_folder()
+            self._folder = PictureFolder(Path(self.source), self.name)
+            return self._folder.info
         if not self.live and not Path(self.source).exists():
             raise InputError(f"{self.name}: no such file")
         if self.source.startswith("/dev/video") and not Path(self.source).exists():
@@ -122,20 +120,6 @@ class Decoder:
             origin=0.0 if self.live else file_origin(self._container),
         )
 
-    def _open_folder(self) -> VideoInfo:
-        self._images = list_images(self.source)
-        if not self._images:
-            known = ", ".join(sorted(IMAGE_SUFFIXES))
-            raise InputError(f"{self.name}: folder holds no images ({known})")
-        first = self._read_image(self._images[0])
-        return VideoInfo(
-            width=first.shape[1],
-            height=first.shape[0],
-            time_base=1 / IMAGE_FOLDER_RATE,
-            rate=IMAGE_FOLDER_RATE,
-            frames=len(self._images),
-        )
-
     def _connect(self, open_timeout: float | None = None) -> av.container.InputContainer:
         """Open the source once; a source without video is an error."""
         options, fmt = {}, None
@@ -171,23 +155,23 @@ class Decoder:
 
     @property
     def is_image_folder(self) -> bool:
-        return self._images is not None
+        return self._folder is not None
 
     @property
     def duration(self) -> float | None:
         """The source's length in seconds, where it says (None for live sources)."""
-        if self._images is not None:
-            return float(len(self._images) / IMAGE_FOLDER_RATE)
+        if self._folder is not None:
+            return self._folder.duration
         if self._container is None or self.live or not self._container.duration:
             return None
         return self._container.duration / av.time_base
 
     def describe(self) -> str:
         """One line on what is read, for the banner of ``-v``."""
+        if self._folder is not None:
+            return self._folder.describe()
         i = self.info
         rate = f"{float(i.rate):.3g} fps" if i.rate else "no fixed rate"
-        if self._images is not None:
-            return f"{self.name}: {len(self._images)} images, {i.width}x{i.height}"
         assert self._container is not None
         video = self._container.streams.video[0]
         bits = f" {i.bits}-bit" if i.bits > 8 else ""
@@ -204,8 +188,8 @@ class Decoder:
         self._stop.set()
 
     def __iter__(self) -> Iterator[Frame]:
-        if self._images is not None:
-            frames = self._image_frames()
+        if self._folder is not None:
+            frames = self._folder.frames(self._in_range)
         elif self.live:
             frames = self._live_frames()
         else:
@@ -226,23 +210,6 @@ class Decoder:
         # Without --start every frame is kept, also those a file shows before time 0 (the
         # encoder shifts the timeline, audio with it, as FFmpeg does).
         return self.start <= 0 or seconds >= self.start - 1e-9
-
-    def _image_frames(self) -> Iterator[Frame]:
-        tb = 1 / IMAGE_FOLDER_RATE
-        index = 0
-        for pts, path in enumerate(self._images or []):
-            keep = self._in_range(float(pts * tb))
-            if keep is None:
-                return
-            if keep:
-                yield Frame(index, pts, tb, self._read_image(path), name=path.stem)
-                index += 1
-
-    def _read_image(self, path: Path) -> np.ndarray:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise InputError(f"{path}: not a readable image")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     def _decoded(self, container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
         """Every frame that decodes; a corrupt packet is counted, then skipped or concealed.

@@ -48,6 +48,7 @@ def test_image_folders_keep_their_names(tmp_path, shared):
     names = ["001.png", "002.png", "dusk.jpg"]
     for name, frame in zip(names, clean_frames(3, (96, 64))):
         cv2.imwrite(str(stills / name), frame[..., ::-1])
+    (stills / "._001.png").write_bytes(b"a Mac's note on 001.png, on a USB stick: no picture")
     result = run_cli(stills, tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [

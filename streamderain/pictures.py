@@ -1,0 +1,68 @@
+"""A folder of pictures read as a video: its files in natural order, at a nominal rate.
+
+Pictures of a folder are read one by one with OpenCV, each at its own size; they carry their
+file name, which the output names its pictures after.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from streamderain.errors import InputError
+from streamderain.frames import Frame, VideoInfo
+from training.data import IMAGE_SUFFIXES, list_images
+
+log = logging.getLogger(__name__)
+
+IMAGE_FOLDER_RATE = Fraction(25)
+
+
+class PictureFolder:
+    """The pictures of ``folder``: hidden files (a Mac's ``._001.jpg``) are not pictures."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.name = name
+        self.files = [p for p in list_images(folder) if not p.name.startswith(".")]
+        if not self.files:
+            known = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise InputError(f"{name}: folder holds no images ({known})")
+        first = read_picture(self.files[0])
+        self.info = VideoInfo(
+            width=first.shape[1],
+            height=first.shape[0],
+            time_base=1 / IMAGE_FOLDER_RATE,
+            rate=IMAGE_FOLDER_RATE,
+            frames=len(self.files),
+        )
+
+    @property
+    def duration(self) -> float:
+        return float(len(self.files) / IMAGE_FOLDER_RATE)
+
+    def describe(self) -> str:
+        return f"{self.name}: {len(self.files)} images, {self.info.width}x{self.info.height}"
+
+    def frames(self, in_range: Callable[[float], bool | None]) -> Iterator[Frame]:
+        """The pictures whose nominal time ``in_range`` keeps, up to the first past the end."""
+        tb, index = 1 / IMAGE_FOLDER_RATE, 0
+        for pts, path in enumerate(self.files):
+            keep = in_range(float(pts * tb))
+            if keep is None:
+                return
+            if keep:
+                yield Frame(index, pts, tb, read_picture(path), name=path.stem)
+                index += 1
+
+
+def read_picture(path: Path) -> np.ndarray:
+    """A picture as RGB, 8 bits a channel."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"{path}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
