@@ -174,7 +174,8 @@ def derain_video(
     with Decoder(src, options.decode, stop=stop) as decoder:
         runner = runner or ModelRunner(options.model)
         model = runner.options  # a runner given stands for options.model: its batch, its stage
-        is_file = Path(str(src)).is_file() and live_target_format(dst) is None
+        # a file, or a recording behind a web address read once as one: its sound comes too
+        is_file = not (decoder.live or decoder.is_image_folder) and live_target_format(dst) is None
         encoder = Encoder(
             dst,
             decoder.info,

@@ -75,7 +75,7 @@ class Decoder:
         if Path(self.source).is_dir():
             self._folder = PictureFolder(Path(self.source), self.name)
             return self._folder.info
-        if not self.live and not Path(self.source).exists():
+        if not self.live and "://" not in self.source and not Path(self.source).exists():
             raise InputError(f"{self.name}: no such file")
         if self.source.startswith("/dev/video") and not Path(self.source).exists():
             raise InputError(f"{self.name}: no such camera (is it plugged in?)")
@@ -130,6 +130,8 @@ class Decoder:
             options["analyzeduration"] = "100000"
         if self.source.startswith("/dev/video"):
             fmt = "v4l2"
+        elif "://" not in self.source:  # "img%03d.jpg" is that file, not a numbered sequence
+            options["pattern_type"] = "none"
         timeouts = (open_timeout or self.timeouts[0], self.timeouts[1])
         began = time.monotonic()
         try:

@@ -230,7 +230,7 @@ def options_from(params: dict[str, Any]) -> RunOptions:
 def check_paths(src: str, dst: str, overwrite: bool) -> None:
     """Refuse anything that could lose the user's data, before any work starts; a missing
     input is named before an existing output."""
-    if not is_live(src) and not Path(src).exists():
+    if not is_live(src) and "://" not in src and not Path(src).exists():  # ftp://, file://
         raise InputError(f"{src}: no such file")
     if "://" in dst:
         return

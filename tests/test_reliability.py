@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from streamderain.live import LiveClock
-from tests.media import clean_frames, decode_all, make_clip
+from tests.media import clean_frames, decode_all, make_clip, packets
 
 CLI = [sys.executable, "-m", "streamderain"]
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg binary")
@@ -244,6 +244,7 @@ def test_a_video_files_url_is_read_once_to_its_end(tmp_path, shared):
     assert result.returncode == 0, result.stderr
     assert "reconnect" not in result.stderr
     assert len(decode_all(tmp_path / "out.mp4")[0]) == 8
+    assert packets(tmp_path / "out.mp4", "audio"), "its sound comes with it, as a file's"
 
 
 def test_no_folder_for_the_converted_model_is_one_clear_line(tmp_path, shared):

@@ -179,3 +179,17 @@ def test_a_file_named_as_a_command_is_pointed_out(tmp_path) -> None:
     listed = subprocess.run([*CLI, "models"], cwd=tmp_path, capture_output=True, text=True)
     assert listed.returncode == 0 and "auto (default)" in listed.stdout
     assert "to derain the file, write ./models" in listed.stderr
+
+
+def test_a_name_with_a_percent_sign_is_that_file(tmp_path, shared) -> None:
+    """FFmpeg reads ``img%03d.png`` as the numbered sequence img001.png, img002.png, ...: the
+    run derained other pictures than the one named."""
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "img%03d.png"), np.full((64, 96, 3), 40, np.uint8))
+    for n in (1, 2):
+        cv2.imwrite(str(tmp_path / f"img{n:03d}.png"), np.full((64, 96, 3), 220, np.uint8))
+    result = run_cli(tmp_path / "img%03d.png", tmp_path / "out", "--flip-average", "off")
+    assert result.returncode == 0, result.stderr
+    [written] = (tmp_path / "out").iterdir()
+    assert cv2.imread(str(written)).mean() < 100
