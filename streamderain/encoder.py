@@ -32,6 +32,7 @@ from streamderain.pipeline import Stage
 from streamderain.targets import (
     CONTAINERS,
     check_target,
+    encoder_name,
     is_folder_target,
     live_target_format,
     lock_partial,
@@ -162,11 +163,12 @@ class Encoder(Stage):
         """The FFmpeg format and the video codec: the user's, else the container's default, and
         for a file from a source of more than 8 bits HEVC, which keeps 10 where phones' HDR
         video plays."""
+        chosen = encoder_name(self.options.codec) if self.options.codec else None
         if self.live_format:
-            return self.live_format, self.options.codec or "libx264"
+            return self.live_format, chosen or "libx264"
         fmt, codec = CONTAINERS[self.target.suffix.lower()]
-        if self.options.codec:
-            return fmt, self.options.codec
+        if chosen:
+            return fmt, chosen
         return fmt, DEEP_CODEC if self.info.bits > 8 and codec == "libx264" else codec
 
     def _deep_output(self, codec: str) -> bool:

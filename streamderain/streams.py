@@ -189,7 +189,7 @@ def stamp_rotation(path: Path, fmt: str, degrees: int) -> None:
     """Give a finished file's video a display rotation by remuxing it (packets copied), then
     copying it back into ``path`` itself: the file stays the one its run holds locked, where
     a rename would leave a moment in which another run could take it for a killed run's."""
-    stamped = path.with_name(f"{path.name}.rotated")
+    stamped = path.with_name(path.name.replace(".partial", ".rotated", 1))  # no longer a name
     try:
         with av.open(str(path)) as src, av.open(str(stamped), "w", format=fmt) as dst:
             out = {s.index: dst.add_stream_from_template(s) for s in src.streams}

@@ -84,6 +84,15 @@ def check_codec(options: EncodeOptions) -> None:
         raise OutputError(f"--codec {options.codec}: no such video encoder (see: ffmpeg -encoders)")
 
 
+def encoder_name(codec: str) -> str:
+    """The encoder FFmpeg picks for a codec's name (``h264`` is ``libx264``, ``hevc``
+    ``libx265``), so that each gets its own quality settings whichever name was typed."""
+    try:
+        return av.Codec(codec, "w").name
+    except ValueError:  # the ffmpeg binary's to know (--encoder ffmpeg)
+        return codec
+
+
 def check_target(path: str | Path) -> None:
     """Refuse an output that cannot be written, before any work is done: an unknown container,
     something that is neither a file nor a folder (``/dev/full``), or a name too long for its

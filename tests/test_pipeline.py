@@ -830,3 +830,23 @@ def test_a_cameras_sound_and_a_tag_that_is_not_utf8_do_not_stop_a_run(tmp_path):
     with av.open(str(out)) as done:
         assert done.streams.audio[0].codec_context.name == "flac"
     assert len(packets(out, "audio")) > 0
+
+
+def test_a_codec_named_by_its_format_gets_its_encoders_settings(tmp_path):
+    """``--codec h264`` is libx264, but only ``libx264`` got the product's settings: an odd
+    frame size failed ("h264 cannot encode this"), the quality was x264's default (crf 23)
+    and ``--preset`` was dropped."""
+    from streamderain.encoder import Encoder
+    from streamderain.frames import VideoInfo
+    from streamderain.options import EncodeOptions
+
+    tb = Fraction(1, 25)
+    out = tmp_path / "odd.mp4"
+    options = EncodeOptions(codec="h264", preset="veryslow")
+    encoder = Encoder(out, VideoInfo(65, 49, tb, Fraction(25), None), options)
+    for i, image in enumerate(clean_frames(3, (65, 49))):
+        encoder.write(Frame(i, i, tb, image))
+    encoder.finish()
+    assert len(decode_all(out)[0]) == 3
+    settings = out.read_bytes()
+    assert b"crf=18.0" in settings and b"subme=10" in settings
