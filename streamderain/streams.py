@@ -11,6 +11,7 @@ import functools
 import io
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -175,33 +176,54 @@ class StreamCopier:
         self.input.close()
 
 
-def ffmpeg_audio_args(source: str, fmt: str) -> dict[str, str | int]:
-    """ffmpeg's audio options: copy if the container takes every audio stream, else re-encode."""
-    with av.open(source, metadata_errors="replace") as src:
-        codecs = [s.codec_context.name for s in src.streams.audio if s.codec_context]
-    if all(copies_as_is(fmt, c) for c in codecs) or fmt not in AUDIO_FALLBACK:
-        return {"acodec": "copy"}
-    codec, bit_rate = AUDIO_FALLBACK[fmt]
-    return {"acodec": codec, **({"audio_bitrate": bit_rate} if bit_rate else {})}
+def remux(
+    path: Path,
+    fmt: str,
+    rotation: int,
+    copier: Callable[[av.container.OutputContainer], StreamCopier | None],
+    frame_seconds: float,
+    video_start: float = 0.0,
+) -> None:
+    """Give a finished video file a display rotation and, through ``copier``, its source's
+    sound and subtitles, up to its last picture, by remuxing it (packets copied), then copying
+    it back into ``path`` itself: the file stays the one its run holds locked, where a rename
+    would leave a moment in which another run could take it for a killed run's.
 
-
-def stamp_rotation(path: Path, fmt: str, degrees: int) -> None:
-    """Give a finished file's video a display rotation by remuxing it (packets copied), then
-    copying it back into ``path`` itself: the file stays the one its run holds locked, where
-    a rename would leave a moment in which another run could take it for a killed run's."""
-    stamped = path.with_name(path.name.replace(".partial", ".rotated", 1))  # no longer a name
+    The video starts at ``video_start`` seconds (a Matroska file of B-frames alone begins a
+    little later, its decoding times kept above zero), and packets without a decoding time
+    (Matroska's B-frames) are kept."""
+    remuxed = path.with_name(path.name.replace(".partial", ".remuxed", 1))  # no longer a name
+    streams = None
     try:
-        with av.open(str(path)) as src, av.open(str(stamped), "w", format=fmt) as dst:
-            out = {s.index: dst.add_stream_from_template(s) for s in src.streams}
-            out[src.streams.video[0].index].set_display_rotation(degrees)
-            for packet in src.demux():
+        with av.open(str(path)) as src, av.open(str(remuxed), "w", format=fmt) as dst:
+            video = dst.add_stream_from_template(src.streams.video[0])
+            if rotation:
+                video.set_display_rotation(rotation)
+            streams = copier(dst)
+            end, late = 0.0, None
+            for packet in src.demux(src.streams.video[0]):
+                if packet.pts is None:
+                    continue  # the demuxer's last, empty packet
+                if late is None:  # the first packet in decoding order is the first picture
+                    late = round(video_start / packet.time_base) - packet.pts
+                packet.pts += late
                 if packet.dts is not None:
-                    packet.stream = out[packet.stream.index]
-                    dst.mux(packet)
+                    packet.dts += late
+                t = float(packet.pts * packet.time_base)
+                end = max(end, t + frame_seconds)
+                packet.stream = video
+                dst.mux(packet)
+                if streams is not None:
+                    streams.copy_until(t)
+            if streams is not None:
+                streams.finish(end)
     except (av.error.FFmpegError, OSError) as exc:
-        stamped.unlink(missing_ok=True)
-        raise OutputError(f"cannot set the display rotation ({reason(exc)})") from None
-    try:
-        shutil.copyfile(stamped, path)
+        remuxed.unlink(missing_ok=True)
+        raise OutputError(f"cannot add the sound and rotation ({reason(exc)})") from None
     finally:
-        stamped.unlink()
+        if streams is not None:
+            streams.close()
+    try:
+        shutil.copyfile(remuxed, path)
+    finally:
+        remuxed.unlink()

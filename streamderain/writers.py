@@ -22,7 +22,7 @@ import numpy as np
 
 from streamderain.errors import OutputError, reason
 from streamderain.frames import VideoInfo, timeline_shift, video_frame
-from streamderain.streams import StreamCopier, ffmpeg_audio_args, stamp_rotation
+from streamderain.streams import StreamCopier, remux
 
 
 class Writer(Protocol):
@@ -146,6 +146,11 @@ class OutputSettings:
         return timeline_shift(self.start, self.info.origin, self.first_seconds)
 
     @property
+    def frame_seconds(self) -> float:
+        """How long a frame lasts, at the source's rate (25 frames/s where it has none)."""
+        return 1 / float(self.info.rate or 25)
+
+    @property
     def pix_fmt(self) -> str:
         return pixel_format(self.codec, self.size[1], self.size[0], self.bits)
 
@@ -217,7 +222,7 @@ class PyAVWriter:
             ) from None
         self._mux(packets)
         t = float(pts * time_base)
-        self.video_end = t + 1 / float(self.settings.info.rate or 25)
+        self.video_end = t + self.settings.frame_seconds
         if self.copier is not None:
             self.copier.copy_until(t)
 
@@ -242,10 +247,12 @@ class FFmpegWriter:
     """Pipes frames, with their timestamps, to an ``ffmpeg`` binary that encodes them.
 
     For encoders PyAV's own FFmpeg lacks (NVENC, VAAPI, ...). Frames travel as raw video in
-    NUT, which keeps every timestamp, already in the output's pixel format and colour matrix;
-    ffmpeg copies audio and subtitles from the source (audio the container cannot take is
-    re-encoded, as with PyAV). NUT carries no display rotation and ffmpeg before 6.0 has no
-    ``-display_rotation``, so a rotation is stamped on afterwards.
+    NUT, which keeps every timestamp, already in the output's pixel format and colour matrix.
+    ffmpeg writes the video alone; the source's sound and subtitles, and a display rotation
+    (which NUT does not carry), are added afterwards by a remux that copies the packets
+    (:func:`~streamderain.streams.remux`), by the rules the PyAV writer follows: with ffmpeg's
+    ``-shortest`` a sound that ended before the picture ended the output there and broke the
+    pipe, and subtitles the container cannot take failed the run.
     """
 
     def __init__(self, settings: OutputSettings) -> None:
@@ -255,24 +262,9 @@ class FFmpegWriter:
         h, w = settings.size
         # ffmpeg moves each input's timeline back by its start time (and its -ss); the video's
         # is placed already, and the copied streams go where ``shift`` puts them.
-        start, end, first = settings.start, settings.end, settings.first_seconds
-        placed = 0.0 if first is None else first - settings.shift
+        first = settings.first_seconds
+        self.placed = placed = 0.0 if first is None else first - settings.shift
         video = ffmpeg.input("pipe:", format="nut", **({"itsoffset": placed} if placed else {}))
-        streams = [video["v"]]
-        if settings.copy_from:
-            timing: dict[str, float] = {"ss": start} if start > 0 else {}
-            if end is not None:
-                timing["t"] = end - start
-            offset = max(start, 0.0) + settings.info.origin - settings.shift
-            if abs(offset) > 1e-6:
-                timing["itsoffset"] = offset
-            source = ffmpeg.input(settings.copy_from, **timing)
-            streams += [source["a?"], source["s?"]]
-            audio = {**ffmpeg_audio_args(settings.copy_from, settings.fmt), "shortest": None}
-            if start > 0:  # a seek lands early: leave out what comes before the first frame
-                audio["copypriorss"] = 0
-        else:
-            audio = {}
         info = settings.info
         tags = {
             "color_range": info.color_range,
@@ -282,16 +274,14 @@ class FFmpegWriter:
             "tag:v": codec_tag(settings.codec, settings.fmt),
         }
         out = ffmpeg.output(
-            *streams,
+            video["v"],
             settings.path,
             format=settings.fmt,
             vcodec=settings.codec,
             pix_fmt=settings.pix_fmt,
-            scodec="copy",
             fps_mode="passthrough",
             enc_time_base="-1",
             **{k: v for k, v in tags.items() if v},
-            **audio,
             **settings.options,
             **settings.muxer,
         )
@@ -339,8 +329,17 @@ class FFmpegWriter:
             error = self._wait_for_ffmpeg()
         if error is not None:
             raise OutputError(f"ffmpeg failed: {error}")
-        if self.settings.rotation:
-            stamp_rotation(Path(self.settings.path), self.settings.fmt, self.settings.rotation)
+        settings = self.settings
+        if settings.copy_from or settings.rotation:
+            path, seconds = Path(settings.path), settings.frame_seconds
+            remux(path, settings.fmt, settings.rotation, self._copier, seconds, self.placed)
+
+    def _copier(self, output: av.container.OutputContainer) -> StreamCopier | None:
+        """What brings the source's sound and subtitles into ``output``, if it has a source."""
+        s = self.settings
+        if not s.copy_from:
+            return None
+        return StreamCopier(s.copy_from, output, s.fmt, s.start, s.end, s.shift, s.info.origin)
 
     def _wait_for_ffmpeg(self) -> str | None:
         """End ffmpeg's input and wait for it (killed if it hangs); why it failed, if it did."""

@@ -181,14 +181,14 @@ def test_stamping_a_rotation_keeps_the_partial_file_locked(tmp_path):
     """``--encoder ffmpeg`` stamps a rotation by remuxing the finished partial file; a rename
     over it swapped in a file nobody locked, so for that moment a second run to the same output
     could take it for a killed run's and remove it. The stamped file is the locked one."""
-    from streamderain.streams import stamp_rotation
+    from streamderain.streams import remux
     from streamderain.targets import lock_partial
 
     partial = tmp_path / ".out.partial.mp4"
     make_clip(partial, clean_frames(3, (64, 48)))
     held = lock_partial(partial)
     try:
-        stamp_rotation(partial, "mp4", 90)
+        remux(partial, "mp4", 90, lambda output: None, 1 / 25)
         with pytest.raises(BlockingIOError):
             lock_partial(partial)
     finally:

@@ -850,3 +850,33 @@ def test_a_codec_named_by_its_format_gets_its_encoders_settings(tmp_path):
     assert len(decode_all(out)[0]) == 3
     settings = out.read_bytes()
     assert b"crf=18.0" in settings and b"subme=10" in settings
+
+
+def test_ffmpeg_encoder_keeps_the_picture_past_a_sound_that_ends_first(tmp_path):
+    """ffmpeg's ``-shortest`` ended the output where the sound ended, broke the pipe, and the
+    whole run was lost ("ffmpeg stopped"): sound a little shorter than the picture is common."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("no ffmpeg binary (Debian package ffmpeg)")
+    src = tmp_path / "short-sound.mp4"
+    with av.open(str(src), "w") as out:
+        v = out.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = out.add_stream("aac", rate=48000)
+        a.layout = "mono"
+        for i, image in enumerate(clean_frames(75, (64, 48)) * 2):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 10)
+            out.mux(v.encode(frame))
+        for i in range(14):  # 0.3 s of sound under 15 s of picture
+            sound = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+            )
+            sound.sample_rate, sound.pts = 48000, i * 1024
+            out.mux(a.encode(sound))
+        out.mux(v.encode(None))
+        out.mux(a.encode(None))
+    out = tmp_path / "out.mp4"
+    result = run_cli(src, out, "-q", "--encoder", "ffmpeg", "--flip-average", "off")
+    assert result.returncode == 0, result.stderr
+    assert len(decode_all(out)[0]) == 150
+    assert 0.2 < max(t for t, _ in packets(out, "audio")) < 0.4
