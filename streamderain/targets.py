@@ -68,8 +68,9 @@ def check_not_input(target: str | Path, source: str | Path) -> None:
     if dst.exists() and src.resolve() == dst.resolve():
         raise OutputError(f"{target}: output is the input; choose another output name")
     temporary = partial_path(dst.absolute())
-    if temporary.exists() and src.resolve() == temporary.resolve():  # a killed run's, it would go
-        raise OutputError(f"{source}: the name of {target}'s temporary file; rename the input")
+    with contextlib.suppress(OSError):  # a name too long: check_target says so
+        if temporary.exists() and src.resolve() == temporary.resolve():  # as a killed run's
+            raise OutputError(f"{source}: the name of {target}'s temporary file; rename the input")
 
 
 def check_codec(options: EncodeOptions) -> None:
