@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 LIVE_TIME_BASE = Fraction(1, 90_000)
 
 
+def shown_video(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The video stream a player shows: FFmpeg's best (the default track, the most frames),
+    never a cover picture (a song's artwork, an ``attached_pic``); None where there is none."""
+    moving = [
+        s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
+    ]
+    best = container.streams.best("video")
+    return best if best in moving else next(iter(moving), None)
+
+
 class Decoder:
     """A source of frames: ``with Decoder(src) as d: for frame in d: ...``.
 
@@ -69,6 +79,7 @@ class Decoder:
         self._stop = StopSignal(stop)  # the caller's event is watched, never set
         self._container: av.container.InputContainer | None = None
         self._folder: PictureFolder | None = None
+        self._video_index = 0  # the stream read, of a file's or stream's (shown_video)
         self.info = self._open()
 
     def _open(self) -> VideoInfo:
@@ -86,7 +97,7 @@ class Decoder:
             self._container = self._connect()
         if self._container is None:
             raise InputError(f"{self.name}: stopped before the source answered")
-        stream = self._container.streams.video[0]
+        stream = self._container.streams[self._video_index]
         ctx = stream.codec_context
         if ctx is None:
             self.close()
@@ -149,10 +160,12 @@ class Decoder:
             # timeout cut it off ("Invalid data found ..."): say what happened instead.
             why = f"no answer within {took:.0f} s" if took >= timeouts[0] - 0.5 else reason(exc)
             raise CannotOpen(self.name, why) from exc
-        if not container.streams.video:
+        video = shown_video(container)
+        if video is None:
             container.close()
             raise NoVideoStream(f"{self.name}: no video stream")
-        container.streams.video[0].thread_type = "AUTO"
+        video.thread_type = "AUTO"
+        self._video_index = video.index
         return container
 
     @property
@@ -175,7 +188,7 @@ class Decoder:
         i = self.info
         rate = f"{float(i.rate):.3g} fps" if i.rate else "no fixed rate"
         assert self._container is not None
-        video = self._container.streams.video[0]
+        video = self._container.streams[self._video_index]
         bits = f" {i.bits}-bit" if i.bits > 8 else ""
         parts = [f"{video.codec_context.name}{bits} {i.width}x{i.height}, {rate}"]
         if i.frames:
@@ -219,7 +232,7 @@ class Decoder:
         A file whose container breaks mid-way ends there (with a warning), keeping what was
         decoded; a live source's read errors go up to the reconnect logic.
         """
-        stream = container.streams.video[0]
+        stream = container.streams[self._video_index]
         packets = container.demux(stream)
         while True:
             try:
@@ -260,7 +273,7 @@ class Decoder:
         while not self._stop.is_set():
             container = self._container
             assert container is not None
-            stream = container.streams.video[0]
+            stream = container.streams[self._video_index]
             if self.start > 0 and target - margin > origin:
                 seek = (target - margin) / stream.time_base
                 container.seek(int(seek), stream=stream, backward=True)

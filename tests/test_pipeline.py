@@ -880,3 +880,33 @@ def test_ffmpeg_encoder_keeps_the_picture_past_a_sound_that_ends_first(tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(decode_all(out)[0]) == 150
     assert 0.2 < max(t for t, _ in packets(out, "audio")) < 0.4
+
+
+def test_the_video_track_read_is_the_one_a_player_shows(tmp_path):
+    """The first video track was read whatever it was: a file whose first track is a still
+    picture (a poster, cover art) came out as that one frame."""
+    from streamderain.decoder import Decoder
+    from streamderain.options import DecodeOptions
+
+    src = tmp_path / "two-tracks.mkv"
+    with av.open(str(src), "w") as out:
+        poster = out.add_stream("libx264", rate=10)
+        poster.width, poster.height, poster.pix_fmt = 40, 32, "yuv420p"
+        movie = out.add_stream("libx264", rate=10)
+        movie.width, movie.height, movie.pix_fmt = 64, 48, "yuv420p"
+        poster.disposition, movie.disposition = (
+            av.stream.Disposition(0),
+            av.stream.Disposition.default,
+        )
+        for stream, images in (
+            (poster, clean_frames(1, (40, 32))),
+            (movie, clean_frames(10, (64, 48))),
+        ):
+            for i, image in enumerate(images):
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, 10)
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+    with Decoder(src, DecodeOptions()) as decoder:
+        assert (decoder.info.width, decoder.info.height) == (64, 48)
+        assert len(list(decoder)) == 10
