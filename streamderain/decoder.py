@@ -276,7 +276,11 @@ class Decoder:
             stream = container.streams[self._video_index]
             if self.start > 0 and target - margin > origin:
                 seek = (target - margin) / stream.time_base
-                container.seek(int(seek), stream=stream, backward=True)
+                try:
+                    container.seek(int(seek), stream=stream, backward=True)
+                except (av.error.FFmpegError, OSError):  # no times to seek by (a raw .h264)
+                    margin = target - origin  # from the beginning
+                    continue
             elif margin:
                 self.close()
                 self._container = container = self._connect()
@@ -295,8 +299,10 @@ class Decoder:
 
     def _video_frames(self) -> Iterator[Frame]:
         origin, deep, index = self.info.origin, self.info.bits > 8, 0
-        for vf in self._from_start(origin):
-            keep = self._in_range(None if vf.time is None else vf.time - origin)
+        frame_seconds = 1 / float(self.info.rate or 25)
+        for position, vf in enumerate(self._from_start(origin)):
+            # a frame without a time (a raw .h264's) is where the encoder puts it: at the rate
+            keep = self._in_range(position * frame_seconds if vf.time is None else vf.time - origin)
             if keep is None:
                 return
             if keep:

@@ -910,3 +910,28 @@ def test_the_video_track_read_is_the_one_a_player_shows(tmp_path):
     with Decoder(src, DecodeOptions()) as decoder:
         assert (decoder.info.width, decoder.info.height) == (64, 48)
         assert len(list(decoder)) == 10
+
+
+def test_a_raw_stream_without_times_is_cut_at_the_frame_rate(tmp_path):
+    """A raw ``.h264`` (a Raspberry Pi's, a dashcam's) has no timestamps: ``--duration`` kept
+    every frame and ``--start`` failed ("Operation not permitted", FFmpeg cannot seek it)."""
+    from streamderain.decoder import Decoder
+    from streamderain.options import DecodeOptions
+
+    src = tmp_path / "camera.h264"
+    images = clean_frames(50, (64, 48))
+    with av.open(str(src), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i, image in enumerate(images):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with Decoder(src, DecodeOptions(duration=0.4)) as decoder:
+        assert len(list(decoder)) == 10
+    with Decoder(src, DecodeOptions(start=0.5, duration=0.4)) as decoder:
+        frames = list(decoder)
+    assert len(frames) == 10
+    error = [np.abs(frames[0].image.astype(float) - image).mean() for image in images]
+    assert int(np.argmin(error)) == 13  # the first frame at or after 0.5 s (0.52)
