@@ -249,10 +249,9 @@ class FFmpegWriter:
     For encoders PyAV's own FFmpeg lacks (NVENC, VAAPI, ...). Frames travel as raw video in
     NUT, which keeps every timestamp, already in the output's pixel format and colour matrix.
     ffmpeg writes the video alone; the source's sound and subtitles, and a display rotation
-    (which NUT does not carry), are added afterwards by a remux that copies the packets
-    (:func:`~streamderain.streams.remux`), by the rules the PyAV writer follows: with ffmpeg's
-    ``-shortest`` a sound that ended before the picture ended the output there and broke the
-    pipe, and subtitles the container cannot take failed the run.
+    (which NUT does not carry), are remuxed in after (:func:`~streamderain.streams.remux`), by
+    the PyAV writer's rules: with ffmpeg's ``-shortest`` a sound that ended before the picture
+    ended the output there and broke the pipe; subtitles the container cannot take failed it.
     """
 
     def __init__(self, settings: OutputSettings) -> None:
@@ -266,6 +265,8 @@ class FFmpegWriter:
         self.placed = placed = 0.0 if first is None else first - settings.shift
         video = ffmpeg.input("pipe:", format="nut", **({"itsoffset": placed} if placed else {}))
         info = settings.info
+        if sar := info.sample_aspect_ratio:  # NUT's raw video carries none
+            video = video.filter("setsar", f"{sar.numerator}/{sar.denominator}")
         tags = {
             "color_range": info.color_range,
             "colorspace": info.colorspace,
@@ -274,7 +275,7 @@ class FFmpegWriter:
             "tag:v": codec_tag(settings.codec, settings.fmt),
         }
         out = ffmpeg.output(
-            video["v"],
+            video,
             settings.path,
             format=settings.fmt,
             vcodec=settings.codec,

@@ -935,3 +935,23 @@ def test_a_raw_stream_without_times_is_cut_at_the_frame_rate(tmp_path):
     assert len(frames) == 10
     error = [np.abs(frames[0].image.astype(float) - image).mean() for image in images]
     assert int(np.argmin(error)) == 13  # the first frame at or after 0.5 s (0.52)
+
+
+def test_ffmpeg_encoder_keeps_the_sample_aspect_ratio(tmp_path):
+    """Raw video in NUT carries no sample aspect ratio: ``--encoder ffmpeg`` wrote anamorphic
+    video (DV, 4:3 pixels) as square pixels."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("no ffmpeg binary (Debian package ffmpeg)")
+    from streamderain.encoder import Encoder
+    from streamderain.frames import VideoInfo
+    from streamderain.options import EncodeOptions
+
+    tb = Fraction(1, 25)
+    info = VideoInfo(64, 48, tb, Fraction(25), None, sample_aspect_ratio=Fraction(4, 3))
+    out = tmp_path / "wide.mp4"
+    encoder = Encoder(out, info, EncodeOptions(encoder="ffmpeg"))
+    for i, image in enumerate(clean_frames(3, (64, 48))):
+        encoder.write(Frame(i, i, tb, image))
+    encoder.finish()
+    with av.open(str(out)) as done:
+        assert done.streams.video[0].codec_context.sample_aspect_ratio == Fraction(4, 3)
