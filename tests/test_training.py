@@ -797,3 +797,13 @@ def test_a_bug_in_a_training_command_keeps_its_traceback() -> None:
     assert isinstance(result.exception, ValueError), result.output
     result = runner.invoke(group, ["mistake"])
     assert result.exit_code == 1 and "Error: steps must be" in result.output
+
+
+def test_ssim_is_scored_as_the_published_tables_score_it(shared):
+    """Rain100L's rainy inputs score 0.838 SSIM-Y in the published tables (Wang's ssim_index,
+    the window inside the picture); zero padding at the border gave 0.843."""
+    from training.metrics import luma, ssim_image
+
+    pairs = [read_pair(p) for p in find_pairs(DATA / "rain100L-test")]
+    score = np.mean([ssim_image(luma(rainy), luma(clean)) for rainy, clean in pairs])
+    assert abs(score - 0.838) < 0.001, score
