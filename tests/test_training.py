@@ -627,8 +627,10 @@ def test_train_config_rejects_unknown_options():
         TrainConfig.from_dict({"stepz": 3})
     with pytest.raises(ValueError, match="unknown rain preset"):
         TrainConfig.from_dict({"rain_presets": {"drizzle": 1.0}})
-    with pytest.raises(ValueError, match="unknown rain preset"):
+    with pytest.raises(ValueError, match="val_preset must be one of"):
         TrainConfig.from_dict({"val_preset": "drizzle"})
+    with pytest.raises(ValueError, match="val_preset must be one of"):  # a KeyError later
+        TrainConfig.from_dict({"val_preset": "real-layers"})
 
 
 @pytest.mark.parametrize(

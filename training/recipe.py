@@ -168,12 +168,11 @@ class TrainConfig:
             key: typed(key, value, cls.__dataclass_fields__[key].type)
             for key, value in values.items()
         }
-        bad = sorted(
-            {*values.get("rain_presets", {}), values.get("val_preset", "light")}
-            - {*PRESETS, REAL_LAYERS}
-        )
+        bad = sorted({*values.get("rain_presets", {})} - {*PRESETS, REAL_LAYERS})
         if bad:
             raise ConfigError(f"unknown rain preset(s): {', '.join(bad)}")
+        if values.get("val_preset", "light") not in PRESETS:  # drawn on pictures, no layers
+            raise ConfigError(f"val_preset must be one of {', '.join(PRESETS)}")
         return cls(**values)
 
 
