@@ -408,6 +408,17 @@ def test_a_second_stage_starts_from_the_first_stages_weights(shared, tmp_path):
         Trainer(other, _tiny_train(init_from=str(weights)), DATA, tmp_path / "c")
 
 
+def test_a_run_resumes_with_its_own_recipe_only(shared, tmp_path):
+    """Resuming with another seed or rain mix drew other batches than the run planned, and its
+    record said nothing of it; how often it is scored and saved may change."""
+    torch.set_num_threads(2)
+    Trainer(TINY, _tiny_train(steps=4), DATA, tmp_path / "run").run(until=2, progress=False)
+    with pytest.raises(ConfigError, match="begun with another recipe \\(seed 0 -> 4\\)"):
+        Trainer(TINY, _tiny_train(steps=4, seed=4), DATA, tmp_path / "run", resume=True)
+    again = _tiny_train(steps=4, val_every=1000, checkpoint_minutes=5)
+    assert Trainer(TINY, again, DATA, tmp_path / "run", resume=True).step == 2
+
+
 def test_a_stage_started_from_the_authors_bgr_weights_starts_as_the_same_function(shared, tmp_path):
     """A run trains in RGB; the authors' checkpoints are BGR. Their weights were copied as they
     were, so the run began with red and blue swapped (and its snapshots said RGB)."""

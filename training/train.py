@@ -135,6 +135,7 @@ class Trainer:
             "precision": self.precision,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "steps": self.cfg.steps,
+            "recipe": dataclasses.asdict(self.cfg),
             "earlier_stage": self.earlier_stage,
             "grown_from": self.grown_from,
         }
@@ -160,6 +161,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.step, self.wall = state["step"], state["wall"]
         self.cfg = dataclasses.replace(self.cfg, steps=state.get("steps", self.cfg.steps))
+        self._check_recipe(state.get("recipe"))  # none in runs begun before it was kept
         if "earlier_stage" in state:
             self.earlier_stage, self.grown_from = state["earlier_stage"], state["grown_from"]
         elif self.cfg.init_from and self.earlier_stage is None:  # saved before they were kept
@@ -169,6 +171,19 @@ class Trainer:
                 log.warning("no record of the stage before: %s", exc)
         if not self._precision_given:
             self.precision = state.get("precision", self.precision)
+
+    def _check_recipe(self, begun: dict[str, Any] | None) -> None:
+        """Refuse to go on with a recipe other than the run's own: its batches would not be the
+        ones it planned (another seed or mix, silently). Only how often it is scored and saved
+        may change."""
+        if begun is None:
+            return
+        now = dataclasses.asdict(self.cfg)
+        free = {"steps", "val_every", "checkpoint_minutes"}
+        changed = [k for k in now if k not in free and k in begun and now[k] != begun[k]]
+        if changed:
+            what = ", ".join(f"{k} {begun[k]!r} -> {now[k]!r}" for k in changed)
+            raise ConfigError(f"{self.checkpoint_path}: begun with another recipe ({what})")
 
     def _forget_log_after(self, step: int) -> None:
         """Drop log records a killed run wrote after its last checkpoint: they are redone.
