@@ -84,12 +84,12 @@ class Encoder(Stage):
         self.options = options or EncodeOptions()
         self.live_format = live_target_format(target)
         self.name = str(target)
-        self.target = Path(target)
+        self.target = Path(os.path.abspath(target))  # "." has a name
         self.info = info
         self.copy_from = copy_streams_from
         self.start, self.end = start, end
         self.frames_written = 0
-        self.folder = not self.live_format and is_folder_target(self.target)
+        self.folder = not self.live_format and is_folder_target(target)
         # A file from a file can wait for the model's spare CPU; anything live keeps its pace.
         self.yields_cpu = not (self.live_format or info.live)
         self._pace: tuple[float, float] | None = None  # (wall clock, source seconds) at start
@@ -99,7 +99,7 @@ class Encoder(Stage):
         self._last_pts: int | None = None
         self._offset_pts: int | None = None
         # absolute, as FFmpeg takes "clean-10:00.mp4" for the protocol "clean-10"
-        self._tmp = None if self.live_format else partial_path(self.target.absolute())
+        self._tmp = None if self.live_format else partial_path(self.target.absolute(), self.folder)
         self._held: int | None = None  # the partial output file, open and locked while written
         if self._tmp is not None and self._tmp.exists():
             killed = self._lock()  # refused while another run writes it

@@ -6,7 +6,7 @@ file name, which the output names its pictures after.
 
 from __future__ import annotations
 
-import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -17,8 +17,6 @@ import numpy as np
 from streamderain.errors import InputError
 from streamderain.frames import Frame, VideoInfo
 from training.data import IMAGE_SUFFIXES, list_images
-
-log = logging.getLogger(__name__)
 
 IMAGE_FOLDER_RATE = Fraction(25)
 
@@ -32,6 +30,13 @@ class PictureFolder:
         if not self.files:
             known = ", ".join(sorted(IMAGE_SUFFIXES))
             raise InputError(f"{name}: folder holds no images ({known})")
+        # each picture's name in the output: its stem, but "a.jpg" beside "a.png" is "a.jpg"
+        # (an output "a.png" is the input "a.png"'s)
+        stems = Counter(p.stem for p in self.files)
+        self.names = {
+            p: p.stem if stems[p.stem] == 1 or p.suffix.lower() == ".png" else p.name
+            for p in self.files
+        }
         first = read_picture(self.files[0])
         self.info = VideoInfo(
             width=first.shape[1],
@@ -56,7 +61,7 @@ class PictureFolder:
             if keep is None:
                 return
             if keep:
-                yield Frame(index, pts, tb, read_picture(path), name=path.stem)
+                yield Frame(index, pts, tb, read_picture(path), name=self.names[path])
                 index += 1
 
 

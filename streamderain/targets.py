@@ -50,9 +50,11 @@ def is_folder_target(path: str | Path) -> bool:
     return p.is_dir() or str(path).endswith(os.sep) or p.suffix == ""
 
 
-def partial_path(target: Path) -> Path:
-    """The hidden file (or folder) beside ``target`` that an output is written to until done."""
-    if is_folder_target(target):
+def partial_path(target: Path, folder: bool | None = None) -> Path:
+    """The hidden file (or folder) beside ``target`` that an output is written to until done;
+    ``folder``: whether it is a folder of frames (None: as its name says; a ``Path`` has lost
+    the slash of ``frames.v2/``)."""
+    if is_folder_target(target) if folder is None else folder:
         return target.with_name(f".{target.name}.partial")
     return target.with_name(f".{target.stem}.partial{target.suffix}")
 
@@ -67,7 +69,7 @@ def check_not_input(target: str | Path, source: str | Path) -> None:
         return
     if dst.exists() and src.resolve() == dst.resolve():
         raise OutputError(f"{target}: output is the input; choose another output name")
-    temporary = partial_path(dst.absolute())
+    temporary = partial_path(dst.absolute(), is_folder_target(target))
     with contextlib.suppress(OSError):  # a name too long: check_target says so
         if temporary.exists() and src.resolve() == temporary.resolve():  # as a killed run's
             raise OutputError(f"{source}: the name of {target}'s temporary file; rename the input")
@@ -100,15 +102,17 @@ def check_target(path: str | Path) -> None:
     folder once the temporary suffix is added."""
     if live_target_format(path):
         return
-    target = Path(path)
+    if str(path) == "-":
+        raise OutputError("-: no writing to standard output; name a file or a folder")
+    target = Path(os.path.abspath(path))  # "." has a name
     if target.exists() and not (target.is_file() or target.is_dir()):
         raise OutputError(f"{path}: not a regular file or folder; choose another output")
-    if target.is_file() and is_folder_target(target):
+    if target.is_file() and is_folder_target(path):
         raise OutputError(
             f"{path}: a file with no extension; a folder of frames cannot replace it "
             "(name a video file, e.g. out.mp4, or a folder that is not a file)"
         )
-    if not is_folder_target(target) and target.suffix.lower() not in CONTAINERS:
+    if not is_folder_target(path) and target.suffix.lower() not in CONTAINERS:
         known = ", ".join(sorted(CONTAINERS))
         raise OutputError(f"{path}: unknown output container (use one of {known}, or a folder)")
     folder = target.parent if str(target.parent) else Path(".")
@@ -116,7 +120,8 @@ def check_target(path: str | Path) -> None:
         limit = os.pathconf(folder, "PC_NAME_MAX") if folder.is_dir() else 255
     except OSError:
         limit = 255
-    longest = max(len(target.name.encode()), len(partial_path(target).name.encode()))
+    temporary = partial_path(target, is_folder_target(path))
+    longest = max(len(target.name.encode()), len(temporary.name.encode()))
     if longest > limit:
         raise OutputError(
             f"{target.name[:40]}...: output name too long ({longest} bytes with the temporary "
@@ -166,9 +171,11 @@ def redoable(path: Path) -> bool | None:
 def replace_folder(frames: Path, target: Path) -> None:
     """A finished folder of frames into place. A target that holds frames only (PNG files) is
     replaced whole, so that no frame of an earlier, longer run stays among the new ones; one
-    that holds anything else, or is a link to a folder, gets the new frames beside what it
-    had."""
+    that holds anything else, is a link to a folder or holds the current folder, gets the new
+    frames beside what it had."""
+    target, here = Path(os.path.abspath(target)), Path.cwd()  # "." has no name of its own
     ours = target.is_dir() and not target.is_symlink()
+    ours = ours and target != here and target not in here.parents  # a shell's folder stays put
     if ours and all(p.is_file() and p.suffix == ".png" for p in target.iterdir()):
         earlier = target.with_name(f".{target.name}.earlier")
         shutil.rmtree(earlier, ignore_errors=True)

@@ -80,6 +80,7 @@ def _cases(d: Path) -> dict[str, tuple[list[str], str]]:
         "output folder missing": ([clip, str(d / "no" / "dir" / "o.mp4")], "does not exist"),
         "output folder read-only": ([clip, str(d / "locked" / "o.mp4")], "not writable"),
         "unknown container": ([clip, str(d / "o.xyz")], "unknown output container"),
+        "standard output": ([clip, "-"], "no writing to standard output"),
         "negative batch": ([clip, out, "--batch", "-2"], "--batch must be at least 1"),
         "batch past memory": (
             [str(d / "uncounted.mkv"), out, "--batch", "100000"],

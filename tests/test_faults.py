@@ -216,3 +216,20 @@ def test_the_callers_stop_event_is_watched_never_set(tmp_path, runner):
     stop.set()
     stats = derain_video(src, tmp_path / "c.mp4", runner=runner, stop=stop)
     assert stats.interrupted and stats.frames == 0
+
+
+def test_frames_written_to_the_current_folder_leave_it_in_place(tmp_path, monkeypatch):
+    """``streamderain in.mp4 .`` in a folder of PNGs failed at its end ("PosixPath('.') has an
+    empty name"), its work lost; the folder a shell is in is not replaced, only added to."""
+    from streamderain.targets import replace_folder
+
+    here = tmp_path / "shots"
+    here.mkdir()
+    (here / "old.png").write_bytes(b"an earlier picture")
+    frames = tmp_path / ".shots.partial"
+    frames.mkdir()
+    (frames / "frame-000001.png").write_bytes(b"a new frame")
+    monkeypatch.chdir(here)
+    replace_folder(frames, Path("."))
+    assert sorted(p.name for p in here.iterdir()) == ["frame-000001.png", "old.png"]
+    assert not frames.exists()

@@ -45,21 +45,27 @@ def test_image_folders_keep_their_names(tmp_path, shared):
 
     stills = tmp_path / "stills"
     stills.mkdir()
-    names = ["001.png", "002.png", "dusk.jpg"]
-    for name, frame in zip(names, clean_frames(3, (96, 64))):
+    names = ["001.png", "002.png", "dusk.jpg", "dusk.png"]
+    for name, frame in zip(names, clean_frames(4, (96, 64))):
         cv2.imwrite(str(stills / name), frame[..., ::-1])
     (stills / "._001.png").write_bytes(b"a Mac's note on 001.png, on a USB stick: no picture")
     result = run_cli(stills, tmp_path / "out")
     assert result.returncode == 0, result.stderr
+    # dusk.png is dusk.png's (it was dusk.jpg's, and dusk.png's became dusk-4.png)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "001.png",
         "002.png",
+        "dusk.jpg.png",
         "dusk.png",
     ]
+    written = cv2.imread(str(tmp_path / "out" / "dusk.png")).astype(float)
+    own, other = (cv2.imread(str(stills / n)).astype(float) for n in ("dusk.png", "dusk.jpg"))
+    assert np.abs(written - own).mean() < np.abs(written - other).mean()
     clip = tmp_path / "clip.mp4"
     make_clip(clip, clean_frames(2, (96, 64)))
-    assert run_cli(clip, tmp_path / "frames").returncode == 0
-    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [
+    # a dotted folder named with its slash (Path() dropped it: "unknown output container")
+    assert run_cli(clip, f"{tmp_path / 'frames.v2'}/").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "frames.v2").iterdir()) == [
         "frame-000001.png",
         "frame-000002.png",
     ]
