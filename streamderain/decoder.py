@@ -249,8 +249,10 @@ class Decoder:
                 return
             if packet is None:
                 return
-            if packet.is_corrupt:  # flagged by the demuxer; the decoder conceals what it can
+            if packet.is_corrupt:  # flagged by the demuxer (a live source's: concealed)
                 self.corrupt_packets += 1
+                if not self.live:  # a file's packet cut short (its end): fed to the decoder,
+                    continue  # it lost the frames still decoding in its threads
             try:
                 decoded = packet.decode()
             except (av.error.InvalidDataError, ValueError) as exc:

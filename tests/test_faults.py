@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -233,3 +234,31 @@ def test_frames_written_to_the_current_folder_leave_it_in_place(tmp_path, monkey
     replace_folder(frames, Path("."))
     assert sorted(p.name for p in here.iterdir()) == ["frame-000001.png", "old.png"]
     assert not frames.exists()
+
+
+def test_a_file_cut_short_keeps_every_whole_frame(tmp_path):
+    """Its last packet, cut short, went to the decoder, which then lost the two frames still
+    decoding in its threads: a copy interrupted midway came out two frames short."""
+    from fractions import Fraction
+
+    from streamderain.decoder import Decoder
+    from streamderain.options import DecodeOptions
+
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i, image in enumerate(clean_frames(40, (96, 64))):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with av.open(str(cut)) as plain:  # one frame at a time, no threads: what the file holds
+        expected = 0
+        for packet in plain.demux(video=0):
+            with contextlib.suppress(av.error.InvalidDataError):
+                expected += len(packet.decode())
+    with Decoder(cut, DecodeOptions()) as decoder:
+        assert len(list(decoder)) == expected > 0
