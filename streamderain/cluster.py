@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -28,6 +28,8 @@ notice = logging.getLogger("streamderain.notice")
 
 # A feed told to stop ends within its source's open timeout (10 s) and a segment's close.
 FEED_STOP_WAIT = 20.0
+# How many times a feed's actor that Ray gave up is replaced before the feed is said to fail.
+FEED_REPLACEMENTS = 3
 # The logger of Ray's notice that it turned token authentication on.
 RAY_AUTH_NOTICE = "ray._private.authentication.authentication_token_setup"
 
@@ -194,36 +196,64 @@ def run_feeds(
         device, threads, per_actor = actor_resources(ray, options.model.device, threads, per_gpu)
         restartable = {"max_restarts": -1, "max_task_retries": -1, "max_concurrency": 2}
         actor = ray.remote(FeedWorker)
-        actors = {
-            f.name: actor.options(name=f"feed:{f.name}", **per_actor, **restartable).remote(
+
+        def start(feed: Feed, attempt: int = 0) -> tuple[Any, Any]:
+            """A feed's actor (named, with the attempt after the first) and its run."""
+            name = f"feed:{feed.name}" + (f":{attempt}" if attempt else "")
+            worker = actor.options(name=name, **per_actor, **restartable).remote(
                 options, device, threads
             )
-            for f in feeds
-        }
-        runs = {actors[f.name].run.remote(f): f.name for f in feeds}
-        log.warning("%d feed(s) running on Ray: %s", len(feeds), ", ".join(actors))
-        return _wait_for_feeds(ray, runs, actors, stop)
+            return worker, worker.run.remote(feed)
+
+        started = {f.name: start(f) for f in feeds}
+        log.warning("%d feed(s) running on Ray: %s", len(feeds), ", ".join(started))
+        return _wait_for_feeds(ray, {f.name: f for f in feeds}, started, start, stop)
 
 
 def _wait_for_feeds(
-    ray: ModuleType, runs: dict, actors: dict, stop: threading.Event
+    ray: ModuleType,
+    feeds: dict[str, Feed],
+    started: dict[str, tuple[Any, Any]],
+    start: Callable[[Feed, int], tuple[Any, Any]],
+    stop: threading.Event,
 ) -> list[dict[str, Any]]:
     """Collect each feed's end; once ``stop`` is set, stop every feed and wait for its segment
-    to close, then raise :class:`KeyboardInterrupt`."""
+    to close, then raise :class:`KeyboardInterrupt`.
+
+    Ray restarts a feed's actor where its process dies, but where Ray gives it up (its node
+    lost while no other had room, seen as "the actor died unexpectedly") the feed gets a new
+    actor, up to :data:`FEED_REPLACEMENTS` times."""
     done: list[dict[str, Any]] = []
-    pending = list(runs)
-    while pending and not stop.is_set():
-        finished, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-        done += [_outcome(ray, ref, runs[ref]) for ref in finished]
+    runs = {ref: name for name, (_, ref) in started.items()}
+    replaced: Counter[str] = Counter()
+    while runs and not stop.is_set():
+        finished, _ = ray.wait(list(runs), num_returns=1, timeout=1.0)
+        for ref in finished:
+            name = runs.pop(ref)
+            try:
+                done.append(_outcome(ray, ref, name))
+            except ray.exceptions.RayActorError as exc:
+                if replaced[name] >= FEED_REPLACEMENTS:
+                    done.append(_outcome_of_error(name, f"its Ray worker was lost: {reason(exc)}"))
+                    continue
+                replaced[name] += 1
+                log.warning(
+                    "feed %s: its Ray worker was lost (%s); starting another", name, reason(exc)
+                )
+                started[name] = start(feeds[name], replaced[name])
+                runs[started[name][1]] = name
     if not stop.is_set():
         return done
-    log.warning("stopping %d feed(s)", len(pending))
-    for ref in pending:
-        actors[runs[ref]].stop.remote()
+    log.warning("stopping %d feed(s)", len(runs))
+    for name in runs.values():
+        started[name][0].stop.remote()
     deadline = time.monotonic() + FEED_STOP_WAIT
-    while pending and time.monotonic() < deadline:
-        finished, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-        done += [_outcome(ray, ref, runs[ref]) for ref in finished]
+    while runs and time.monotonic() < deadline:
+        finished, _ = ray.wait(list(runs), num_returns=1, timeout=1.0)
+        for ref in finished:
+            name = runs.pop(ref)
+            with contextlib.suppress(ray.exceptions.RayActorError):  # stopping anyway
+                done.append(_outcome(ray, ref, name))
     raise KeyboardInterrupt
 
 
@@ -233,9 +263,11 @@ def _outcome(ray: ModuleType, ref: Any, name: str) -> dict[str, Any]:
     try:
         outcome = ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
-        outcome = {"feed": name, "error": reason(exc.cause if exc.cause else exc)}
-    if "error" in outcome:
-        log.error("feed %s ended: %s", name, outcome["error"])
-    else:
-        notice.info("feed %s ended: %d frames into %s", name, outcome["frames"], outcome["output"])
+        return _outcome_of_error(name, reason(exc.cause if exc.cause else exc))
+    notice.info("feed %s ended: %d frames into %s", name, outcome["frames"], outcome["output"])
     return outcome
+
+
+def _outcome_of_error(name: str, error: str) -> dict[str, Any]:
+    log.error("feed %s ended: %s", name, error)
+    return {"feed": name, "error": error}
