@@ -23,7 +23,7 @@ from streamderain.frames import Frame, VideoInfo, eight_bits, pixel_bits, rgb_im
 from streamderain.live import RECORDING_SCHEMES, LiveClock, Outage, StopSignal, is_live, mask_url
 from streamderain.options import DecodeOptions
 from streamderain.pictures import PictureFolder
-from streamderain.streams import file_origin
+from streamderain.streams import Continuity, file_origin
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +227,14 @@ class Decoder:
         return self.start <= 0 or seconds >= self.start - 1e-9
 
     def _decoded(self, container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
-        """Every frame that decodes; a corrupt packet is counted, then skipped or concealed.
+        """Every frame that decodes; a corrupt packet is counted, then concealed, or left out
+        where it is a file's last, cut short (fed, it lost the frames decoding in threads).
 
         A file whose container breaks mid-way ends there (with a warning), keeping what was
-        decoded; a live source's read errors go up to the reconnect logic.
-        """
+        decoded; a live source's read errors go up to the reconnect logic."""
         stream = container.streams[self._video_index]
         packets = container.demux(stream)
+        held = None  # a file's packet flagged corrupt: decoded once a packet follows
         while True:
             try:
                 packet = next(packets, None)
@@ -247,21 +248,27 @@ class Decoder:
                     reason(exc),
                 )
                 return
+            if held is not None and packet is not None and packet.size:  # damage mid-file
+                yield from self._decode(held)
+            held = None
             if packet is None:
                 return
             if packet.is_corrupt:  # flagged by the demuxer (a live source's: concealed)
                 self.corrupt_packets += 1
-                if not self.live:  # a file's packet cut short (its end): fed to the decoder,
-                    continue  # it lost the frames still decoding in its threads
-            try:
-                decoded = packet.decode()
-            except (av.error.InvalidDataError, ValueError) as exc:
-                self.corrupt_packets += 1
-                log.debug("skipped a bad packet: %s", exc)
-                continue
-            yield from decoded
+                if not self.live:
+                    held = packet
+                    continue
+            yield from self._decode(packet)
             if self._stop.is_set():
                 return
+
+    def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:
+        try:
+            return packet.decode()
+        except (av.error.InvalidDataError, ValueError) as exc:
+            self.corrupt_packets += 1
+            log.debug("skipped a bad packet: %s", exc)
+            return []
 
     def _from_start(self, origin: float) -> Iterator[av.VideoFrame]:
         """Decoded frames from a keyframe at or before ``--start``.
@@ -301,17 +308,20 @@ class Decoder:
 
     def _video_frames(self) -> Iterator[Frame]:
         origin, deep, index = self.info.origin, self.info.bits > 8, 0
-        frame_seconds = 1 / float(self.info.rate or 25)
+        frame_seconds, line = 1 / float(self.info.rate or 25), Continuity()
         for position, vf in enumerate(self._from_start(origin)):
             # a frame without a time (a raw .h264's) is where the encoder puts it: at the rate
-            keep = self._in_range(position * frame_seconds if vf.time is None else vf.time - origin)
+            late = 0.0 if vf.time is None else line.late(vf.time, frame_seconds)
+            keep = self._in_range(
+                position * frame_seconds if vf.time is None else vf.time + late - origin
+            )
             if keep is None:
                 return
             if keep:
                 image = rgb_image(vf, deep)
                 yield Frame(
                     index,
-                    vf.pts,
+                    None if vf.pts is None else vf.pts + round(late / vf.time_base),
                     vf.time_base or self.info.time_base,
                     eight_bits(image) if deep else image,
                     rotation=round(vf.rotation or 0),

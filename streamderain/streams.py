@@ -11,12 +11,13 @@ import functools
 import io
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
 
 from streamderain.errors import OutputError, reason
+from streamderain.live import CLOCK_JUMP_BACK
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,41 @@ def file_origin(container: av.container.InputContainer) -> float:
     """Seconds a file's timeline starts at. ``--start`` and ``--duration`` count from here, as
     ffmpeg's ``-ss`` does: an MPEG-TS file usually starts at 1.4 s, a camera's recording hours in."""
     return (container.start_time or 0) / av.time_base
+
+
+class Continuity:
+    """The times of one stream of a file, made to go on where they jump back (MPEG-TS files
+    joined end to end, a recorder's restart): what follows the jump moves on by it, as ffmpeg
+    moves it, so that a second part is not crowded onto the first's last instant."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0  # seconds every time from here on is moved on by
+        self._last: float | None = None
+
+    def late(self, t: float, step: float) -> float:
+        """How far to move the time ``t`` (seconds) on; ``step``: how long one item lasts."""
+        t += self.offset
+        if self._last is not None and t < self._last - CLOCK_JUMP_BACK:
+            self.offset += self._last + step - t
+            t = self._last + step
+        self._last = t if self._last is None else max(self._last, t)
+        return self.offset
+
+
+def continuous(packets: Iterator[av.Packet]) -> Iterator[av.Packet]:
+    """``packets``, each stream's times made to go on where they jump back (:class:`Continuity`)."""
+    lines: dict[int, Continuity] = {}
+    for packet in packets:
+        if packet.dts is not None and packet.pts is not None:
+            tb = packet.time_base
+            step = float(packet.duration * tb) if packet.duration else 0.0
+            late = lines.setdefault(packet.stream.index, Continuity()).late(
+                float(packet.dts * tb), step
+            )
+            if late:
+                packet.pts += round(late / tb)
+                packet.dts += round(late / tb)
+        yield packet
 
 
 class AudioReencoder:
@@ -127,7 +163,7 @@ class StreamCopier:
             wanted = [self.input.streams[i] for i in [*self.map, *self.reencoders]]
             if wanted and start > 0:  # a second early, for packets that begin before the start
                 self.input.seek(int((self.origin + start - 1) * av.time_base), backward=True)
-            self._packets = self.input.demux(*wanted) if wanted else iter(())
+            self._packets = continuous(self.input.demux(*wanted)) if wanted else iter(())
         except BaseException:
             self.input.close()
             raise

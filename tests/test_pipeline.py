@@ -956,3 +956,19 @@ def test_ffmpeg_encoder_keeps_the_sample_aspect_ratio(tmp_path):
     encoder.finish()
     with av.open(str(out)) as done:
         assert done.streams.video[0].codec_context.sample_aspect_ratio == Fraction(4, 3)
+
+
+def test_mpeg_ts_files_joined_end_to_end_play_on(tmp_path):
+    """``cat a.ts b.ts`` (a DVR's parts): the second part's times start again, and its frames
+    were crowded onto the first's last instant; with sound the run failed at its end."""
+    part = tmp_path / "part.ts"
+    make_clip(part, clean_frames(25, (64, 48)), audio=True)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(part.read_bytes() * 2)
+    out = tmp_path / "out.mp4"
+    result = run_cli(joined, out, "-q", "--flip-average", "off", "--temporal", "off")
+    assert result.returncode == 0, result.stderr
+    _, times, _ = decode_all(out)
+    assert len(times) == 50
+    assert max(np.diff(times)) < 0.05, "one frame after another across the join"
+    assert max(t for t, _ in packets(out, "audio")) > 1.8, "the second part's sound too"
