@@ -28,6 +28,7 @@ from streamderain.frames import (
     with_fine_bits,
 )
 from streamderain.options import EncodeOptions
+from streamderain.pictures import FolderWriter
 from streamderain.pipeline import Stage
 from streamderain.targets import (
     CONTAINERS,
@@ -45,7 +46,6 @@ from streamderain.writers import (
     DEEP_CODEC,
     X26X,
     FFmpegWriter,
-    FolderWriter,
     OutputSettings,
     PyAVWriter,
     Writer,

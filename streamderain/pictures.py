@@ -1,4 +1,5 @@
-"""A folder of pictures read as a video: its files in natural order, at a nominal rate.
+"""A folder of pictures read as a video (its files in natural order, at a nominal rate), and a
+video's frames written as a folder of pictures.
 
 Pictures of a folder are read one by one with OpenCV, each at its own size; they carry their
 file name, which the output names its pictures after.
@@ -14,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamderain.errors import InputError
+from streamderain.errors import InputError, OutputError
 from streamderain.frames import Frame, VideoInfo
 from training.data import IMAGE_SUFFIXES, list_images
 
@@ -71,3 +72,26 @@ def read_picture(path: Path) -> np.ndarray:
     if image is None:
         raise InputError(f"{path}: not a readable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class FolderWriter:
+    """One PNG per frame: named as its source picture (``001.jpg`` -> ``001.png``) where the
+    input was a folder of images, else numbered from 1."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        path.mkdir(parents=True, exist_ok=True)
+
+    def write(
+        self, image: np.ndarray, pts: int, time_base: Fraction, name: str | None = None
+    ) -> None:
+        self.count += 1
+        target = self.path / f"{name}.png" if name else self.path / f"frame-{self.count:06d}.png"
+        if name and target.exists():  # 001.jpg and 001.png in one folder
+            target = self.path / f"{name}-{self.count}.png"
+        if not cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise OutputError(f"{target}: cannot write image")
+
+    def close(self) -> None:
+        pass

@@ -245,8 +245,8 @@ class Pipeline:
         except BaseException as exc:  # noqa: BLE001 - carried to the main thread
             self._fail(exc)
         finally:
-            if self.stop_event.is_set():
-                stage.abort(failed=bool(self.errors))
+            if self.stop_event.is_set():  # a stop met inside a stage is the user's, no failure
+                stage.abort(failed=any(not isinstance(e, KeyboardInterrupt) for e in self.errors))
             if out is None:
                 self._done.put(_END)
             elif not self.stop_event.is_set():
@@ -282,8 +282,11 @@ class Pipeline:
                 self._join(t, last=t is threads[-1])
             self.stats.wall = time.perf_counter() - t0
             self.stats.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if self.errors:
-            first = self.errors[0]
+        # a stop a stage met (ffmpeg's, signalled with us) while the user stops is no error
+        stopped = KeyboardInterrupt if self.stats.interrupted else ()
+        errors = [e for e in self.errors if not isinstance(e, stopped)]
+        if errors:
+            first = errors[0]
             if isinstance(first, StreamDerainError | KeyboardInterrupt):
                 raise first
             raise StreamDerainError(f"{type(first).__name__}: {first}") from first

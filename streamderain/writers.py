@@ -1,4 +1,5 @@
-"""Writers: PyAV's own FFmpeg, an ``ffmpeg`` binary, or a folder of PNG images.
+"""Writers: PyAV's own FFmpeg or an ``ffmpeg`` binary (a folder of PNG images:
+:class:`~streamderain.pictures.FolderWriter`).
 
 Each takes pictures with their timestamps (:class:`Writer`) and knows nothing of where they
 came from; the encoder stage picks one from the output's name and options.
@@ -16,7 +17,6 @@ from subprocess import PIPE, Popen, TimeoutExpired
 from typing import Protocol
 
 import av
-import cv2
 import ffmpeg
 import numpy as np
 
@@ -243,6 +243,11 @@ class PyAVWriter:
             self.container.close()
 
 
+#: ffmpeg's exit status after a SIGINT or SIGTERM it took (a service manager's stop sent to the
+#: whole control group): it closed its file first, which plays up to there
+FFMPEG_SIGNALLED = 255
+
+
 class FFmpegWriter:
     """Pipes frames, with their timestamps, to an ``ffmpeg`` binary that encodes them.
 
@@ -312,7 +317,10 @@ class FFmpegWriter:
         try:
             self.container.mux(self.stream.encode(self.settings.video_frame(image, pts, time_base)))
         except OSError:
-            raise OutputError(f"ffmpeg stopped: {self._error()}") from None
+            error = self._error()
+            if self.proc.returncode == FFMPEG_SIGNALLED:  # as the user's stop: the file is kept
+                raise KeyboardInterrupt from None
+            raise OutputError(f"ffmpeg stopped: {error}") from None
 
     def _error(self) -> str:
         self.proc.wait(timeout=30)
@@ -324,11 +332,11 @@ class FFmpegWriter:
         try:
             self.container.mux(self.stream.encode(None))
             self.container.close()
-        except OSError:
+        except (OSError, av.error.FFmpegError):  # the pipe's end, through PyAV's callback
             pass  # ffmpeg has gone: its exit status and log say why
         finally:
             error = self._wait_for_ffmpeg()
-        if error is not None:
+        if error is not None and self.proc.returncode != FFMPEG_SIGNALLED:
             raise OutputError(f"ffmpeg failed: {error}")
         settings = self.settings
         if settings.copy_from or settings.rotation:
@@ -355,26 +363,3 @@ class FFmpegWriter:
                 return "it did not finish within 120 s"
         finally:
             self.log.close()
-
-
-class FolderWriter:
-    """One PNG per frame: named as its source picture (``001.jpg`` -> ``001.png``) where the
-    input was a folder of images, else numbered from 1."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.count = 0
-        path.mkdir(parents=True, exist_ok=True)
-
-    def write(
-        self, image: np.ndarray, pts: int, time_base: Fraction, name: str | None = None
-    ) -> None:
-        self.count += 1
-        target = self.path / f"{name}.png" if name else self.path / f"frame-{self.count:06d}.png"
-        if name and target.exists():  # 001.jpg and 001.png in one folder
-            target = self.path / f"{name}-{self.count}.png"
-        if not cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-            raise OutputError(f"{target}: cannot write image")
-
-    def close(self) -> None:
-        pass

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -323,10 +324,11 @@ def test_never_overwrites_without_y(vfr_clip, tmp_path):
     assert len(decode_all(out)[0]) == 2
 
 
-@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg", "ffmpeg, signalled too"])
 def test_sigint_leaves_a_playable_partial_file(tmp_path, shared, encoder):
     """Ctrl-C in a terminal signals the whole process group: an ffmpeg writer too, which must
-    not die with the file it writes."""
+    not die with the file it writes. A service manager's stop reaches ffmpeg itself too (its
+    control group): ffmpeg closes its file and exits, and the run was lost ("ffmpeg stopped")."""
     import os
 
     frames = clean_frames(75, (320, 180)) * 2
@@ -334,7 +336,7 @@ def test_sigint_leaves_a_playable_partial_file(tmp_path, shared, encoder):
     make_clip(src, frames)
     out = tmp_path / "partial.mp4"
     proc = subprocess.Popen(
-        [*CLI, str(src), str(out), "-q", "--encoder", encoder],
+        [*CLI, str(src), str(out), "-q", "--encoder", encoder.split(",")[0]],
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -346,7 +348,14 @@ def test_sigint_leaves_a_playable_partial_file(tmp_path, shared, encoder):
     while not (partial.exists() and partial.stat().st_size > 0):
         assert proc.poll() is None and time.monotonic() < deadline, "no frame was written"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
+    if encoder == "ffmpeg, signalled too":
+        tasks = Path(f"/proc/{proc.pid}/task").iterdir()
+        children = [int(c) for t in tasks for c in (t / "children").read_text().split()]
+        writer = [c for c in children if Path(f"/proc/{c}/comm").read_text().strip() == "ffmpeg"]
+        for pid in [proc.pid, *writer]:
+            os.kill(pid, signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
