@@ -88,7 +88,7 @@ class FolderWriter:
     ) -> None:
         self.count += 1
         target = self.path / f"{name}.png" if name else self.path / f"frame-{self.count:06d}.png"
-        if name and target.exists():  # 001.jpg and 001.png in one folder
+        if name and target.exists():  # a.png and a.PNG in one folder
             target = self.path / f"{name}-{self.count}.png"
         if not cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
             raise OutputError(f"{target}: cannot write image")
