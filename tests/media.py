@@ -28,6 +28,27 @@ def clean_frames(n: int, size: tuple[int, int] = (256, 144)) -> list[np.ndarray]
     ]
 
 
+def h264_stream(
+    out: av.container.OutputContainer, size: tuple[int, int], rate: int
+) -> av.video.stream.VideoStream:
+    """An H.264 video stream of ``size`` (width, height) at ``rate`` frames/s in ``out``."""
+    stream = out.add_stream("libx264", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+    return stream
+
+
+def encode_frames(
+    out: av.container.OutputContainer, stream: av.video.stream.VideoStream, images: list[np.ndarray]
+) -> None:
+    """``images`` into ``stream``, one frame a 1/rate tick from 0, then the encoder flushed."""
+    tb = 1 / Fraction(stream.codec_context.framerate)
+    for i, image in enumerate(images):
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts, frame.time_base = i, tb
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+
+
 def make_clip(
     path: Path,
     frames: list[np.ndarray],

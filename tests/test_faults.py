@@ -16,7 +16,14 @@ import pytest
 from streamderain import StreamDerainError, derain_video
 from streamderain.options import ModelOptions
 from streamderain.runner import ModelRunner
-from tests.media import clean_frames, decode_all, display_rotation, make_clip
+from tests.media import (
+    clean_frames,
+    decode_all,
+    display_rotation,
+    encode_frames,
+    h264_stream,
+    make_clip,
+)
 
 RUN_LIMIT_S = 60
 
@@ -239,20 +246,12 @@ def test_frames_written_to_the_current_folder_leave_it_in_place(tmp_path, monkey
 def test_a_file_cut_short_keeps_every_whole_frame(tmp_path):
     """Its last packet, cut short, went to the decoder, which then lost the two frames still
     decoding in its threads: a copy interrupted midway came out two frames short."""
-    from fractions import Fraction
-
     from streamderain.decoder import Decoder
     from streamderain.options import DecodeOptions
 
     whole = tmp_path / "whole.mp4"
     with av.open(str(whole), "w", options={"movflags": "faststart"}) as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        for i, image in enumerate(clean_frames(40, (96, 64))):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, 25)
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
+        encode_frames(out, h264_stream(out, (96, 64), 25), clean_frames(40, (96, 64)))
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with av.open(str(cut)) as plain:  # one frame at a time, no threads: what the file holds

@@ -23,6 +23,8 @@ from tests.media import (
     clean_frames,
     decode_all,
     display_rotation,
+    encode_frames,
+    h264_stream,
     make_clip,
     packets,
     rainy_frames,
@@ -817,20 +819,16 @@ def test_a_cameras_sound_and_a_tag_that_is_not_utf8_do_not_stop_a_run(tmp_path):
     src = tmp_path / "camera.mov"
     with av.open(str(src), "w") as out:
         out.metadata["title"] = "cafX"
-        v = out.add_stream("libx264", rate=10)
-        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        v = h264_stream(out, (64, 48), 10)
         a = out.add_stream("pcm_mulaw", rate=8000)
         a.layout = "mono"
-        for i, image in enumerate(clean_frames(6, (64, 48))):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, 10)
-            out.mux(v.encode(frame))
+        encode_frames(out, v, clean_frames(6, (64, 48)))
+        for i in range(6):
             sound = av.AudioFrame.from_ndarray(
                 np.zeros((1, 800), np.int16), format="s16", layout="mono"
             )
             sound.sample_rate, sound.pts = 8000, i * 800
             out.mux(a.encode(sound))
-        out.mux(v.encode(None))
         out.mux(a.encode(None))
     data = src.read_bytes()
     src.write_bytes(data.replace(b"cafX", b"caf\xe9"))  # Latin-1, as old cameras write
@@ -870,21 +868,16 @@ def test_ffmpeg_encoder_keeps_the_picture_past_a_sound_that_ends_first(tmp_path)
         pytest.skip("no ffmpeg binary (Debian package ffmpeg)")
     src = tmp_path / "short-sound.mp4"
     with av.open(str(src), "w") as out:
-        v = out.add_stream("libx264", rate=10)
-        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        v = h264_stream(out, (64, 48), 10)
         a = out.add_stream("aac", rate=48000)
         a.layout = "mono"
-        for i, image in enumerate(clean_frames(75, (64, 48)) * 2):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, 10)
-            out.mux(v.encode(frame))
+        encode_frames(out, v, clean_frames(75, (64, 48)) * 2)
         for i in range(14):  # 0.3 s of sound under 15 s of picture
             sound = av.AudioFrame.from_ndarray(
                 np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
             )
             sound.sample_rate, sound.pts = 48000, i * 1024
             out.mux(a.encode(sound))
-        out.mux(v.encode(None))
         out.mux(a.encode(None))
     out = tmp_path / "out.mp4"
     result = run_cli(src, out, "-q", "--encoder", "ffmpeg", "--flip-average", "off")
@@ -901,23 +894,13 @@ def test_the_video_track_read_is_the_one_a_player_shows(tmp_path):
 
     src = tmp_path / "two-tracks.mkv"
     with av.open(str(src), "w") as out:
-        poster = out.add_stream("libx264", rate=10)
-        poster.width, poster.height, poster.pix_fmt = 40, 32, "yuv420p"
-        movie = out.add_stream("libx264", rate=10)
-        movie.width, movie.height, movie.pix_fmt = 64, 48, "yuv420p"
+        poster, movie = h264_stream(out, (40, 32), 10), h264_stream(out, (64, 48), 10)
         poster.disposition, movie.disposition = (
             av.stream.Disposition(0),
             av.stream.Disposition.default,
         )
-        for stream, images in (
-            (poster, clean_frames(1, (40, 32))),
-            (movie, clean_frames(10, (64, 48))),
-        ):
-            for i, image in enumerate(images):
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                frame.pts, frame.time_base = i, Fraction(1, 10)
-                out.mux(stream.encode(frame))
-            out.mux(stream.encode(None))
+        encode_frames(out, poster, clean_frames(1, (40, 32)))
+        encode_frames(out, movie, clean_frames(10, (64, 48)))
     with Decoder(src, DecodeOptions()) as decoder:
         assert (decoder.info.width, decoder.info.height) == (64, 48)
         assert len(list(decoder)) == 10
@@ -932,13 +915,7 @@ def test_a_raw_stream_without_times_is_cut_at_the_frame_rate(tmp_path):
     src = tmp_path / "camera.h264"
     images = clean_frames(50, (64, 48))
     with av.open(str(src), "w", format="h264") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i, image in enumerate(images):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, 25)
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
+        encode_frames(out, h264_stream(out, (64, 48), 25), images)
     with Decoder(src, DecodeOptions(duration=0.4)) as decoder:
         assert len(list(decoder)) == 10
     with Decoder(src, DecodeOptions(start=0.5, duration=0.4)) as decoder:
