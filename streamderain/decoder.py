@@ -1,9 +1,9 @@
 """Reads a video file, a live stream or camera, or a folder of images into :class:`Frame`s.
 
-Live sources reconnect here (backoff and deadline: :class:`streamderain.live.Outage`);
-what retrying cannot fix (not found, unauthorized, not a video) fails at once. Frame times of a
-live source are seconds since the run began, so they only ever grow: an outage is a gap, and a
-source whose own clock jumps is followed by the wall clock from the jump.
+Live sources reconnect here (backoff and deadline: :class:`streamderain.live.Outage`); what
+retrying cannot fix (not found, unauthorized, not a video) fails at once. Frame times of a live
+source are seconds since the run began, so they only ever grow: an outage is a gap, and a source
+whose own clock jumps is followed by the wall clock from the jump.
 """
 
 from __future__ import annotations
@@ -134,16 +134,16 @@ class Decoder:
     def _connect(self, open_timeout: float | None = None) -> av.container.InputContainer:
         """Open the source once; a source without video is an error."""
         options, fmt = {}, None
+        open_timeout, read_timeout = open_timeout or self.timeouts[0], self.timeouts[1]
         if self.source.lower().startswith(("rtsp://", "rtsps://")):
             options["rtsp_transport"] = self.rtsp_transport
+            read_timeout /= 2  # a stall shows after two: the first yields the frame RTSP held
         if self.live:
-            # Probe 0.1 s instead of FFmpeg's default (~1 s buffered before the first frame).
-            options["analyzeduration"] = "100000"
+            options["analyzeduration"] = "100000"  # 0.1 s probed, not FFmpeg's ~1 s
         if self.source.startswith("/dev/video"):
             fmt = "v4l2"
         elif "://" not in self.source:  # "img%03d.jpg" is that file, not a numbered sequence
             options["pattern_type"] = "none"
-        timeouts = (open_timeout or self.timeouts[0], self.timeouts[1])
         began = time.monotonic()
         try:
             container = av.open(
@@ -151,14 +151,14 @@ class Decoder:
                 mode="r",
                 format=fmt,
                 options=options,
-                timeout=timeouts,
+                timeout=(open_timeout, read_timeout),
                 metadata_errors="replace",  # junk tags in a damaged file are not fatal
             )
         except av.error.FFmpegError as exc:
             took = time.monotonic() - began
             # FFmpeg reports a source that never answers as whatever it was reading when the
             # timeout cut it off ("Invalid data found ..."): say what happened instead.
-            why = f"no answer within {took:.0f} s" if took >= timeouts[0] - 0.5 else reason(exc)
+            why = f"no answer within {took:.0f} s" if took >= open_timeout - 0.5 else reason(exc)
             raise CannotOpen(self.name, why) from exc
         video = shown_video(container)
         if video is None:

@@ -21,6 +21,14 @@ DATA = SHARED / "data"
 RAY_EXIT_GRACE = 15.0
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Commands the tests start get Ctrl-C as a terminal gives it: a shell starts a background
+    job (``pytest &`` in a script, ``nohup``) with SIGINT ignored, every child inherits that, and
+    a Python started so never takes Ctrl-C (the batch driver's stop test then saw it run on)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not SHARED.is_dir():

@@ -171,15 +171,19 @@ def test_live_drop_keeps_up_with_a_fast_camera(rtsp_server, tmp_path, drop):
 
 
 def test_a_stalled_source_times_out_and_stops_cleanly(rtsp_server, tmp_path):
-    """A camera that stops sending but keeps its connection open must not hang the run."""
+    """A camera that stops sending but keeps its connection open must not hang the run: a read
+    gives up after 5 s (FFmpeg's RTSP reader took two reads, 10 s: the first handed over the
+    frame it held back), then the run reconnects for ``--reconnect-timeout``."""
     out = tmp_path / "stalled.mp4"
     proc = start_cli(rtsp_server.url, out, "--reconnect-timeout", "2")
     wait_until_deraining(proc)
     rtsp_server.pause()
+    paused = time.monotonic()
     try:
         _, err = proc.communicate(timeout=120)
     finally:
         rtsp_server.resume()
+    assert time.monotonic() - paused <= 5 + 2 + 2.5, err
     assert proc.returncode == 1, err
     last = err.strip().splitlines()[-1]
     assert "source lost" in last and "Traceback" not in err
