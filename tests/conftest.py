@@ -84,14 +84,14 @@ def no_ray_left_behind() -> Iterator[None]:
         left = {pid for pid in left if running(pid)}
     killed = set()
     for _ in range(10):  # a raylet may start workers while it is being killed
+        if not left:
+            break
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         killed |= left
         time.sleep(0.5)
         left = ray_processes() - before
-        if not left:
-            break
     if killed:
         warnings.warn(
             f"killed {len(killed)} Ray process(es) left running by the test", stacklevel=1

@@ -198,7 +198,9 @@ def test_a_batch_whose_driver_is_killed_leaves_no_worker_and_finishes_on_rerun(t
     workers = [p for p in _children(driver.pid) if _alive(p)]
     driver.send_signal(signal.SIGKILL)
     driver.communicate(timeout=180)
-    time.sleep(3)
+    deadline = time.monotonic() + 3
+    while [p for p in workers if _alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not [p for p in workers if _alive(p)], "a worker outlived its driver"
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
