@@ -164,8 +164,19 @@ def derain_video(
     """
     began = time.perf_counter()
     options = _run_options(options).replace(**values)
-    if isinstance(runner, Derainer):
-        runner = runner.runner
+    if isinstance(runner, Derainer):  # lent: its own frames then go on as they were
+        try:
+            return derain_video(
+                src,
+                dst,
+                options,
+                runner=runner.runner,
+                on_frame=on_frame,
+                on_start=on_start,
+                stop=stop,
+            )
+        finally:
+            runner.runner.expect()
     if runner is not None and not isinstance(runner, ModelRunner):
         raise TypeError(f"runner must be a ModelRunner or a Derainer, got {type(runner).__name__}")
     check_target(dst)

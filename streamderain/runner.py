@@ -199,6 +199,19 @@ class ModelRunner(Stage):
             self._compute = torch.cuda.Stream(self.device)
             self._pending: tuple[Batch, torch.Tensor, torch.cuda.Event] | None = None
 
+    def expect(self, one_scene: bool = True, live: bool = True) -> None:
+        """What the next frames are: the mirror average on or off, ``auto``'s checks anew (by
+        default, frames given one by one, as a :class:`~streamderain.api.Derainer` gives them)."""
+        for mirror in self.mirrors:
+            mirror.on = flip_on(self.options.flip_average, live)
+        if self._cuda:
+            # A video's frames share one size: cuDNN times its kernels for it on the first
+            # batch and keeps the fastest. A folder's pictures may each have their own size,
+            # where timing every size would cost more than it saves.
+            torch.backends.cudnn.benchmark = one_scene
+        if isinstance(self.forward, Router):
+            self.forward.reset(VIDEO_CHECK_EVERY if one_scene else 1)
+
     def prepare(
         self,
         height: int,
@@ -213,16 +226,9 @@ class ModelRunner(Stage):
         stream's first frames choose its model anew, and then every
         :data:`~training.route.VIDEO_CHECK_EVERY` frames, or every frame where they are not
         ``one_scene`` (a folder of pictures). ``--flip-average auto`` is on unless ``live``."""
-        for mirror in self.mirrors:
-            mirror.on = flip_on(self.options.flip_average, live)
+        self.expect(one_scene, live)
         if self._cuda:
             self._pending = None  # a stopped run's last batch, never collected, is not this one's
-            # A video's frames share one size: cuDNN times its kernels for it on the first
-            # batch and keeps the fastest. A folder's pictures may each have their own size,
-            # where timing every size would cost more than it saves.
-            torch.backends.cudnn.benchmark = one_scene
-        if isinstance(self.forward, Router):
-            self.forward.reset(VIDEO_CHECK_EVERY if one_scene else 1)
         # a model behind the router compiles its smaller mirror only once the rain asks for it:
         # 1 s and 40 MB that light rain, most videos, never needs (int8, 640x360)
         alone = not isinstance(self.forward, Router)

@@ -616,6 +616,18 @@ def test_derainer_api_accepts_bgr_rgb_and_tensors(shared):
             derainer(empty)
 
 
+def test_a_derainer_lent_to_a_file_runs_its_own_frames_as_before(vfr_clip, tmp_path):
+    """A file turned its mirror average on (``auto`` is on for files) and left it on: the
+    Derainer's own frames then took twice the time and came out otherwise."""
+    from streamderain import Derainer, derain_video
+
+    derainer = Derainer(device="cpu", model="dcsfn-lite")
+    rgb = clean_frames(1, (96, 64))[0]
+    before = derainer(rgb)
+    derain_video(vfr_clip[0], tmp_path / "o.mp4", runner=derainer, max_frames=2)
+    assert np.array_equal(derainer(rgb), before)
+
+
 def test_cuda_without_gpu_is_a_clean_error(vfr_clip, tmp_path):
 
     if torch.cuda.is_available():
