@@ -262,7 +262,7 @@ def batch(
         if not srcs:
             raise UsageError("no inputs (give paths, globs or --list FILE)")
         out_dir.mkdir(parents=True, exist_ok=True)
-        jobs, results = plan(srcs, out_dir, overwrite)
+        jobs, results = plan(srcs, out_dir, overwrite, options.shaping())
         interrupted = _run_batch(
             jobs, results, out_dir, options, quiet, workers, threads, ray_address
         )

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from glob import glob
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,24 +30,26 @@ class Job:
     """One input to derain and where its output goes (absolute paths).
 
     ``size`` and ``mtime`` tell this input from another file later found at the same path
-    (for a folder of pictures: all its pictures' sizes, and the latest change among them)."""
+    (for a folder of pictures: all its pictures' sizes, and the latest change among them);
+    ``settings``, the options that shape its output (:meth:`RunOptions.shaping`)."""
 
     input: str
     output: str
     size: int = 0
     mtime: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @classmethod
-    def of(cls, src: str, output: Path) -> Job:
-        path = Path(src)
+    def of(cls, src: str, output: Path, settings: dict[str, Any] | None = None) -> Job:
+        path, settings = Path(src), settings or {}
         if "://" in src or not path.exists():
-            return cls(src, str(output))
+            return cls(src, str(output), settings=settings)
         if not path.is_dir():
             stat = path.stat()
-            return cls(src, str(output), stat.st_size, stat.st_mtime)
+            return cls(src, str(output), stat.st_size, stat.st_mtime, settings)
         pictures = [p.stat() for p in path.iterdir() if p.is_file()]
         latest = max([path.stat().st_mtime, *(st.st_mtime for st in pictures)])  # or one removed
-        return cls(src, str(output), sum(st.st_size for st in pictures), latest)
+        return cls(src, str(output), sum(st.st_size for st in pictures), latest, settings)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Result:
     fps: float = 0.0
     input_size: int = 0
     input_mtime: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)  # none in records before 2026-12-06
 
     @classmethod
     def of(cls, job: Job, status: str, reason: str = "", **done: Any) -> Result:
@@ -74,6 +77,7 @@ class Result:
             **done,
             input_size=job.size,
             input_mtime=job.mtime,
+            settings=job.settings,
         )
 
     @classmethod
@@ -81,11 +85,13 @@ class Result:
         return cls.of(job, "failed", reason)
 
     def is_done_from(self, job: Job) -> bool:
-        """This record says ``job``'s very input (same path, size and time) made its output."""
+        """This record says ``job``'s very input (same path, size and time) made its output, with
+        the same options (a record that names none is taken at its word)."""
         return (
             self.status == "done"
             and (self.input, self.output) == (job.input, job.output)
             and (self.input_size, self.input_mtime) == (job.size, job.mtime)
+            and (not self.settings or self.settings == job.settings)
         )
 
     def to_json(self) -> str:
@@ -183,15 +189,19 @@ def _needs_matroska(source: str) -> bool:
 
 
 def plan(
-    inputs: list[str], out_dir: Path, overwrite: bool = False
+    inputs: list[str],
+    out_dir: Path,
+    overwrite: bool = False,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[list[Job], dict[str, Result]]:
     """The jobs to run, and the outcome of each input that needs no run (skipped or refused).
 
     An input whose output the manifest records as made from this very input (path, size and
-    modification time), and which exists, is skipped; ``overwrite`` redoes it. An output the
-    manifest knows of otherwise (failed, cut short, made from another input) is redone. An
-    existing output the manifest does not know is the user's: replaced only with
-    ``overwrite``.
+    modification time) with these ``settings`` (:meth:`RunOptions.shaping`), and which exists,
+    is skipped; ``overwrite`` redoes it. An output the manifest records as this input's
+    otherwise (failed, cut short, changed since, made with other settings) is redone. An
+    existing output made from another input (yesterday's ``cam1.mp4`` of another folder), or
+    one the manifest does not know (the user's), is replaced only with ``overwrite``.
     """
     out_dir = out_dir.resolve()
     manifest = read_manifest(out_dir / MANIFEST)
@@ -208,7 +218,7 @@ def plan(
     known: dict[str, Result] = {}
     owner: dict[Path, str] = {}
     for src, output in output_paths(inputs, out_dir).items():
-        job = Job.of(src, output)
+        job = Job.of(src, output, settings)
         before = manifest.get(job.output)
         if output in owner:
             known[src] = Result.failed(job, f"{_short(owner[output])} has the same output name")
@@ -220,6 +230,10 @@ def plan(
             )
         elif before and before.is_done_from(job) and output.exists() and not overwrite:
             known[src] = Result(**{**asdict(before), "status": "skipped"})
+        elif before and before.input != src and output.exists() and not overwrite:
+            known[src] = Result.failed(
+                job, f"{job.output} holds {_short(before.input)}'s output (pass -y to overwrite)"
+            )
         elif output.exists() and before is None and not overwrite and not _empty_folder(output):
             known[src] = Result.failed(job, f"{job.output} exists (pass -y to overwrite)")
         else:

@@ -204,6 +204,17 @@ class RunOptions:
         """Options from flat keyword values (``crf=0, device="cpu"``), each sent to its group."""
         return cls().replace(**values)
 
+    def shaping(self) -> dict[str, Any]:
+        """The options that shape an output, not where or how fast it is made: a batch redoes
+        an output that other ones made."""
+        d, m = self.decode, self.model
+        return {
+            **{k: getattr(d, k) for k in ("start", "duration", "max_frames", "live_drop")},
+            **{k: getattr(m, k) for k in ("model", "precision", "backend", "tile", "temporal")},
+            "flip_average": m.flip_average,
+            **dataclasses.asdict(self.encode),
+        }
+
     def replace(self, **values: Any) -> RunOptions:
         """A copy with some flat values changed (``options.replace(max_frames=2)``)."""
         parts: dict[str, dict[str, Any]] = {f.name: {} for f in fields(self)}

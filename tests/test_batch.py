@@ -108,7 +108,7 @@ def test_rerun_skips_what_is_done(local_run, inputs: Path) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     listing = inputs / "inputs.txt"
     listing.write_text("# one per line\n" + "".join(f"in/{n}\n" for n in [*GOOD, "bad.mp4"]))
-    again = batch("--list", listing, "in/stills", "--out-dir", out, "--workers", "2", cwd=inputs)
+    again = batch("--list", listing, "in/stills", "--out-dir", out, *SAME_AS_RAY, cwd=inputs)
     assert again.returncode == 1, again.stderr
     assert "4 input(s) done in an earlier run: skipped" in again.stderr
     records = manifest(out)
@@ -381,16 +381,20 @@ def test_a_manifest_torn_by_a_kill_takes_the_next_record_on_a_line_of_its_own(tm
 
 
 def test_the_manifest_keys_on_the_input_that_made_each_output(tmp_path: Path) -> None:
-    """d1/clip.mp4, then d2/clip.mp4 with -y into the same folder, then d1/clip.mp4 again: the
-    output is d2's, so d1's is redone, not skipped; so is an input changed since its run."""
+    """d1/clip.mp4, then d2/clip.mp4 into the same folder: the output is d1's, replaced only
+    with -y (it was replaced without asking: yesterday's cam1.mp4 lost to today's); then d1 is
+    not skipped, its output being d2's; an input changed since its run, or run with other
+    options (``--max-frames 2`` stood for the whole run), is redone."""
     out = tmp_path / "X"
     out.mkdir()
     for d in ("d1", "d2"):
         (tmp_path / d).mkdir()
         (tmp_path / d / "clip.mp4").write_bytes(d.encode())
 
-    def run(src: Path, overwrite: bool = False) -> list[Job]:
-        jobs, known = plan([str(src)], out, overwrite)
+    def run(src: Path, overwrite: bool = False, max_frames: int | None = None) -> list[Job]:
+        jobs, known = plan(
+            [str(src)], out, overwrite, RunOptions.of(max_frames=max_frames).shaping()
+        )
         with open(out / MANIFEST, "a") as manifest:
             for job in jobs:
                 Path(job.output).write_bytes(Path(job.input).read_bytes())
@@ -400,9 +404,17 @@ def test_the_manifest_keys_on_the_input_that_made_each_output(tmp_path: Path) ->
     first = tmp_path / "d1" / "clip.mp4"
     assert len(run(first)) == 1
     assert run(first) == [], "done: skipped"
-    assert len(run(tmp_path / "d2" / "clip.mp4", overwrite=True)) == 1
-    assert len(run(first)) == 1, "the output held d2's result: redone"
+    second = tmp_path / "d2" / "clip.mp4"
+    assert run(second) == [], "d1's output is not d2's to take"
+    _, known = plan([str(second)], out)
+    assert known[str(second)].reason.endswith("/d1/clip.mp4's output (pass -y to overwrite)")
+    assert len(run(second, overwrite=True)) == 1
+    assert run(first) == [], "d2's output now"
+    assert len(run(first, overwrite=True)) == 1
     assert (out / "clip.mp4").read_bytes() == b"d1"
+    assert len(run(first, max_frames=2)) == 1, "other options: redone"
+    assert run(first, max_frames=2) == []
+    assert len(run(first)) == 1, "the whole clip is not the first two frames"
     first.write_bytes(b"d1, edited")
     assert len(run(first)) == 1, "the input changed since: redone"
     assert len(run(first, overwrite=True)) == 1, "-y redoes finished inputs"
