@@ -293,6 +293,33 @@ def test_a_noisy_still_scene_without_rain_keeps_its_brightness(lookahead: int) -
     assert abs(shift) < 0.5, shift
 
 
+@pytest.mark.parametrize("lookahead", [0, 3])
+@pytest.mark.parametrize(
+    "gains", [{15: 1.4}, {t: 1.25 for t in range(15, 30)}], ids=["flash", "lamp on"]
+)
+def test_a_flash_or_a_light_switched_on_is_kept(lookahead: int, gains: dict[int, float]) -> None:
+    """A lightning flash brightens a whole frame: its envelope (the minimum with the frames
+    beside it) matched theirs, so the flash was taken for rain and erased, and the first frame
+    of a lamp switched on came out unlit."""
+    clean, _ = scene(30)
+    clean = [np.clip(c * gains.get(t, 1.0), 0, 255).astype(np.uint8) for t, c in enumerate(clean)]
+    out = run_filter(rain(clean), lookahead)
+    assert abs(out[15].mean() - clean[15].mean()) < 2, (out[15].mean(), clean[15].mean())
+
+
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_a_camera_bumped_for_a_frame_leaves_no_ghost(lookahead: int) -> None:
+    """A frame shifted by a bump (wind on a still camera) sat in windows whose first and last
+    frames agreed: it was combined, unaligned, with its neighbours (and they with it)."""
+    clean, _ = scene(30)
+    bump = np.float32([[1, 0, 6], [0, 1, 0]])
+    clean[15] = cv2.warpAffine(clean[15], bump, (W, H), borderMode=cv2.BORDER_REFLECT)
+    noisy = rain(clean)
+    out = run_filter(noisy, lookahead)
+    whole = [np.ones((H, W), bool)] * 5
+    assert error(out[13:18], clean[13:18], whole) <= error(noisy[13:18], clean[13:18], whole) + 0.5
+
+
 def test_a_panning_camera_keeps_the_models_frames() -> None:
     """After a warp, parallax and sub-pixel errors look like rain: a moving camera's frames
     come back as the model made them, every one, files and live alike."""
