@@ -13,14 +13,8 @@ from typing import Any
 
 import click
 
+from streamderain import flags
 from streamderain.errors import StreamDerainError, UsageError
-from streamderain.flags import (
-    check_paths,
-    one_line_errors,
-    options_from,
-    run_options,
-    setup_logging,
-)
 from streamderain.options import RunOptions
 
 
@@ -58,14 +52,14 @@ def main() -> None:
 @main.command("run")
 @click.argument("src", metavar="INPUT", required=False)
 @click.argument("dst", metavar="OUTPUT", required=False)
-@run_options("model", "encode", "range")
+@flags.run_options("model", "encode", "range")
 @click.option(
     "--camera",
-    type=int,
+    type=click.IntRange(min=0),
     default=None,
     help="Read local camera N (/dev/videoN, v4l2) instead of INPUT.",
 )
-@run_options("live", "overwrite", "verbosity")
+@flags.run_options("live", "overwrite", "verbosity")
 def run(
     src: str | None,
     dst: str | None,
@@ -80,16 +74,16 @@ def run(
     OUTPUT is a file (mp4, mov, mkv, webm), a folder of PNG frames, or a live URL to publish
     to (rtsp://, rtmp://, udp://, srt://).
     """
-    setup_logging(verbose, quiet)
-    with one_line_errors(verbose):
+    flags.setup_logging(verbose, quiet)
+    with flags.one_line_errors(verbose):
         if camera is not None:
             if dst is not None:
                 raise UsageError(f"give either INPUT or --camera {camera}, not both")
             dst, src = src, f"/dev/video{camera}"
         if src is None or dst is None:
             raise UsageError("give INPUT and OUTPUT (or --camera N and OUTPUT)")
-        options = options_from(params)
-        check_paths(src, dst, overwrite)
+        options = flags.options_from(params)
+        flags.check_paths(src, dst, overwrite)
         stats = _derain(src, dst, options, quiet)
     if stats.interrupted:
         n = stats.frames
@@ -154,7 +148,7 @@ def models() -> None:
     from training.quantize import int8_models
     from training.route import AUTO, HEAVY_MODEL, LIGHT_MODEL, VIDEO_CHECK_EVERY
 
-    with one_line_errors(False):  # a bundled file damaged on disk: one line, not a traceback
+    with flags.one_line_errors(False):  # a damaged bundled file: one line, not a traceback
         here = pick_precision("auto", torch.device("cpu"), "auto", None) == "int8"
         default, shipped = ", the default on this CPU" if here else "", int8_models()
         eight_bits = f", also in 8 bits (--precision int8{default})"
@@ -178,14 +172,14 @@ def models() -> None:
 @main.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--rain", type=click.Choice(["light", "heavy"]), default="light", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("-y", "--overwrite", is_flag=True, help="Replace PATH if it exists.")
 def sample(path: str, rain: str, seed: int, overwrite: bool) -> None:
     """Write a 3-second rainy street clip to PATH to try streamderain on."""
     from streamderain.sample import write_sample
 
-    setup_logging(False, False)
-    with one_line_errors(False):
+    flags.setup_logging(False, False)
+    with flags.one_line_errors(False):
         if Path(path).exists() and not overwrite:
             raise StreamDerainError(f"{path} exists (pass -y to overwrite)")
         n = write_sample(path, rain, seed)
@@ -198,7 +192,7 @@ def sample(path: str, rain: str, seed: int, overwrite: bool) -> None:
     "-o",
     "--out-dir",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),
     help="Folder for the outputs (named as their inputs) and manifest.jsonl.",
 )
 @click.option(
@@ -229,10 +223,10 @@ def sample(path: str, rain: str, seed: int, overwrite: bool) -> None:
     metavar="[ADDRESS]",
     help="Run on Ray: local (default: start one here), auto, or ray://HOST:10001.",
 )
-@run_options("model", "encode", "range", "overwrite", "verbosity")
+@flags.run_options("model", "encode", "range", "overwrite", "verbosity")
 def batch(
     inputs: tuple[str, ...],
-    out_dir: Path,
+    out_dir: str,
     list_file: str | None,
     workers: int | None,
     threads: int | None,
@@ -251,13 +245,16 @@ def batch(
     """
     from streamderain.jobs import MANIFEST, expand_inputs, plan, summary_table
 
-    setup_logging(verbose, quiet)
-    with one_line_errors(verbose):
-        options = options_from(params)
+    flags.setup_logging(verbose, quiet)
+    with flags.one_line_errors(verbose):
+        options = flags.options_from(params)
         if ray_address is not None and Path(ray_address).exists():
             raise UsageError(
                 f"--ray {ray_address}: that is a path; put --ray after the inputs (or --ray local)"
             )
+        if not out_dir.strip():  # Path("") is the current folder
+            raise UsageError("--out-dir is empty; name a folder")
+        out_dir = Path(out_dir)
         srcs = expand_inputs(inputs, list_file)
         if not srcs:
             raise UsageError("no inputs (give paths, globs or --list FILE)")
@@ -343,7 +340,7 @@ def _run_batch(
     metavar="ADDRESS",
     help="local (start Ray here), auto, or ray://HOST:10001.",
 )
-@run_options("model", "encode", "range", "live", "verbosity")
+@flags.run_options("model", "encode", "range", "live", "verbosity")
 @click.pass_context
 def feeds(
     ctx: click.Context,
@@ -367,11 +364,11 @@ def feeds(
     from streamderain.cluster import run_feeds
     from streamderain.feeds import read_feeds
 
-    setup_logging(verbose, quiet)
+    flags.setup_logging(verbose, quiet)
     if ctx.get_parameter_source("reconnect_timeout") is click.core.ParameterSource.DEFAULT:
         params["reconnect_timeout"] = 0.0  # a camera is waited for, however long it is away
-    with one_line_errors(verbose):
-        options = options_from(params)
+    with flags.one_line_errors(verbose):
+        options = flags.options_from(params)
         try:
             ended = run_feeds(read_feeds(feeds_file), options, ray_address, threads, per_gpu)
         except KeyboardInterrupt:

@@ -48,8 +48,9 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
     what a user waits for (``-q``: errors only; ``-v``: everything, with what runs)."""
     handler = logging.StreamHandler()
     handler.setFormatter(_Format())
-    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
-    logging.basicConfig(level=level, handlers=[handler])
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, handlers=[handler])
+    for ours in ("streamderain", "training"):  # -v: ours; other libraries' debug is noise
+        logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.NOTSET)
     logging.getLogger("streamderain.notice").setLevel(logging.ERROR if quiet else logging.INFO)
 
 
@@ -116,7 +117,8 @@ _MODEL = [
         type=click.Choice(BACKENDS),
         default="auto",
         show_default=True,
-        help="Inference backend; auto: OpenVINO for fp32 on a CPU (exact, faster), else PyTorch.",
+        help="Inference backend; auto: OpenVINO on a CPU (int8, or fp32: exact, faster), "
+        "else PyTorch.",
     ),
     _auto_on_off(
         "--temporal",
@@ -132,8 +134,8 @@ _MODEL = [
     ),
     _auto_on_off(
         "--flip-average",
-        "Also derain each frame's mirror image and average the two: cleaner (+0.3 to +0.5 dB) "
-        "at twice the model's time; auto: on for files, off for live sources.",
+        "Also derain each frame's mirror image and average the two: cleaner, at twice the "
+        "model's time; auto: on for files, off for live sources.",
     ),
 ]
 _ENCODE = [

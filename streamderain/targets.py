@@ -104,6 +104,8 @@ def check_target(path: str | Path) -> None:
         return
     if str(path) == "-":
         raise OutputError("-: no writing to standard output; name a file or a folder")
+    if not str(path).strip():  # "" wrote frames into the current folder
+        raise OutputError("the output's name is empty; name a file or a folder")
     target = Path(os.path.abspath(path))  # "." has a name
     if target.exists() and not (target.is_file() or target.is_dir()):
         raise OutputError(f"{path}: not a regular file or folder; choose another output")

@@ -81,6 +81,8 @@ def _cases(d: Path) -> dict[str, tuple[list[str], str]]:
         "output folder read-only": ([clip, str(d / "locked" / "o.mp4")], "not writable"),
         "unknown container": ([clip, str(d / "o.xyz")], "unknown output container"),
         "standard output": ([clip, "-"], "no writing to standard output"),
+        "empty output": ([clip, "", "-y"], "the output's name is empty"),  # frames went into .
+        "empty out-dir": (["batch", clip, "--out-dir", ""], "--out-dir is empty"),
         "negative batch": ([clip, out, "--batch", "-2"], "--batch must be at least 1"),
         "batch past memory": (
             [str(d / "uncounted.mkv"), out, "--batch", "100000"],
@@ -123,8 +125,13 @@ def test_bad_input_is_one_clean_line(media, case):
         pytest.skip("this machine has a GPU")
     args, expected = _cases(media)[case]
     before = {p: _digest(p) for p in media.iterdir() if p.is_file()}
-    result = subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    result = subprocess.run(  # in the folder: what an empty output name wrote, it wrote there
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        cwd=media,
     )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

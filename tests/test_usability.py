@@ -101,6 +101,7 @@ def test_verbose_says_what_runs_and_models_lists_the_bundled_ones(tmp_path, shar
     assert result.returncode == 0, result.stderr
     for words in ("input   ", "h264 96x64", "model   ", "parameters", "output  ", "libx264"):
         assert words in result.stderr, words
+    assert "pydot" not in result.stderr, "other libraries' debug is not ours to show"
     listed = run_cli("models")
     assert listed.returncode == 0 and "auto (default)" in listed.stdout
     assert "327,943 parameters" in listed.stdout and "PSNR-Y" in listed.stdout
