@@ -812,6 +812,30 @@ def test_a_bug_in_a_training_command_keeps_its_traceback() -> None:
     assert result.exit_code == 1 and "Error: steps must be" in result.output
 
 
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["eval-video", "--fixed-presets", "bogus"], "unknown rain preset(s) bogus"),
+        (["eval-video", "--frames", "0"], "0 is not in the range x>=2"),
+        (["eval-video", "--threads", "0"], "0 is not in the range x>=1"),
+        (["eval-video", "--json", "no/such/folder/x.json"], "no/such/folder is no folder"),
+        (["validate", "dcsfn-lite", "--config", "clip.mp4"], "clip.mp4: not a TOML file"),
+    ],
+)
+def test_training_commands_say_what_is_wrong_with_their_options(tmp_path, monkeypatch, args, said):
+    """They were tracebacks (KeyError, IndexError, UnicodeDecodeError), or the JSON's folder
+    was found missing after the whole evaluation."""
+    from click.testing import CliRunner
+
+    from training.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    Path("clip.mp4").write_bytes(bytes([0, 0, 0, 0x18, 0x66, 0x74, 0xFF, 0xFE]))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code in (1, 2) and said in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+
+
 def test_ssim_is_scored_as_the_published_tables_score_it(shared):
     """Rain100L's rainy inputs score 0.838 SSIM-Y in the published tables (Wang's ssim_index,
     the window inside the picture); zero padding at the border gave 0.843."""

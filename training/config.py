@@ -81,6 +81,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             values = tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        except UnicodeDecodeError:  # a video given as the config
+            raise ConfigError(f"{path}: not a TOML file (not UTF-8 text)") from None
     return values
 
 

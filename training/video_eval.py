@@ -38,7 +38,7 @@ import torch
 from training.data import DatasetError, data_root_option, read_rgb
 from training.evaluate import derain_rgb
 from training.metrics import luma, psnr
-from training.rain import rain_video
+from training.rain import PRESETS, rain_video
 from training.route import AUTO, VIDEO_CHECK_EVERY, Router, evaluation_forward, model_names
 from training.weights import resolve_source
 
@@ -298,15 +298,33 @@ def cache_folder(cache: Path, model_name: str, flip: bool, int8: bool) -> Path:
 
 @click.command()
 @data_root_option
-@click.option("--frames", default=40, show_default=True, help="Frames per fixed-camera clip.")
-@click.option("--davis-frames", default=30, show_default=True, help="Frames per DAVIS clip.")
+@click.option(
+    "--frames",
+    type=click.IntRange(min=2),
+    default=40,
+    show_default=True,
+    help="Frames per fixed-camera clip.",
+)
+@click.option(
+    "--davis-frames",
+    type=click.IntRange(min=2),
+    default=30,
+    show_default=True,
+    help="Frames per DAVIS clip.",
+)
 @click.option(
     "--fixed-presets", default=",".join(FIXED_PRESETS), show_default=True, help="Rain presets."
 )
 @click.option(
     "--davis-presets", default=",".join(DAVIS_PRESETS), show_default=True, help="'' for none."
 )
-@click.option("--threads", default=2, show_default=True, help="CPU threads for the model.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="CPU threads for the model.",
+)
 @click.option(
     "--model",
     "model_name",
@@ -323,7 +341,7 @@ def cache_folder(cache: Path, model_name: str, flip: bool, int8: bool) -> Path:
     help="Average the model with its run on the mirror image (streamderain's default on files).",
 )
 @click.option("--int8", is_flag=True, help="Run the bundled models' 8-bit networks.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--picture",
@@ -353,6 +371,14 @@ def main(
     """Score the temporal stage against the per-frame model on video with clean frames."""
     fixed = tuple(p for p in fixed_presets.split(",") if p)
     davis = tuple(p for p in davis_presets.split(",") if p)
+    unknown = sorted(set(fixed + davis) - set(PRESETS))
+    if unknown:
+        raise click.BadParameter(
+            f"unknown rain preset(s) {', '.join(unknown)}; known: {', '.join(PRESETS)}",
+            param_hint="--fixed-presets/--davis-presets",
+        )
+    if json_path is not None and not json_path.absolute().parent.is_dir():  # found after the work
+        raise click.BadParameter(f"{json_path.parent} is no folder", param_hint="--json")
     try:
         todo = clips(data_root, frames, davis_frames, fixed, davis)
     except DatasetError as e:
