@@ -224,13 +224,17 @@ class Encoder(Stage):
     def _open(self, first: Frame, size: tuple[int, int]) -> None:
         self._size = size
         try:
+            o = self.options
             if self.folder:
+                if given := [f"--{k}" for k in ("codec", "crf", "preset") if getattr(o, k)]:
+                    log.warning("%s: PNG frames take no %s (ignored)", self.name, ", ".join(given))
                 self._writer = FolderWriter(self._tmp)
                 mark_redoable(self._tmp, not self.info.live)
                 return
             fmt, codec = self._format_and_codec()
+            if o.preset and codec not in X26X:
+                log.warning("--preset is x264's and x265's; %s takes none (ignored)", codec)
             self._deep = self._deep_output(codec)
-            o = self.options
             live_rate = float(self.info.rate or 25) if self.live_format else None
             recording = self.info.live and not self.live_format  # a live source to a file
             settings = OutputSettings(
