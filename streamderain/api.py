@@ -18,7 +18,7 @@ from streamderain.batcher import Batcher
 from streamderain.compare import Compose, KeepOriginals
 from streamderain.decoder import Decoder
 from streamderain.encoder import Encoder
-from streamderain.errors import InputError
+from streamderain.errors import InputError, UsageError
 from streamderain.frames import Frame, expected_frames
 from streamderain.options import DecodeOptions, EncodeOptions, ModelOptions, RunOptions
 from streamderain.pipeline import Pipeline, Stage, Stats
@@ -196,6 +196,13 @@ def derain_video(
             end=decoder.end,
         )
         try:  # until the pipeline runs, nothing else closes the output if this fails
+            d = decoder
+            frames = expected_frames(d.info, d.start, d.end, options.decode.max_frames)
+            if encoder.picture and ((frames or 1) > 1 or (d.live and frames is None)):
+                raise UsageError(
+                    f"{dst} is a picture, one frame; the input has {frames or 'endless'} "
+                    "(add --max-frames 1, or name a folder or a video)"
+                )
             compare = options.encode.compare
             temporal = temporal_on(model.temporal, decoder)
             stages: list[tuple[str, Stage]] = [("batch", Batcher(model.batch))]
@@ -220,9 +227,7 @@ def derain_video(
                 decoder.info.width,
                 one_scene=not decoder.is_image_folder,
                 live=decoder.live,
-                frames=expected_frames(
-                    decoder.info, decoder.start, decoder.end, options.decode.max_frames
-                ),
+                frames=frames,
             )
             if log.isEnabledFor(logging.DEBUG):  # the -v banner; describing costs a little
                 log.debug("input   %s", decoder.describe())

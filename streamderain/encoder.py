@@ -28,13 +28,14 @@ from streamderain.frames import (
     with_fine_bits,
 )
 from streamderain.options import EncodeOptions
-from streamderain.pictures import FolderWriter
+from streamderain.pictures import FolderWriter, PictureWriter
 from streamderain.pipeline import Stage
 from streamderain.targets import (
     CONTAINERS,
     check_target,
     encoder_name,
     is_folder_target,
+    is_picture_target,
     live_target_format,
     lock_partial,
     mark_redoable,
@@ -90,6 +91,7 @@ class Encoder(Stage):
         self.start, self.end = start, end
         self.frames_written = 0
         self.folder = not self.live_format and is_folder_target(target)
+        self.picture = is_picture_target(target)
         # A file from a file can wait for the model's spare CPU; anything live keeps its pace.
         self.yields_cpu = not (self.live_format or info.live)
         self._pace: tuple[float, float] | None = None  # (wall clock, source seconds) at start
@@ -152,8 +154,8 @@ class Encoder(Stage):
     def describe(self) -> str:
         """One line on what is written, for the banner of ``-v``."""
         o = self.options
-        if self.folder:
-            return f"{self.name}: PNG images"
+        if self.folder or self.picture:
+            return f"{self.name}: {'PNG images' if self.folder else 'a picture'}"
         fmt, codec = self._format_and_codec()
         quality = f", crf {o.crf}" if o.crf is not None else ""
         bits = ", 10 bits" if self._deep_output(codec) else ""
@@ -204,7 +206,7 @@ class Encoder(Stage):
             self._wait_for(float(pts * frame.time_base))
         if self._deep and frame.deep is not None and frame.deep.shape == image.shape:
             image = with_fine_bits(image, frame.deep)
-        if self.folder:  # a PNG keeps no display rotation: a phone's video is turned upright
+        if self.folder or self.picture:  # no display rotation: a phone's video turned upright
             image = upright(image, frame.rotation)
         try:
             self._writer.write(np.ascontiguousarray(image), pts, frame.time_base, frame.name)
@@ -225,10 +227,10 @@ class Encoder(Stage):
         self._size = size
         try:
             o = self.options
-            if self.folder:
+            if self.folder or self.picture:
                 if given := [f"--{k}" for k in ("codec", "crf", "preset") if getattr(o, k)]:
-                    log.warning("%s: PNG frames take no %s (ignored)", self.name, ", ".join(given))
-                self._writer = FolderWriter(self._tmp)
+                    log.warning("%s: pictures take no %s (ignored)", self.name, ", ".join(given))
+                self._writer = (FolderWriter if self.folder else PictureWriter)(self._tmp)
                 mark_redoable(self._tmp, not self.info.live)
                 return
             fmt, codec = self._format_and_codec()

@@ -177,11 +177,11 @@ def output_paths(inputs: list[str], out_dir: Path) -> dict[str, Path]:
 
 
 def _needs_matroska(source: str) -> bool:
-    """A video file whose container the encoder does not write (not a feed, folder or picture)."""
+    """A video file whose container the encoder does not write (not a feed, folder or picture),
+    or whose name has no suffix (its output was taken for a folder of frames)."""
     suffix = Path(source).suffix.lower()
     return (
         "://" not in source
-        and bool(suffix)
         and suffix not in CONTAINERS
         and suffix not in IMAGE_SUFFIXES
         and not Path(source).is_dir()

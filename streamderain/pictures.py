@@ -74,6 +74,28 @@ def read_picture(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+class PictureWriter:
+    """One frame as one picture, in the format its name says (``clean.jpg``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+
+    def write(
+        self, image: np.ndarray, pts: int, time_base: Fraction, name: str | None = None
+    ) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise OutputError(
+                "a picture holds one frame: add --max-frames 1, or name a folder or a video"
+            )
+        if not cv2.imwrite(str(self.path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise OutputError(f"{self.path}: cannot write image")
+
+    def close(self) -> None:
+        pass
+
+
 class FolderWriter:
     """One PNG per frame: named as its source picture (``001.jpg`` -> ``001.png``) where the
     input was a folder of images, else numbered from 1."""

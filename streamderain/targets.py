@@ -18,6 +18,7 @@ import av
 
 from streamderain.errors import OutputError, reason
 from streamderain.options import EncodeOptions
+from training.data import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ def is_folder_target(path: str | Path) -> bool:
     """An output with no suffix (or an existing folder) is a folder of PNG frames."""
     p = Path(path)
     return p.is_dir() or str(path).endswith(os.sep) or p.suffix == ""
+
+
+def is_picture_target(path: str | Path) -> bool:
+    """An output named as a picture (``clean.jpg``) holds one frame: a photo derained, or a
+    stream's snapshot (``--max-frames 1``)."""
+    return "://" not in str(path) and Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def partial_path(target: Path, folder: bool | None = None) -> Path:
@@ -114,9 +121,11 @@ def check_target(path: str | Path) -> None:
             f"{path}: a file with no extension; a folder of frames cannot replace it "
             "(name a video file, e.g. out.mp4, or a folder that is not a file)"
         )
-    if not is_folder_target(path) and target.suffix.lower() not in CONTAINERS:
+    if not is_folder_target(path) and target.suffix.lower() not in {*CONTAINERS, *IMAGE_SUFFIXES}:
         known = ", ".join(sorted(CONTAINERS))
-        raise OutputError(f"{path}: unknown output container (use one of {known}, or a folder)")
+        raise OutputError(
+            f"{path}: unknown output container (use one of {known}, a folder, or a picture)"
+        )
     folder = target.parent if str(target.parent) else Path(".")
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX") if folder.is_dir() else 255

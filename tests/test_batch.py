@@ -346,6 +346,10 @@ def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "y/b.avi").touch()
     jobs, known = plan(expand_inputs(["y/b.ts", "y/b.avi"]), out)
     assert sorted(Path(j.output).name for j in jobs) == ["b.mkv", "b.ts.mkv"]
+    for name in ("y/camera-dump", "y/photo.jpg"):  # a video with no suffix was a folder of PNGs
+        (tmp_path / name).touch()
+    jobs, known = plan(expand_inputs(["y/camera-dump", "y/photo.jpg"]), out)
+    assert sorted(Path(j.output).name for j in jobs) == ["camera-dump.mkv", "photo.jpg"]
     jobs, known = plan(["rtsp://cam/b.mp4", str(tmp_path / "y/b.mp4")], out, overwrite=True)
     assert [j.input for j in jobs] == [str(tmp_path / "y/b.mp4")], "a refused input owns nothing"
     jobs, known = plan(expand_inputs(["y/b.mp4"]), tmp_path / "y", overwrite=True)
@@ -365,7 +369,9 @@ def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "b.avi",
         "b.mp4",
         "b.ts",
+        "camera-dump",
         "clip [1].mp4",
+        "photo.jpg",
     ]
     table = summary_table([Result("/a.mp4", "/o/a.mp4", "failed", "no such file")])
     assert table.splitlines()[1].split() == ["/a.mp4", "failed", "no", "such", "file"]

@@ -247,7 +247,7 @@ def test_image_folder_in_and_out_with_odd_sizes(tmp_path, shared):
     out = tmp_path / "derained"
     result = run_cli(src, out, "--crf", "5")  # said to be ignored: it was, silently
     assert result.returncode == 0, result.stderr
-    assert "PNG frames take no --crf (ignored)" in result.stderr
+    assert "pictures take no --crf (ignored)" in result.stderr
     written = sorted(out.iterdir())
     assert len(written) == 4
     assert cv2.imread(str(written[0])).shape == (45, 67, 3)
@@ -255,6 +255,23 @@ def test_image_folder_in_and_out_with_odd_sizes(tmp_path, shared):
     result = run_cli(src, odd, "--preset", "slow")
     assert result.returncode == 0 and "libvpx-vp9 takes none (ignored)" in result.stderr
     assert decode_all(odd)[0][0].shape == (45, 67, 3)
+
+
+def test_a_picture_in_and_a_picture_out(tmp_path, shared):
+    """A photo derained into a photo ("unknown output container" before), and a video's one
+    frame as a snapshot; more than one frame to a picture is refused before any work."""
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "photo.png"), clean_frames(1, (67, 45))[0][..., ::-1])
+    assert run_cli(tmp_path / "photo.png", tmp_path / "clean.jpg", "-q").returncode == 0
+    assert cv2.imread(str(tmp_path / "clean.jpg")).shape == (45, 67, 3)
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, clean_frames(3, (64, 48)))
+    refused = run_cli(clip, tmp_path / "snap.png")
+    assert refused.returncode == 1 and "a picture, one frame; the input has 3" in refused.stderr
+    assert not (tmp_path / "snap.png").exists()
+    assert run_cli(clip, tmp_path / "snap.png", "--max-frames", "1", "-q").returncode == 0
+    assert cv2.imread(str(tmp_path / "snap.png")).shape == (48, 64, 3)
 
 
 def test_a_folder_of_pictures_of_several_sizes(tmp_path, shared):
