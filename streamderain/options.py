@@ -63,6 +63,10 @@ def _check_kinds(group: object) -> None:
             raise UsageError(f"{flag} must be {_KIND_NAMES[kind]}, got {value!r}")
 
 
+#: seconds no video runs to (a year): times past it are typing errors
+LONGEST = 365 * 86400.0
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """What to read of the source, and how a live source is kept.
@@ -89,9 +93,10 @@ class DecodeOptions:
         s, d, n = self.start, self.duration, self.max_frames
         _check(
             [
-                (s is not None and s < 0, f"--start must be >= 0, got {s}"),
-                (d is not None and d <= 0, f"--duration must be > 0, got {d}"),
-                (n is not None and n < 1, f"--max-frames must be >= 1, got {n}"),
+                # bounded: --start 1e308 overflowed deep in a run (as did --max-frames 1e23)
+                (s is not None and not 0 <= s < LONGEST, f"--start must be >= 0, got {s}"),
+                (d is not None and not 0 < d < LONGEST, f"--duration must be > 0, got {d}"),
+                (n is not None and not 1 <= n < 2**62, f"--max-frames must be >= 1, got {n}"),
                 _choice("--rtsp-transport", self.rtsp_transport, RTSP_TRANSPORTS),
                 (
                     self.reconnect_timeout < 0,

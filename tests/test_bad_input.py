@@ -181,6 +181,8 @@ def test_the_api_refuses_to_write_over_its_input(media):
         {"crf": 18.5},
         {"duration": True},
         {"reconnect_timeout": float("nan")},
+        {"start": 1e308},  # OverflowError, from deep in the run
+        {"max_frames": 10**23},
     ],
 )
 def test_an_option_of_the_wrong_kind_is_named_before_any_work(values):
