@@ -248,7 +248,8 @@ def derain_video(
                     f"--start {decoder.start:g} s is past the end of {decoder.name} "
                     f"({length:.1f} s)"
                 )
-            raise InputError(f"{decoder.name}: no video frame could be decoded")
+            at = f" from --start {decoder.start:g} s on" if decoder.start > 0 else ""
+            raise InputError(f"{decoder.name}: no video frame could be decoded{at}")
         stats.corrupt_packets = decoder.corrupt_packets
         stats.reconnects = decoder.reconnects
         return stats

@@ -35,6 +35,8 @@ def test_start_past_the_end_and_a_missing_input_say_so(tmp_path, shared):
     result = run_cli(src, out, "--start", "10")
     assert result.returncode == 1
     assert "--start 10 s is past the end of" in result.stderr and "(1.0 s)" in result.stderr
+    after_last = run_cli(src, out, "--start", "0.99")  # the last frame is at 0.96 s
+    assert "no video frame could be decoded from --start 0.99 s on" in after_last.stderr
     out.write_bytes(b"the user's file")
     missing = run_cli(tmp_path / "nothere.mp4", out)
     assert missing.returncode == 1 and "nothere.mp4: no such file" in missing.stderr
