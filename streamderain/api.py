@@ -25,6 +25,7 @@ from streamderain.pipeline import Pipeline, Stage, Stats
 from streamderain.runner import ModelRunner
 from streamderain.targets import check_codec, check_not_input, check_target, live_target_format
 from streamderain.temporal import TemporalFilter, TemporalStage
+from training.data import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 notice = logging.getLogger("streamderain.notice")
@@ -198,9 +199,13 @@ def derain_video(
         try:  # until the pipeline runs, nothing else closes the output if this fails
             d = decoder
             frames = expected_frames(d.info, d.start, d.end, options.decode.max_frames)
-            if encoder.picture and ((frames or 1) > 1 or (d.live and frames is None)):
+            photo = (
+                frames is None and not d.live and Path(d.source).suffix.lower() in IMAGE_SUFFIXES
+            )
+            if encoder.picture and frames != 1 and not photo:
+                has = f"{frames} frames" if frames else "frames of a count unknown before reading"
                 raise UsageError(
-                    f"{dst} is a picture, one frame; the input has {frames or 'endless'} "
+                    f"{dst} is a picture, one frame; the input has {has} "
                     "(add --max-frames 1, or name a folder or a video)"
                 )
             compare = options.encode.compare

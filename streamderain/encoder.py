@@ -91,7 +91,7 @@ class Encoder(Stage):
         self.start, self.end = start, end
         self.frames_written = 0
         self.folder = not self.live_format and is_folder_target(target)
-        self.picture = is_picture_target(target)
+        self.picture = not self.folder and is_picture_target(target)  # "shots.png/" is a folder
         # A file from a file can wait for the model's spare CPU; anything live keeps its pace.
         self.yields_cpu = not (self.live_format or info.live)
         self._pace: tuple[float, float] | None = None  # (wall clock, source seconds) at start
@@ -289,8 +289,8 @@ class Encoder(Stage):
         the user's file; a second Ctrl-C, ``failed=False``, is the user's choice)."""
         if self._writer is None and self.frames_written:
             return  # finished already
-        if failed and self._tmp is not None and self.target.exists():
-            self._discard()
+        if failed and self._tmp is not None and (self.target.exists() or self.picture):
+            self._discard()  # a picture is all or nothing
             return
         try:
             self.finish()

@@ -65,6 +65,7 @@ def _check_kinds(group: object) -> None:
 
 #: seconds no video runs to (a year): times past it are typing errors
 LONGEST = 365 * 86400.0
+YEAR = f"and under a year ({LONGEST:.0f} s)"
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,12 @@ class DecodeOptions:
         _check(
             [
                 # bounded: --start 1e308 overflowed deep in a run (as did --max-frames 1e23)
-                (s is not None and not 0 <= s < LONGEST, f"--start must be >= 0, got {s}"),
-                (d is not None and not 0 < d < LONGEST, f"--duration must be > 0, got {d}"),
-                (n is not None and not 1 <= n < 2**62, f"--max-frames must be >= 1, got {n}"),
+                (s is not None and not 0 <= s < LONGEST, f"--start must be >= 0 {YEAR}, got {s}"),
+                (d is not None and not 0 < d < LONGEST, f"--duration must be > 0 {YEAR}, got {d}"),
+                (
+                    n is not None and not 1 <= n < 2**62,
+                    f"--max-frames must be >= 1 and < 2**62, got {n}",
+                ),
                 _choice("--rtsp-transport", self.rtsp_transport, RTSP_TRANSPORTS),
                 (
                     self.reconnect_timeout < 0,

@@ -270,8 +270,15 @@ def test_a_picture_in_and_a_picture_out(tmp_path, shared):
     refused = run_cli(clip, tmp_path / "snap.png")
     assert refused.returncode == 1 and "a picture, one frame; the input has 3" in refused.stderr
     assert not (tmp_path / "snap.png").exists()
+    uncounted = tmp_path / "clip.mkv"  # Matroska keeps no frame count: refused all the same
+    make_clip(uncounted, clean_frames(3, (64, 48)))
+    refused = run_cli(uncounted, tmp_path / "snap.png")
+    assert refused.returncode == 1 and "a count unknown" in refused.stderr
+    assert not (tmp_path / "snap.png").exists(), "its first frame was left as the picture"
     assert run_cli(clip, tmp_path / "snap.png", "--max-frames", "1", "-q").returncode == 0
     assert cv2.imread(str(tmp_path / "snap.png")).shape == (48, 64, 3)
+    assert run_cli(clip, f"{tmp_path / 'shots.png'}/", "-q").returncode == 0, "a folder"
+    assert len(list((tmp_path / "shots.png").iterdir())) == 3
 
 
 def test_a_folder_of_pictures_of_several_sizes(tmp_path, shared):
