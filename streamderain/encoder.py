@@ -27,6 +27,7 @@ from streamderain.frames import (
     upright,
     with_fine_bits,
 )
+from streamderain.live import mask_url
 from streamderain.options import EncodeOptions
 from streamderain.pictures import FolderWriter, PictureWriter
 from streamderain.pipeline import Stage
@@ -84,7 +85,7 @@ class Encoder(Stage):
         check_target(target)
         self.options = options or EncodeOptions()
         self.live_format = live_target_format(target)
-        self.name = str(target)
+        self.name = mask_url(str(target)) if self.live_format else str(target)  # in messages
         self.target = Path(os.path.abspath(target))  # "." has a name
         self.info = info
         self.copy_from = copy_streams_from

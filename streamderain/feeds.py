@@ -73,6 +73,8 @@ def read_feeds(path: str | Path) -> list[Feed]:
         except (StreamDerainError, TypeError) as exc:
             raise StreamDerainError(f"{path}: feed {i + 1}: {reason(exc)}") from None
         name, source, output = (str(table[k]) for k in FEED_KEYS)
+        if not name.strip() or any(c in name for c in "/\\\0") or name.startswith("."):
+            raise StreamDerainError(f"{path}: feed {i + 1}: name {name!r} cannot name a segment")
         feeds.append(Feed(name, source, output, tuple(sorted(extra.items()))))
     names = [f.name for f in feeds]
     if not feeds:

@@ -22,6 +22,7 @@ import numpy as np
 
 from streamderain.errors import OutputError, reason
 from streamderain.frames import VideoInfo, timeline_shift, video_frame
+from streamderain.live import mask_url
 from streamderain.streams import StreamCopier, remux
 
 
@@ -161,6 +162,15 @@ class OutputSettings:
         return vf
 
 
+def live_publish_options(settings: OutputSettings) -> dict[str, str]:
+    """RTSP over TCP, as PyAV's writer publishes it, and each write to a live receiver bounded
+    (10 s, in microseconds): one that stalled without a TCP reset held ffmpeg forever."""
+    if "://" not in settings.path:
+        return {}
+    bound = "timeout" if settings.fmt == "rtsp" else "rw_timeout"  # RTSP's socket option
+    return {bound: "10000000", **({"rtsp_transport": "tcp"} if settings.fmt == "rtsp" else {})}
+
+
 class PyAVWriter:
     """Encodes with PyAV's own FFmpeg, copying the source's audio and subtitles beside."""
 
@@ -290,6 +300,7 @@ class FFmpegWriter:
             **{k: v for k, v in tags.items() if v},
             **settings.options,
             **settings.muxer,
+            **live_publish_options(settings),
         )
         args = ffmpeg.compile(
             out.global_args("-nostdin", "-loglevel", "error"), cmd=binary, overwrite_output=True
@@ -325,8 +336,9 @@ class FFmpegWriter:
     def _error(self) -> str:
         self.proc.wait(timeout=30)
         self.log.seek(0)
-        lines = self.log.read().decode(errors="replace").strip().splitlines()
-        return lines[-1] if lines else f"exit status {self.proc.returncode}"
+        lines = self.log.read().decode(errors="replace").strip().splitlines() or [""]
+        path = self.settings.path  # a publishing URL's password stays out of messages
+        return lines[-1].replace(path, mask_url(path)) or f"exit status {self.proc.returncode}"
 
     def close(self) -> None:
         try:

@@ -82,6 +82,12 @@ def _cases(d: Path) -> dict[str, tuple[list[str], str]]:
         "unknown container": ([clip, str(d / "o.xyz")], "unknown output container"),
         "standard output": ([clip, "-"], "no writing to standard output"),
         "empty output": ([clip, "", "-y"], "the output's name is empty"),  # frames went into .
+        # a publishing URL's password was in every message (ffmpeg's own line too)
+        "publish refused": ([clip, "rtmp://bob:s3cret@127.0.0.1:9/x"], "rtmp://bob:***@127"),
+        "publish refused, ffmpeg": (
+            [clip, "rtmp://bob:s3cret@127.0.0.1:9/x", "--encoder", "ffmpeg"],
+            "ffmpeg failed: rtmp://bob:***@127",
+        ),
         "empty out-dir": (["batch", clip, "--out-dir", ""], "--out-dir is empty"),
         "negative batch": ([clip, out, "--batch", "-2"], "--batch must be at least 1"),
         "batch past memory": (

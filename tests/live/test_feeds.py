@@ -24,6 +24,9 @@ def test_a_feeds_file_is_checked(tmp_path):
     )
     with pytest.raises(StreamDerainError, match="unique"):
         read_feeds(bad)
+    bad.write_text('[[feed]]\nname="site/gate"\nsource="s"\noutput="o"\n')  # no segment found
+    with pytest.raises(StreamDerainError, match="'site/gate' cannot name a segment"):
+        read_feeds(bad)
     proc = start_cli("feeds", tmp_path / "missing.toml")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and len(err.strip().splitlines()) == 1, err
