@@ -23,9 +23,14 @@ from streamderain.frames import Frame, expected_frames
 from streamderain.options import DecodeOptions, EncodeOptions, ModelOptions, RunOptions
 from streamderain.pipeline import Pipeline, Stage, Stats
 from streamderain.runner import ModelRunner
-from streamderain.targets import check_codec, check_not_input, check_target, live_target_format
+from streamderain.targets import (
+    check_codec,
+    check_not_input,
+    check_target,
+    is_picture_target,
+    live_target_format,
+)
 from streamderain.temporal import TemporalFilter, TemporalStage
-from training.data import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 notice = logging.getLogger("streamderain.notice")
@@ -199,9 +204,7 @@ def derain_video(
         try:  # until the pipeline runs, nothing else closes the output if this fails
             d = decoder
             frames = expected_frames(d.info, d.start, d.end, options.decode.max_frames)
-            photo = (
-                frames is None and not d.live and Path(d.source).suffix.lower() in IMAGE_SUFFIXES
-            )
+            photo = frames is None and not d.live and is_picture_target(d.source)
             if encoder.picture and frames != 1 and not photo:
                 has = f"{frames} frames" if frames else "frames of a count unknown before reading"
                 raise UsageError(

@@ -219,8 +219,10 @@ class RunOptions:
         d, m = self.decode, self.model
         return {
             **{k: getattr(d, k) for k in ("start", "duration", "max_frames", "live_drop")},
-            **{k: getattr(m, k) for k in ("model", "precision", "backend", "tile", "temporal")},
-            "flip_average": m.flip_average,
+            **{
+                k: getattr(m, k)
+                for k in ("model", "precision", "backend", "tile", "temporal", "flip_average")
+            },
             **dataclasses.asdict(self.encode),
         }
 

@@ -74,6 +74,12 @@ def read_picture(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def write_picture(path: Path, image: np.ndarray) -> None:
+    """An RGB picture, in the format its name says."""
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OutputError(f"{path}: cannot write image")
+
+
 class PictureWriter:
     """One frame as one picture, in the format its name says (``clean.jpg``)."""
 
@@ -89,8 +95,7 @@ class PictureWriter:
             raise OutputError(
                 "a picture holds one frame: add --max-frames 1, or name a folder or a video"
             )
-        if not cv2.imwrite(str(self.path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-            raise OutputError(f"{self.path}: cannot write image")
+        write_picture(self.path, image)
 
     def close(self) -> None:
         pass
@@ -112,8 +117,7 @@ class FolderWriter:
         target = self.path / f"{name}.png" if name else self.path / f"frame-{self.count:06d}.png"
         if name and target.exists():  # a.png and a.PNG in one folder
             target = self.path / f"{name}-{self.count}.png"
-        if not cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-            raise OutputError(f"{target}: cannot write image")
+        write_picture(target, image)
 
     def close(self) -> None:
         pass

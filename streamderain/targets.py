@@ -121,7 +121,9 @@ def check_target(path: str | Path) -> None:
             f"{path}: a file with no extension; a folder of frames cannot replace it "
             "(name a video file, e.g. out.mp4, or a folder that is not a file)"
         )
-    if not is_folder_target(path) and target.suffix.lower() not in {*CONTAINERS, *IMAGE_SUFFIXES}:
+    if not (
+        is_folder_target(path) or is_picture_target(path) or target.suffix.lower() in CONTAINERS
+    ):
         known = ", ".join(sorted(CONTAINERS))
         raise OutputError(
             f"{path}: unknown output container (use one of {known}, a folder, or a picture)"
