@@ -236,11 +236,12 @@ def batch(
     verbose: bool,
     **params: Any,
 ) -> None:
-    """Derain many INPUTS (files, folders of images, globs) into --out-dir.
+    """Derain many INPUTS (videos, pictures, folders, globs) into --out-dir.
 
     \b
-    Outputs take their input's name; OUT_DIR/manifest.jsonl records each input's outcome, and
-    a re-run skips the inputs done. One bad input is reported and skipped; the exit status is
+    A folder of pictures is one input; any other folder, the videos and picture folders below
+    it. Outputs take their input's name; OUT_DIR/manifest.jsonl records each input's outcome,
+    and a re-run skips the inputs done. One bad input is reported and skipped; the exit status is
     1 if any failed. Ctrl-C: the files in progress are finished (again: stop at once).
     """
     from streamderain.jobs import MANIFEST, expand_inputs, plan, summary_table

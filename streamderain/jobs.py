@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streamderain.errors import StreamDerainError
-from streamderain.targets import CONTAINERS
-from training.data import IMAGE_SUFFIXES
+from streamderain.targets import CONTAINERS, VIDEO_SUFFIXES
+from training.data import IMAGE_SUFFIXES, list_images, natural_key
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ class Result:
 def expand_inputs(items: Iterable[str], list_file: str | Path | None = None) -> list[str]:
     """Paths and globs (``*``, ``?``, ``[...]``, ``**``), plus a list file's lines, in order,
     each once; a path that exists is taken as it is, whatever characters it holds. A list file
-    names one input per line; blank lines and ``#`` comments are skipped."""
+    names one input per line; blank lines and ``#`` comments are skipped. A folder is one
+    input where it holds pictures, else what it holds (:func:`folder_inputs`)."""
     items = list(items)
     if list_file is not None:
         try:
@@ -118,8 +119,31 @@ def expand_inputs(items: Iterable[str], list_file: str | Path | None = None) -> 
         else:
             matches = [item]
         for m in matches:
-            found.setdefault(m if "://" in m else os.path.abspath(m), m)
+            for one in [m] if "://" in m else folder_inputs(Path(os.path.abspath(m))):
+                found.setdefault(str(one), str(one))
     return list(found)
+
+
+def folder_inputs(path: Path) -> list[Path]:
+    """A folder of pictures is one input, a sequence; any other folder (a camera's day of
+    clips, ``day1/cam1.mp4``, or a folder of sequences) stands for the videos and the folders of
+    pictures below it, in natural order. Hidden names (an unfinished output, ``.partial``) are
+    left out; a folder with none of either stays itself, to be reported."""
+    if not path.is_dir() or _holds_pictures(path):
+        return [path]
+    found: list[Path] = []
+    for entry in sorted(path.iterdir(), key=natural_key):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            found += [p for p in folder_inputs(entry) if p != entry or _holds_pictures(p)]
+        elif entry.suffix.lower() in VIDEO_SUFFIXES:
+            found.append(entry)
+    return found or [path]
+
+
+def _holds_pictures(folder: Path) -> bool:
+    return any(not p.name.startswith(".") for p in list_images(folder))
 
 
 def open_manifest(path: Path) -> TextIO:

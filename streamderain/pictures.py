@@ -17,6 +17,7 @@ import numpy as np
 
 from streamderain.errors import InputError, OutputError
 from streamderain.frames import Frame, VideoInfo
+from streamderain.targets import VIDEO_SUFFIXES
 from training.data import IMAGE_SUFFIXES, list_images
 
 IMAGE_FOLDER_RATE = Fraction(25)
@@ -29,6 +30,11 @@ class PictureFolder:
         self.name = name
         self.files = [p for p in list_images(folder) if not p.name.startswith(".")]
         if not self.files:
+            if any(p.suffix.lower() in VIDEO_SUFFIXES for p in folder.iterdir()):
+                raise InputError(
+                    f"{name}: a folder of videos; derain them with: streamderain batch "
+                    f"{name} -o OUT_DIR"
+                )
             known = ", ".join(sorted(IMAGE_SUFFIXES))
             raise InputError(f"{name}: folder holds no images ({known})")
         # each picture's name in the output: its stem, but "a.jpg" beside "a.png" is "a.jpg"

@@ -30,6 +30,11 @@ CONTAINERS: dict[str, tuple[str, str]] = {
     ".mkv": ("matroska", "libx264"),
     ".webm": ("webm", "libvpx-vp9"),
 }
+# what a folder's files are taken for: the containers written, and those of cameras and discs
+VIDEO_SUFFIXES = {
+    *CONTAINERS,
+    *".avi .ts .mts .m2ts .mpg .mpeg .vob .flv .wmv .asf .3gp .ogv .dv .mxf .h264 .h265".split(),
+}
 # live output scheme -> FFmpeg format
 LIVE_OUTPUTS: dict[str, str] = {"rtsp": "rtsp", "rtmp": "flv", "udp": "mpegts", "srt": "mpegts"}
 

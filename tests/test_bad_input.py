@@ -75,6 +75,10 @@ def _cases(d: Path) -> dict[str, tuple[list[str], str]]:
         "empty file": ([str(d / "empty.mp4"), out], "cannot open as video"),
         "truncated file": ([str(d / "truncated.mp4"), out], "truncated.mp4"),
         "audio only": ([str(d / "audio.m4a"), out], "no video stream"),
+        "a folder of videos": (
+            [str(d), out],
+            "a folder of videos; derain them with: streamderain batch",
+        ),
         "output is input": ([clip, clip, "-y"], "output is the input"),
         "output exists": ([clip, str(d / "existing.mp4")], "exists (pass -y to overwrite)"),
         "output folder missing": ([clip, str(d / "no" / "dir" / "o.mp4")], "does not exist"),

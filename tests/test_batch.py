@@ -377,6 +377,31 @@ def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert table.splitlines()[1].split() == ["/a.mp4", "failed", "no", "such", "file"]
 
 
+def test_a_folder_of_videos_stands_for_the_videos_and_sequences_below_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``batch recordings -o out`` made an empty ``out/recordings``: the folder was taken for
+    a sequence of pictures and held none."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("rec/cam2.avi", "rec/cam10.mp4", "rec/notes.txt", "rec/.cam3.partial.mp4"):
+        (tmp_path / name).parent.mkdir(exist_ok=True, parents=True)
+        (tmp_path / name).touch()
+    for name in ("rec/day2/cam1.mp4", "rec/day2/shots/1.png", "rec/day2/shots/2.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True, parents=True)
+        (tmp_path / name).touch()
+    (tmp_path / "rec/empty").mkdir()
+    jobs, known = plan(expand_inputs(["rec"]), tmp_path / "out")
+    assert known == {}
+    assert [os.path.relpath(j.output, tmp_path / "out") for j in jobs] == [
+        "cam2.mkv",
+        "cam10.mp4",
+        "day2/cam1.mp4",
+        "day2/shots",
+    ]
+    assert expand_inputs(["rec/day2/shots"]) == [str(tmp_path / "rec/day2/shots")]
+    assert expand_inputs(["rec/empty"]) == [str(tmp_path / "rec/empty")], "left to be reported"
+
+
 def test_a_manifest_torn_by_a_kill_takes_the_next_record_on_a_line_of_its_own(tmp_path: Path):
     path = tmp_path / MANIFEST
     done = Result(str(tmp_path / "a.mp4"), str(tmp_path / "o" / "a.mp4"), "done")

@@ -51,10 +51,11 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder")
     files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-    return sorted(files, key=_natural_key)
+    return sorted(files, key=natural_key)
 
 
-def _natural_key(path: Path) -> list[object]:
+def natural_key(path: Path) -> list[object]:
+    """Sorts ``2.png`` before ``10.png``: camera and frame dumps number without leading zeros."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
@@ -70,7 +71,7 @@ def _match(rainy: dict[str, Path], clean: dict[str, Path], folder: Path) -> list
         raise DatasetError(f"{folder}: pairs do not match: {'; '.join(parts)}")
     if not rainy:
         raise DatasetError(f"{folder}: no image pairs found")
-    return [Pair(rainy[k], clean[k]) for k in sorted(rainy, key=lambda k: _natural_key(Path(k)))]
+    return [Pair(rainy[k], clean[k]) for k in sorted(rainy, key=lambda k: natural_key(Path(k)))]
 
 
 def _by_key(files: Sequence[Path], prefix: str = "") -> dict[str, Path]:
