@@ -33,6 +33,7 @@ from streamderain.pictures import FolderWriter, PictureWriter
 from streamderain.pipeline import Stage
 from streamderain.targets import (
     CONTAINERS,
+    check_muxer,
     check_target,
     encoder_name,
     is_folder_target,
@@ -52,6 +53,7 @@ from streamderain.writers import (
     PyAVWriter,
     Writer,
     muxer_options,
+    pixel_format,
     video_options,
 )
 
@@ -93,6 +95,12 @@ class Encoder(Stage):
         self.frames_written = 0
         self.folder = not self.live_format and is_folder_target(target)
         self.picture = not self.folder and is_picture_target(target)  # "shots.png/" is a folder
+        if self.options.codec and not (self.folder or self.picture or self.live_format == "rtsp"):
+            fmt, codec = self._format_and_codec()
+            o = self.options
+            check_muxer(
+                fmt, codec, video_options(codec, o.crf, o.preset), pixel_format(codec, 64, 64)
+            )
         # A file from a file can wait for the model's spare CPU; anything live keeps its pace.
         self.yields_cpu = not (self.live_format or info.live)
         self._pace: tuple[float, float] | None = None  # (wall clock, source seconds) at start
@@ -237,6 +245,13 @@ class Encoder(Stage):
             fmt, codec = self._format_and_codec()
             if o.preset and codec not in X26X:
                 log.warning("--preset is x264's and x265's; %s takes none (ignored)", codec)
+            sar = self.info.sample_aspect_ratio
+            if sar and sar != 1 and fmt in ("matroska", "webm") and codec not in X26X:
+                log.warning(  # FFmpeg's Matroska takes it from a field PyAV cannot set
+                    "%s: %s in %s keeps no pixel shape (the source's is %d:%d): players show "
+                    "it squeezed; H.264 or HEVC keep it, or write .mp4",
+                    *(self.name, codec, self.target.suffix, sar.numerator, sar.denominator),
+                )
             self._deep = self._deep_output(codec)
             live_rate = float(self.info.rate or 25) if self.live_format else None
             recording = self.info.live and not self.live_format  # a live source to a file

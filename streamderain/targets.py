@@ -4,6 +4,7 @@ file it is written to until done, and that file's lock; and the checks made befo
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -106,6 +107,28 @@ def encoder_name(codec: str) -> str:
         return av.Codec(codec, "w").name
     except ValueError:  # the ffmpeg binary's to know (--encoder ffmpeg)
         return codec
+
+
+def check_muxer(fmt: str, codec: str, options: dict[str, str], pix_fmt: str) -> None:
+    """Refuse a ``--codec`` the container cannot hold, before any work: FFmpeg's muxer says so
+    only as it writes the header, at the first packet, after the model has run (VP9 into .mov:
+    "vp9 only supported in MP4"); so a header is written to memory first, from a small picture."""
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)  # to hear why: FFmpeg says it in its log
+    try:
+        with av.logging.Capture() as said, av.open(io.BytesIO(), "w", format=fmt) as trial:
+            stream = trial.add_stream(codec, rate=25)
+            stream.width = stream.height = 64
+            stream.pix_fmt, stream.options = pix_fmt, options
+            trial.start_encoding()
+    except (av.error.FFmpegError, ValueError) as exc:
+        why = said[-1][2].strip().rstrip(".") if said else reason(exc)
+        raise OutputError(
+            f"--codec {codec} cannot be written into {fmt} ({why}); check --codec, or choose "
+            "another container"
+        ) from None
+    finally:
+        av.logging.set_level(level)
 
 
 def check_target(path: str | Path) -> None:

@@ -107,6 +107,11 @@ def _cases(d: Path) -> dict[str, tuple[list[str], str]]:
         "bad crf": ([clip, out, "--crf", "99"], "--crf must be in 0..63"),
         "audio codec": ([clip, out, "--codec", "aac"], "no such video encoder"),
         "codec that will not open": ([clip, out, "--codec", "mjpeg"], "check --codec"),
+        # found by FFmpeg's muxer only at its first packet, after the model had run
+        "codec the container cannot hold": (
+            [clip, str(d / "o.mov"), "--codec", "vp9"],
+            "--codec libvpx-vp9 cannot be written into mov (vp9 only supported in MP4)",
+        ),
         "unknown preset": ([clip, out, "--preset", "fastest"], "--preset must be one of"),
         "model missing": ([clip, out, "--model", str(d / "none.pth")], "no such file"),
         "model junk": ([clip, out, "--model", str(d / "junk.pth")], "checkpoint"),

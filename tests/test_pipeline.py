@@ -963,24 +963,47 @@ def test_a_raw_stream_without_times_is_cut_at_the_frame_rate(tmp_path):
     assert int(np.argmin(error)) == 13  # the first frame at or after 0.5 s (0.52)
 
 
-def test_ffmpeg_encoder_keeps_the_sample_aspect_ratio(tmp_path):
+@pytest.mark.parametrize("codec", ["libx264", "libvpx-vp9"])
+def test_ffmpeg_encoder_keeps_the_sample_aspect_ratio(tmp_path, codec):
     """Raw video in NUT carries no sample aspect ratio: ``--encoder ffmpeg`` wrote anamorphic
-    video (DV, 4:3 pixels) as square pixels."""
+    video (DV, 4:3 pixels) as square pixels; and VP9, which holds none in its own stream, lost
+    it again where the source's sound is remuxed in."""
     if shutil.which("ffmpeg") is None:
         pytest.skip("no ffmpeg binary (Debian package ffmpeg)")
     from streamderain.encoder import Encoder
     from streamderain.frames import VideoInfo
     from streamderain.options import EncodeOptions
 
+    src = tmp_path / "src.mp4"
+    make_clip(src, clean_frames(3, (64, 48)), audio=True)
     tb = Fraction(1, 25)
     info = VideoInfo(64, 48, tb, Fraction(25), None, sample_aspect_ratio=Fraction(4, 3))
     out = tmp_path / "wide.mp4"
-    encoder = Encoder(out, info, EncodeOptions(encoder="ffmpeg"))
+    encoder = Encoder(
+        out, info, EncodeOptions(encoder="ffmpeg", codec=codec), copy_streams_from=str(src)
+    )
     for i, image in enumerate(clean_frames(3, (64, 48))):
         encoder.write(Frame(i, i, tb, image))
     encoder.finish()
     with av.open(str(out)) as done:
-        assert done.streams.video[0].codec_context.sample_aspect_ratio == Fraction(4, 3)
+        assert done.streams.video[0].sample_aspect_ratio == Fraction(4, 3)
+        assert len(done.streams.audio) == 1
+
+
+def test_a_pixel_shape_matroska_cannot_keep_is_said(tmp_path, caplog):
+    """VP9 holds no pixel shape in its stream, and FFmpeg's Matroska takes it from a field
+    PyAV cannot set: a 4:3-pixel source comes out squeezed, which the user is told."""
+    from streamderain.encoder import Encoder
+    from streamderain.frames import VideoInfo
+
+    tb = Fraction(1, 25)
+    info = VideoInfo(64, 48, tb, Fraction(25), None, sample_aspect_ratio=Fraction(4, 3))
+    for name, said in (("wide.webm", True), ("wide.mkv", False), ("wide.mp4", False)):
+        caplog.clear()
+        encoder = Encoder(tmp_path / name, info)
+        encoder.write(Frame(0, 0, tb, clean_frames(1, (64, 48))[0]))
+        encoder.finish()
+        assert ("keeps no pixel shape (the source's is 4:3)" in caplog.text) == said, name
 
 
 def test_mpeg_ts_files_joined_end_to_end_play_on(tmp_path):
