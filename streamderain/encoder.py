@@ -29,7 +29,7 @@ from streamderain.frames import (
 )
 from streamderain.live import mask_url
 from streamderain.options import EncodeOptions
-from streamderain.pictures import FolderWriter, PictureWriter
+from streamderain.pictures import DEEP_PICTURES, FolderWriter, PictureWriter
 from streamderain.pipeline import Stage
 from streamderain.targets import (
     CONTAINERS,
@@ -240,6 +240,8 @@ class Encoder(Stage):
                 if given := [f"--{k}" for k in ("codec", "crf", "preset") if getattr(o, k)]:
                     log.warning("%s: pictures take no %s (ignored)", self.name, ", ".join(given))
                 self._writer = (FolderWriter if self.folder else PictureWriter)(self._tmp)
+                # a 16-bit source picture stays 16 bits where the format holds them (PNG, TIFF)
+                self._deep = self.folder or self.target.suffix.lower() in DEEP_PICTURES
                 mark_redoable(self._tmp, not self.info.live)
                 return
             fmt, codec = self._format_and_codec()

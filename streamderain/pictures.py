@@ -16,11 +16,13 @@ import cv2
 import numpy as np
 
 from streamderain.errors import InputError, OutputError
-from streamderain.frames import Frame, VideoInfo
+from streamderain.frames import Frame, VideoInfo, eight_bits
 from streamderain.targets import VIDEO_SUFFIXES
 from training.data import IMAGE_SUFFIXES, list_images
 
 IMAGE_FOLDER_RATE = Fraction(25)
+# picture formats that hold 16 bits a channel
+DEEP_PICTURES = (".png", ".tif", ".tiff")
 
 
 class PictureFolder:
@@ -51,6 +53,7 @@ class PictureFolder:
             time_base=1 / IMAGE_FOLDER_RATE,
             rate=IMAGE_FOLDER_RATE,
             frames=len(self.files),
+            bits=16 if first.dtype == np.uint16 else 8,
         )
 
     @property
@@ -68,15 +71,20 @@ class PictureFolder:
             if keep is None:
                 return
             if keep:
-                yield Frame(index, pts, tb, read_picture(path), name=self.names[path])
+                image = read_picture(path)
+                deep = image if image.dtype == np.uint16 else None
+                image = image if deep is None else eight_bits(deep)
+                yield Frame(index, pts, tb, image, name=self.names[path], deep=deep)
                 index += 1
 
 
 def read_picture(path: Path) -> np.ndarray:
-    """A picture as RGB, 8 bits a channel."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """A picture as RGB, 8 bits a channel, or 16 where it has them (a scan, a raw develop)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if image is None:
         raise InputError(f"{path}: not a readable image")
+    if image.dtype not in (np.uint8, np.uint16):  # a float TIFF or EXR
+        raise InputError(f"{path}: {image.dtype} pixels; streamderain reads 8 or 16 bits")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

@@ -73,6 +73,28 @@ def test_image_folders_keep_their_names(tmp_path, shared):
     ]
 
 
+def test_sixteen_bit_pictures_stay_sixteen_bits(tmp_path, shared):
+    """16-bit PNGs (scans, raw developments) came out in 8 bits, from a folder or alone; they
+    keep their finer levels where the output holds them (PNG), and a JPEG gets 8 bits."""
+    import cv2
+
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    fine = np.random.default_rng(0).integers(0, 200, (64, 96, 3), dtype=np.uint16)
+    for i, frame in enumerate(clean_frames(2, (96, 64)), 1):
+        cv2.imwrite(str(deep / f"{i}.png"), frame[..., ::-1].astype(np.uint16) * 257 + fine)
+    assert run_cli(deep, tmp_path / "out").returncode == 0
+    assert run_cli(deep / "1.png", tmp_path / "one.png").returncode == 0
+    assert run_cli(deep / "1.png", tmp_path / "one.jpg").returncode == 0
+    source = cv2.imread(str(deep / "1.png"), cv2.IMREAD_UNCHANGED).astype(float)
+    for written in (tmp_path / "out" / "1.png", tmp_path / "one.png"):
+        image = cv2.imread(str(written), cv2.IMREAD_UNCHANGED)
+        assert image.dtype == np.uint16, written
+        assert np.mean(image % 257 != 0) > 0.9, "the source's finer levels are kept"
+        assert np.abs(image - source).mean() / 257 < 8, "and it is the same picture"
+    assert cv2.imread(str(tmp_path / "one.jpg"), cv2.IMREAD_UNCHANGED).dtype == np.uint8
+
+
 def test_the_first_run_says_it_prepares_the_model_and_times_setup_apart(tmp_path, shared):
     import os
     import subprocess
