@@ -59,6 +59,10 @@ from streamderain.writers import (
 
 log = logging.getLogger(__name__)
 
+#: seconds a write to a live receiver may hang before the run ends (PyAV's writer takes no I/O
+#: timeout, and one that stopped reading without closing held the run forever)
+LIVE_STALL_SECONDS = 20.0
+
 
 class Encoder(Stage):
     """The pipeline's last stage: sets itself up from the first frame and rejects any that differ.
@@ -103,6 +107,8 @@ class Encoder(Stage):
             )
         # A file from a file can wait for the model's spare CPU; anything live keeps its pace.
         self.yields_cpu = not (self.live_format or info.live)
+        if self.live_format:
+            self.stall_limit = LIVE_STALL_SECONDS
         self._pace: tuple[float, float] | None = None  # (wall clock, source seconds) at start
         self._size: tuple[int, int] | None = None
         self._writer: Writer | None = None
@@ -120,6 +126,12 @@ class Encoder(Stage):
         self._held = self._lock()
         if self._held is not None:
             mark_redoable(self._tmp, not info.live)
+
+    def stalled(self) -> OutputError:
+        return OutputError(
+            f"{self.name}: the receiver has taken nothing for {self.stall_limit:g} s (stalled); "
+            "stopped"
+        )
 
     def _lock(self) -> int | None:
         """The partial output file, open and locked: a second run to the same output refuses,

@@ -52,6 +52,13 @@ class Stage:
 
     #: run this stage's thread at a lower priority, so the model gets the cores first
     yields_cpu: bool = False
+    #: seconds one call may take before the run gives the stage up as stalled (a live receiver
+    #: that stopped reading holds a write in FFmpeg, which nothing else can end); None: no limit
+    stall_limit: float | None = None
+
+    def stalled(self) -> StreamDerainError:
+        """The error a stall of :attr:`stall_limit` ends the run with."""
+        return StreamDerainError(f"stalled for {self.stall_limit:g} s")
 
     def process(self, item: Any) -> Iterable[Any]:
         raise NotImplementedError
@@ -151,6 +158,8 @@ class Pipeline:
         self.stats = Stats(busy={"decode": 0.0, **{name: 0.0 for name, _ in stages}})
         self._done = queue.Queue()
         self._lock = threading.Lock()
+        self._busy_since: dict[str, float] = {}  # the stages inside a call, since when
+        self._stalled: set[str] = set()
 
     def request_stop(self) -> None:
         """Stop reading the source; everything already read goes through to the output."""
@@ -216,9 +225,9 @@ class Pipeline:
         busy = self.stats.busy
 
         def timed(call: Callable[[], Iterable[Any]]) -> list[Any]:
-            t0 = time.perf_counter()
+            self._busy_since[name] = time.perf_counter()
             items = list(call())
-            busy[name] += time.perf_counter() - t0
+            busy[name] += time.perf_counter() - self._busy_since.pop(name)
             return items
 
         def emit(items: list[Any]) -> bool:
@@ -296,8 +305,8 @@ class Pipeline:
         """Wait for a stage's thread. One still busy after a stop the user asked for (a model
         call of seconds, after a second Ctrl-C) is left to end by itself: the stages after it
         have closed the output already. Otherwise a stage that does not stop is an error."""
-        if thread.ident is None:
-            return  # never started
+        if thread.ident is None or thread.name in self._stalled:
+            return  # never started, or given up: it cannot be stopped
         limit = FINISH_TIMEOUT if last else JOIN_TIMEOUT
         thread.join(timeout=limit)
         if not thread.is_alive():
@@ -315,6 +324,7 @@ class Pipeline:
             except queue.Empty:
                 if self.stop_event.is_set() and self.errors:
                     return
+                self._check_stalls()
                 continue
             if item is _END:
                 return
@@ -322,3 +332,12 @@ class Pipeline:
             self.stats.frames += n
             if self.on_frame is not None:
                 self.on_frame(n)
+
+    def _check_stalls(self) -> None:
+        now = time.perf_counter()
+        for name, stage in self.stages:
+            since = self._busy_since.get(name)
+            if stage.stall_limit is not None and since is not None:
+                if now - since > stage.stall_limit:
+                    self._stalled.add(name)
+                    self._fail(stage.stalled())

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from streamderain.batcher import Batcher
+from streamderain.errors import StreamDerainError
 from streamderain.frames import Frame
 from streamderain.pipeline import Stage
 from streamderain.targets import partial_path
@@ -544,6 +545,35 @@ def test_a_stage_still_busy_after_a_second_ctrl_c_is_left_to_end(monkeypatch):
     threading.Timer(0.3, run.abort).start()
     stats = run.run()
     assert stats.interrupted and last.aborted == [False]
+
+
+def test_a_stage_stalled_past_its_limit_ends_the_run():
+    """A live receiver that stops reading without closing holds PyAV's write forever (it takes
+    no I/O timeout for outputs): the run waited on it past Ctrl-C and SIGTERM. A stage with a
+    ``stall_limit`` is given up as stalled, and the run ends with its error at once."""
+    import threading
+
+    from streamderain.pipeline import Pipeline
+
+    never = threading.Event()
+
+    class Stalls(_Closes):
+        stall_limit = 0.5
+
+        def process(self, item):
+            if item == [3]:
+                never.wait(60)  # as a write to a receiver that stopped reading
+            return [item]
+
+        def stalled(self) -> StreamDerainError:
+            return StreamDerainError("the receiver stalled")
+
+    last = Stalls()
+    began = time.perf_counter()
+    with pytest.raises(StreamDerainError, match="the receiver stalled"):
+        Pipeline(_Items([[1], [2], [3], [4]]), [("model", _Closes()), ("encode", last)]).run()
+    assert time.perf_counter() - began < 5
+    never.set()
 
 
 def test_a_stage_thread_that_cannot_start_stops_those_started(monkeypatch):
