@@ -220,9 +220,10 @@ def plan(
 ) -> tuple[list[Job], dict[str, Result]]:
     """The jobs to run, and the outcome of each input that needs no run (skipped or refused).
 
-    An input whose output the manifest records as made from this very input (path, size and
-    modification time) with these ``settings`` (:meth:`RunOptions.shaping`), and which exists,
-    is skipped; ``overwrite`` redoes it. An output the manifest records as this input's
+    An input the manifest records as done keeps that output, wherever this batch's other inputs
+    would place it. An input whose output the manifest records as made from this very input
+    (path, size and modification time) with these ``settings`` (:meth:`RunOptions.shaping`),
+    and which exists, is skipped; ``overwrite`` redoes it. An output the manifest records as this input's
     otherwise (failed, cut short, changed since, made with other settings) is redone. An
     existing output made from another input (yesterday's ``cam1.mp4`` of another folder), or
     one the manifest does not know (the user's), is replaced only with ``overwrite``.
@@ -241,7 +242,14 @@ def plan(
     jobs: list[Job] = []
     known: dict[str, Result] = {}
     owner: dict[Path, str] = {}
-    for src, output in output_paths(inputs, out_dir).items():
+    # an input done in an earlier batch keeps its output: alone, or with other inputs, its
+    # mirrored path differs (``out/a/x.mp4`` then ``out/x.mp4``), and it was done again there
+    done = {r.input: Path(r.output) for r in manifest.values() if r.status == "done"}
+    mapping = output_paths(inputs, out_dir)
+    for src in mapping:
+        if src in done and done[src].exists():
+            mapping[src] = done[src]
+    for src, output in mapping.items():
         job = Job.of(src, output, settings)
         before = manifest.get(job.output)
         if output in owner:

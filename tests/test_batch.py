@@ -402,6 +402,32 @@ def test_a_folder_of_videos_stands_for_the_videos_and_sequences_below_it(
     assert expand_inputs(["rec/empty"]) == [str(tmp_path / "rec/empty")], "left to be reported"
 
 
+def test_an_input_done_keeps_its_output_when_rerun_with_fewer_or_more_inputs(tmp_path: Path):
+    """``batch a/x.mp4 b/y.mp4`` writes ``out/a/x.mp4``; ``batch a/x.mp4`` alone mirrored it to
+    ``out/x.mp4`` and derained it again there (and the other way round)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a/x.mp4", "b/y.mp4", "c/z.mp4"):
+        (tmp_path / name).parent.mkdir()
+        (tmp_path / name).write_bytes(name.encode())
+    x, y, z = (str(tmp_path / n) for n in ("a/x.mp4", "b/y.mp4", "c/z.mp4"))
+
+    def run(*inputs: str) -> list[str]:
+        jobs, _ = plan(list(inputs), out)
+        with open(out / MANIFEST, "a") as manifest:
+            for job in jobs:
+                Path(job.output).parent.mkdir(parents=True, exist_ok=True)
+                Path(job.output).write_bytes(Path(job.input).read_bytes())
+                manifest.write(Result.of(job, "done", frames=1).to_json() + "\n")
+        return [os.path.relpath(j.output, out) for j in jobs]
+
+    assert run(x, y) == ["a/x.mp4", "b/y.mp4"]
+    assert run(x) == [], "done: skipped where it was written"
+    assert run(x, y, z) == ["c/z.mp4"]
+    assert run(z) == []
+    assert not (out / "x.mp4").exists() and not (out / "z.mp4").exists()
+
+
 def test_a_manifest_torn_by_a_kill_takes_the_next_record_on_a_line_of_its_own(tmp_path: Path):
     path = tmp_path / MANIFEST
     done = Result(str(tmp_path / "a.mp4"), str(tmp_path / "o" / "a.mp4"), "done")
