@@ -120,6 +120,28 @@ def actor_resources(
     return "cpu", threads, {"num_cpus": threads}
 
 
+class RoomWatch:
+    """Says when no node of the cluster could hold a worker any more (its nodes lost): Ray then
+    holds a new worker's work until a node joins, without a word, and the run seemed hung."""
+
+    def __init__(self, ray: ModuleType, per_actor: dict[str, float]) -> None:
+        self.ray, self.said = ray, False
+        self.need = {"CPU": per_actor.get("num_cpus", 0), "GPU": per_actor.get("num_gpus", 0)}
+
+    def check(self) -> None:
+        total = self.ray.cluster_resources()
+        short = [f"{v:g} {k}" for k, v in self.need.items() if v and total.get(k, 0) < v]
+        if short and not self.said:
+            log.warning(
+                "no node of the Ray cluster has %s for a worker (nodes lost?); waiting for one "
+                "to join (Ctrl-C stops)",
+                " and ".join(short),
+            )
+        elif self.said and not short:
+            log.warning("a node with room joined the Ray cluster")
+        self.said = bool(short)
+
+
 def run_ray(
     jobs: list[Job],
     options: RunOptions,
@@ -151,13 +173,14 @@ def run_ray(
         log.info("%d Ray actor(s), each with %s", n, per_actor)
         actor = ray.remote(Worker).options(**per_actor, max_restarts=0)
         idle = [actor.remote(options, device, threads) for _ in range(n)]
-        todo, running, deaths = deque(jobs), {}, Counter()
+        todo, running, deaths, room = deque(jobs), {}, Counter(), RoomWatch(ray, per_actor)
         while (running or (todo and idle)) and not stop.is_set():
             while todo and idle:
                 worker, job = idle.pop(), todo.popleft()
                 running[worker.derain.remote(job)] = (worker, job)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             if not ready:
+                room.check()
                 continue
             worker, job = running.pop(ready[0])
             try:
@@ -207,7 +230,8 @@ def run_feeds(
 
         started = {f.name: start(f) for f in feeds}
         log.warning("%d feed(s) running on Ray: %s", len(feeds), ", ".join(started))
-        return _wait_for_feeds(ray, {f.name: f for f in feeds}, started, start, stop)
+        room = RoomWatch(ray, per_actor)
+        return _wait_for_feeds(ray, {f.name: f for f in feeds}, started, start, stop, room)
 
 
 def _wait_for_feeds(
@@ -216,6 +240,7 @@ def _wait_for_feeds(
     started: dict[str, tuple[Any, Any]],
     start: Callable[[Feed, int], tuple[Any, Any]],
     stop: threading.Event,
+    room: RoomWatch,
 ) -> list[dict[str, Any]]:
     """Collect each feed's end; once ``stop`` is set, stop every feed and wait for its segment
     to close, then raise :class:`KeyboardInterrupt`.
@@ -228,6 +253,8 @@ def _wait_for_feeds(
     replaced: Counter[str] = Counter()
     while runs and not stop.is_set():
         finished, _ = ray.wait(list(runs), num_returns=1, timeout=1.0)
+        if not finished:
+            room.check()
         for ref in finished:
             name = runs.pop(ref)
             try:

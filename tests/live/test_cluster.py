@@ -215,3 +215,30 @@ def test_a_batch_loses_a_node_and_does_every_input_once(shared, tmp_path, monkey
         assert r["output"] == str(out / Path(r["input"]).name)
         assert len(decode_all(Path(r["output"]))[0]) == FRAMES, r["output"]
     assert not list(out.glob(".*partial*")), "the lost node's half-written file is redone"
+
+
+def test_a_batch_that_loses_its_last_node_says_it_waits_for_one(shared, tmp_path, monkeypatch):
+    """The only worker node lost: Ray holds the new worker's file until a node joins, and the
+    run waited without a word, as if hung. It says so, and Ctrl-C still stops it."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    frames = clean_frames(FRAMES, (96, 64))
+    for i in range(4):
+        make_clip(src / f"clip{i}.mp4", frames)
+    with ray_cluster(monkeypatch, worker_nodes=1) as (cluster, [only]):
+        cmd = Command(
+            tmp_path / "batch.log",
+            *("batch", src / "*.mp4", "--out-dir", out, "--threads", "1", "--ray", cluster.address),
+        )
+        try:
+            cmd.wait_for(lambda: (out / MANIFEST).exists(), 240, "a first file done", step=0.1)
+            cluster.remove_node(only, allow_graceful=False)
+            cmd.wait_for(
+                lambda: "no node of the Ray cluster has 1 CPU" in cmd.log.read_text(),
+                60,
+                "the run to say it waits for a node",
+            )
+        finally:
+            status, err = cmd.stop()
+    assert status == 130, err
+    assert "Traceback" not in err, err
