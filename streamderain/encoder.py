@@ -7,11 +7,13 @@ interrupted run still leaves a playable file holding what was done.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -99,16 +101,15 @@ class Encoder(Stage):
         self.frames_written = 0
         self.folder = not self.live_format and is_folder_target(target)
         self.picture = not self.folder and is_picture_target(target)  # "shots.png/" is a folder
-        if self.options.codec and not (self.folder or self.picture or self.live_format == "rtsp"):
+        o, live_rtsp = self.options, self.live_format == "rtsp"  # RTSP's muxer needs a server
+        if o.codec and o.encoder == "pyav" and not (self.folder or self.picture or live_rtsp):
             fmt, codec = self._format_and_codec()
-            o = self.options
             check_muxer(
                 fmt, codec, video_options(codec, o.crf, o.preset), pixel_format(codec, 64, 64)
             )
         # A file from a file can wait for the model's spare CPU; anything live keeps its pace.
         self.yields_cpu = not (self.live_format or info.live)
-        if self.live_format:
-            self.stall_limit = LIVE_STALL_SECONDS
+        self._writing_since: float | None = None  # a live output's write under way, since
         self._pace: tuple[float, float] | None = None  # (wall clock, source seconds) at start
         self._size: tuple[int, int] | None = None
         self._writer: Writer | None = None
@@ -127,11 +128,24 @@ class Encoder(Stage):
         if self._held is not None:
             mark_redoable(self._tmp, not info.live)
 
-    def stalled(self) -> OutputError:
+    def stalled(self) -> OutputError | None:
+        since = self._writing_since
+        if since is None or time.monotonic() - since < LIVE_STALL_SECONDS:
+            return None
         return OutputError(
-            f"{self.name}: the receiver has taken nothing for {self.stall_limit:g} s (stalled); "
-            "stopped"
+            f"{self.name}: the receiver has taken nothing for {LIVE_STALL_SECONDS:g} s "
+            "(stalled); stopped"
         )
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write to a live receiver, timed for :meth:`stalled` (a file's pace is not)."""
+        if self.live_format:
+            self._writing_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._writing_since = None
 
     def _lock(self) -> int | None:
         """The partial output file, open and locked: a second run to the same output refuses,
@@ -230,7 +244,8 @@ class Encoder(Stage):
         if self.folder or self.picture:  # no display rotation: a phone's video turned upright
             image = upright(image, frame.rotation)
         try:
-            self._writer.write(np.ascontiguousarray(image), pts, frame.time_base, frame.name)
+            with self._writing():
+                self._writer.write(np.ascontiguousarray(image), pts, frame.time_base, frame.name)
         except OutputError as exc:
             raise OutputError(f"{self.name}: {exc}") from None
         self.frames_written += 1
@@ -296,7 +311,8 @@ class Encoder(Stage):
             self._discard()
             return []
         try:
-            self._writer.close()
+            with self._writing():
+                self._writer.close()
         except Exception as exc:
             self._writer = None
             self._discard()

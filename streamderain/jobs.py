@@ -16,7 +16,7 @@ from glob import glob
 from pathlib import Path
 from typing import Any, TextIO
 
-from streamderain.errors import StreamDerainError
+from streamderain.errors import StreamDerainError, reason
 from streamderain.targets import CONTAINERS, VIDEO_SUFFIXES
 from training.data import IMAGE_SUFFIXES, list_images, natural_key
 
@@ -128,22 +128,32 @@ def folder_inputs(path: Path) -> list[Path]:
     """A folder of pictures is one input, a sequence; any other folder (a camera's day of
     clips, ``day1/cam1.mp4``, or a folder of sequences) stands for the videos and the folders of
     pictures below it, in natural order. Hidden names (an unfinished output, ``.partial``) are
-    left out; a folder with none of either stays itself, to be reported."""
-    if not path.is_dir() or _holds_pictures(path):
+    left out, and so is a folder that cannot be read (a drive's ``lost+found``) or is reached
+    again through a link; a folder with none of either stays itself, to be reported."""
+    if not path.is_dir():
         return [path]
+    return _inputs_below(path, set()) or [path]
+
+
+def _inputs_below(folder: Path, seen: set[str]) -> list[Path]:
+    seen.add(os.path.realpath(folder))
+    try:
+        if any(not p.name.startswith(".") for p in list_images(folder)):
+            return [folder]
+        entries = sorted(folder.iterdir(), key=natural_key)
+    except OSError as exc:
+        log.warning("%s: cannot be read (%s); left out", folder, reason(exc))
+        return []
     found: list[Path] = []
-    for entry in sorted(path.iterdir(), key=natural_key):
+    for entry in entries:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            found += [p for p in folder_inputs(entry) if p != entry or _holds_pictures(p)]
+            if os.path.realpath(entry) not in seen:
+                found += _inputs_below(entry, seen)
         elif entry.suffix.lower() in VIDEO_SUFFIXES:
             found.append(entry)
-    return found or [path]
-
-
-def _holds_pictures(folder: Path) -> bool:
-    return any(not p.name.startswith(".") for p in list_images(folder))
+    return found
 
 
 def open_manifest(path: Path) -> TextIO:
@@ -246,8 +256,8 @@ def plan(
     # mirrored path differs (``out/a/x.mp4`` then ``out/x.mp4``), and it was done again there
     done = {r.input: Path(r.output) for r in manifest.values() if r.status == "done"}
     mapping = output_paths(inputs, out_dir)
-    for src in mapping:
-        if src in done and done[src].exists():
+    for src in mapping:  # (a manifest copied with its folder names the old folder's outputs)
+        if src in done and done[src].is_relative_to(out_dir) and done[src].exists():
             mapping[src] = done[src]
     for src, output in mapping.items():
         job = Job.of(src, output, settings)

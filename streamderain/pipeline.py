@@ -52,13 +52,6 @@ class Stage:
 
     #: run this stage's thread at a lower priority, so the model gets the cores first
     yields_cpu: bool = False
-    #: seconds one call may take before the run gives the stage up as stalled (a live receiver
-    #: that stopped reading holds a write in FFmpeg, which nothing else can end); None: no limit
-    stall_limit: float | None = None
-
-    def stalled(self) -> StreamDerainError:
-        """The error a stall of :attr:`stall_limit` ends the run with."""
-        return StreamDerainError(f"stalled for {self.stall_limit:g} s")
 
     def process(self, item: Any) -> Iterable[Any]:
         raise NotImplementedError
@@ -73,6 +66,12 @@ class Stage:
 
     def abort(self, failed: bool) -> None:
         """The run is stopping early: on an error (``failed``) or a second Ctrl-C."""
+
+    def stalled(self) -> StreamDerainError | None:
+        """Asked from the main thread while the run waits: the error to end it with where this
+        stage is stuck in a call nothing else can end (a write to a live receiver that stopped
+        reading), else None. The stage's thread is then given up."""
+        return None
 
 
 class Source(Protocol):
@@ -158,7 +157,6 @@ class Pipeline:
         self.stats = Stats(busy={"decode": 0.0, **{name: 0.0 for name, _ in stages}})
         self._done = queue.Queue()
         self._lock = threading.Lock()
-        self._busy_since: dict[str, float] = {}  # the stages inside a call, since when
         self._stalled: set[str] = set()
 
     def request_stop(self) -> None:
@@ -225,9 +223,9 @@ class Pipeline:
         busy = self.stats.busy
 
         def timed(call: Callable[[], Iterable[Any]]) -> list[Any]:
-            self._busy_since[name] = time.perf_counter()
+            t0 = time.perf_counter()
             items = list(call())
-            busy[name] += time.perf_counter() - self._busy_since.pop(name)
+            busy[name] += time.perf_counter() - t0
             return items
 
         def emit(items: list[Any]) -> bool:
@@ -334,10 +332,7 @@ class Pipeline:
                 self.on_frame(n)
 
     def _check_stalls(self) -> None:
-        now = time.perf_counter()
         for name, stage in self.stages:
-            since = self._busy_since.get(name)
-            if stage.stall_limit is not None and since is not None:
-                if now - since > stage.stall_limit:
-                    self._stalled.add(name)
-                    self._fail(stage.stalled())
+            if error := stage.stalled():
+                self._stalled.add(name)
+                self._fail(error)

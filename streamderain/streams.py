@@ -234,7 +234,8 @@ def remux(
         with av.open(str(path)) as src, av.open(str(remuxed), "w", format=fmt) as dst:
             video = dst.add_stream_from_template(src.streams.video[0])
             # MP4's pixel shape is the stream's, which a template leaves out (VP9 holds none)
-            video.codec_context.sample_aspect_ratio = src.streams.video[0].sample_aspect_ratio
+            if sar := src.streams.video[0].sample_aspect_ratio:
+                video.codec_context.sample_aspect_ratio = sar
             if rotation:
                 video.set_display_rotation(rotation)
             streams = copier(dst)

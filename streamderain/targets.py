@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 
 try:
@@ -31,6 +32,7 @@ CONTAINERS: dict[str, tuple[str, str]] = {
     ".mkv": ("matroska", "libx264"),
     ".webm": ("webm", "libvpx-vp9"),
 }
+_FFMPEG_LOG = threading.Lock()
 # what a folder's files are taken for: the containers written, and those of cameras and discs
 VIDEO_SUFFIXES = {
     *CONTAINERS,
@@ -112,23 +114,30 @@ def encoder_name(codec: str) -> str:
 def check_muxer(fmt: str, codec: str, options: dict[str, str], pix_fmt: str) -> None:
     """Refuse a ``--codec`` the container cannot hold, before any work: FFmpeg's muxer says so
     only as it writes the header, at the first packet, after the model has run (VP9 into .mov:
-    "vp9 only supported in MP4"); so a header is written to memory first, from a small picture."""
-    level = av.logging.get_level()
-    av.logging.set_level(av.logging.ERROR)  # to hear why: FFmpeg says it in its log
-    try:
-        with av.logging.Capture() as said, av.open(io.BytesIO(), "w", format=fmt) as trial:
-            stream = trial.add_stream(codec, rate=25)
-            stream.width = stream.height = 64
-            stream.pix_fmt, stream.options = pix_fmt, options
-            trial.start_encoding()
-    except (av.error.FFmpegError, ValueError) as exc:
-        why = said[-1][2].strip().rstrip(".") if said else reason(exc)
-        raise OutputError(
-            f"--codec {codec} cannot be written into {fmt} ({why}); check --codec, or choose "
-            "another container"
-        ) from None
-    finally:
-        av.logging.set_level(level)
+    "vp9 only supported in MP4"); so a header is written to memory first, from a small picture.
+    An encoder that refuses these settings is named as the writer would name it."""
+    with _FFMPEG_LOG:  # the level is the process's: one thread's change at a time
+        level = av.logging.get_level()
+        av.logging.set_level(av.logging.ERROR)  # to hear why: FFmpeg says it in its log
+        try:
+            with av.logging.Capture() as said, av.open(io.BytesIO(), "w", format=fmt) as trial:
+                stream = trial.add_stream(codec, rate=25)
+                stream.width = stream.height = 64
+                stream.pix_fmt, stream.options = pix_fmt, options
+                trial.start_encoding()
+        except (av.error.FFmpegError, ValueError) as exc:
+            why = said[0][2].strip().rstrip(".") if said else reason(exc)
+            plain = not isinstance(exc, av.error.FFmpegError)  # PyAV's own: the format's table
+            if plain or any(name == fmt for _, name, _ in said):
+                raise OutputError(
+                    f"--codec {codec} cannot be written into {fmt} ({why}); check --codec, or "
+                    "choose another container"
+                ) from None
+            raise OutputError(
+                f"{codec} cannot encode this ({why}); check --codec and --preset"
+            ) from None
+        finally:
+            av.logging.set_level(level)
 
 
 def check_target(path: str | Path) -> None:

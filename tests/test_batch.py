@@ -390,6 +390,7 @@ def test_a_folder_of_videos_stands_for_the_videos_and_sequences_below_it(
         (tmp_path / name).parent.mkdir(exist_ok=True, parents=True)
         (tmp_path / name).touch()
     (tmp_path / "rec/empty").mkdir()
+    (tmp_path / "rec/day2/up").symlink_to("..")  # a loop: every clip again, deeper and deeper
     jobs, known = plan(expand_inputs(["rec"]), tmp_path / "out")
     assert known == {}
     assert [os.path.relpath(j.output, tmp_path / "out") for j in jobs] == [
@@ -426,6 +427,10 @@ def test_an_input_done_keeps_its_output_when_rerun_with_fewer_or_more_inputs(tmp
     assert run(x, y, z) == ["c/z.mp4"]
     assert run(z) == []
     assert not (out / "x.mp4").exists() and not (out / "z.mp4").exists()
+    copy = tmp_path / "copy"  # the folder copied, its manifest naming the old folder's outputs
+    shutil.copytree(out, copy)
+    jobs, _ = plan([x], copy, overwrite=True)
+    assert [j.output for j in jobs] == [str(copy / "x.mp4")], "the old folder's is not touched"
 
 
 def test_a_manifest_torn_by_a_kill_takes_the_next_record_on_a_line_of_its_own(tmp_path: Path):

@@ -549,8 +549,8 @@ def test_a_stage_still_busy_after_a_second_ctrl_c_is_left_to_end(monkeypatch):
 
 def test_a_stage_stalled_past_its_limit_ends_the_run():
     """A live receiver that stops reading without closing holds PyAV's write forever (it takes
-    no I/O timeout for outputs): the run waited on it past Ctrl-C and SIGTERM. A stage with a
-    ``stall_limit`` is given up as stalled, and the run ends with its error at once."""
+    no I/O timeout for outputs): the run waited on it past Ctrl-C and SIGTERM. A stage that says
+    it is stalled is given up, and the run ends with its error at once."""
     import threading
 
     from streamderain.pipeline import Pipeline
@@ -558,14 +558,17 @@ def test_a_stage_stalled_past_its_limit_ends_the_run():
     never = threading.Event()
 
     class Stalls(_Closes):
-        stall_limit = 0.5
+        since: float | None = None
 
         def process(self, item):
             if item == [3]:
+                self.since = time.monotonic()
                 never.wait(60)  # as a write to a receiver that stopped reading
             return [item]
 
-        def stalled(self) -> StreamDerainError:
+        def stalled(self) -> StreamDerainError | None:
+            if self.since is None or time.monotonic() - self.since < 0.5:
+                return None
             return StreamDerainError("the receiver stalled")
 
     last = Stalls()
@@ -574,6 +577,38 @@ def test_a_stage_stalled_past_its_limit_ends_the_run():
         Pipeline(_Items([[1], [2], [3], [4]]), [("model", _Closes()), ("encode", last)]).run()
     assert time.perf_counter() - began < 5
     never.set()
+
+
+def test_a_file_published_at_its_pace_is_not_taken_for_a_stall(monkeypatch):
+    """A file published live waits for each frame's time: a gap in its timestamps (a
+    timelapse, a camera's pause) is no stalled receiver; only a write that hangs is."""
+    import threading
+
+    from streamderain import encoder as encoding
+    from streamderain.frames import VideoInfo
+
+    monkeypatch.setattr(encoding, "LIVE_STALL_SECONDS", 0.2)
+    tb = Fraction(1, 1000)
+    out = encoding.Encoder("udp://127.0.0.1:45999", VideoInfo(64, 48, tb, Fraction(25), None))
+    said, done = [], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            said.append(out.stalled())
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for i, pts in enumerate((0, 40, 1040)):  # a second between the last two
+            out.write(Frame(i, pts, tb, clean_frames(1, (64, 48))[0]))
+        out.finish()
+    finally:
+        done.set()
+        watcher.join()
+    assert len(said) > 10 and not any(said)
+    out._writing_since = time.monotonic() - 1  # as a write hung for a second
+    assert "the receiver has taken nothing for 0.2 s" in str(out.stalled())
 
 
 def test_a_stage_thread_that_cannot_start_stops_those_started(monkeypatch):
@@ -993,8 +1028,16 @@ def test_a_raw_stream_without_times_is_cut_at_the_frame_rate(tmp_path):
     assert int(np.argmin(error)) == 13  # the first frame at or after 0.5 s (0.52)
 
 
-@pytest.mark.parametrize("codec", ["libx264", "libvpx-vp9"])
-def test_ffmpeg_encoder_keeps_the_sample_aspect_ratio(tmp_path, codec):
+@pytest.mark.parametrize(
+    ("codec", "sar", "suffix"),
+    [
+        ("libx264", Fraction(4, 3), ".mp4"),
+        ("libvpx-vp9", Fraction(4, 3), ".mp4"),
+        # an encoder PyAV's FFmpeg cannot open so: the ffmpeg binary's to judge; no shape to keep
+        ("prores_ks", None, ".mov"),
+    ],
+)
+def test_ffmpeg_encoder_keeps_the_sample_aspect_ratio(tmp_path, codec, sar, suffix):
     """Raw video in NUT carries no sample aspect ratio: ``--encoder ffmpeg`` wrote anamorphic
     video (DV, 4:3 pixels) as square pixels; and VP9, which holds none in its own stream, lost
     it again where the source's sound is remuxed in."""
@@ -1007,16 +1050,15 @@ def test_ffmpeg_encoder_keeps_the_sample_aspect_ratio(tmp_path, codec):
     src = tmp_path / "src.mp4"
     make_clip(src, clean_frames(3, (64, 48)), audio=True)
     tb = Fraction(1, 25)
-    info = VideoInfo(64, 48, tb, Fraction(25), None, sample_aspect_ratio=Fraction(4, 3))
-    out = tmp_path / "wide.mp4"
-    encoder = Encoder(
-        out, info, EncodeOptions(encoder="ffmpeg", codec=codec), copy_streams_from=str(src)
-    )
+    info = VideoInfo(64, 48, tb, Fraction(25), None, sample_aspect_ratio=sar)
+    out = (tmp_path / "wide").with_suffix(suffix)
+    options = EncodeOptions(encoder="ffmpeg", codec=codec)
+    encoder = Encoder(out, info, options, copy_streams_from=str(src))
     for i, image in enumerate(clean_frames(3, (64, 48))):
         encoder.write(Frame(i, i, tb, image))
     encoder.finish()
     with av.open(str(out)) as done:
-        assert done.streams.video[0].sample_aspect_ratio == Fraction(4, 3)
+        assert done.streams.video[0].sample_aspect_ratio == sar
         assert len(done.streams.audio) == 1
 
 
