@@ -34,6 +34,7 @@ from streamderain.temporal import TemporalFilter, TemporalStage
 
 log = logging.getLogger(__name__)
 notice = logging.getLogger("streamderain.notice")
+MODEL_OPTIONS = {f.name for f in dataclasses.fields(ModelOptions)}
 
 
 class Derainer:
@@ -43,10 +44,11 @@ class Derainer:
     (``"BGR"`` for frames from OpenCV, ``"RGB"`` for PyAV/PIL) and returns the same shape,
     dtype and order; or a float tensor N x 3 x H x W in [0, 1], RGB, and returns the same.
 
-    One Derainer per stream: with ``temporal="on"`` it keeps the last frames it was given and
-    combines each new one with them where the scene holds still (past frames only, so every
-    call returns its own frame at once); ``auto`` (the default) is off here, as the frames
-    may not come from one scene. ``flip_average="auto"`` is off here too (frames may be live);
+    One Derainer per stream, or :meth:`reset` between streams: ``model="auto"`` picks its model
+    on a stream's first frames and checks again every 50, and with ``temporal="on"`` it keeps
+    the last frames it was given and combines each new one with them where the scene holds
+    still (past frames only, so every call returns its own frame at once); ``auto`` (the
+    default) is off here, as the frames may not come from one scene. ``flip_average="auto"`` is off here too (frames may be live);
     ``"on"`` averages each frame with its mirror image, at twice the model's time.
 
     Args:
@@ -73,6 +75,15 @@ class Derainer:
         self.temporal = TemporalFilter(lookahead=0) if options.temporal == "on" else None
         self._count = 0
 
+    def reset(self) -> None:
+        """A new stream begins: ``auto`` chooses its model anew and the temporal stage forgets
+        the last stream's frames (they were carried over, a veiled stream run for up to 100
+        frames on a light one's model), without loading the model again."""
+        self.runner.expect()
+        if self.temporal is not None:
+            self.temporal.reset()
+        self._count = 0
+
     def __call__(self, frames: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         if isinstance(frames, torch.Tensor):
             return self._tensor(frames)
@@ -88,7 +99,8 @@ class Derainer:
                 f"{array.shape}"
             )
         batch = array[None] if array.ndim == 3 else array
-        batch = np.ascontiguousarray(batch[..., ::-1] if self.channel_order == "BGR" else batch)
+        batch = batch[..., ::-1] if self.channel_order == "BGR" else batch
+        batch = np.array(batch) if not batch.flags.writeable else np.ascontiguousarray(batch)
         images = torch.from_numpy(batch).to(self.runner.device)
         out = self.runner.infer(images).cpu().numpy()
         if self.temporal is not None:
@@ -113,6 +125,9 @@ class Derainer:
                 f"expected a float tensor N x 3 x H x W, none of them 0, got {x.dtype} "
                 f"{tuple(x.shape)}"
             )
+        low, high = float(x.min()), float(x.max())
+        if not 0 <= low <= high <= 1:  # NaN fails too
+            raise ValueError(f"expected values in [0, 1], got {low:g}..{high:g}")
         inp = x.to(self.runner.device, self.runner.dtype)
         y = self.runner.derain(inp.contiguous(memory_format=torch.channels_last))
         if self.temporal is not None:  # the filter works on 8-bit pictures, as video has them
@@ -169,6 +184,11 @@ def derain_video(
     as Ctrl-C does, also while a live source is still connecting.
     """
     began = time.perf_counter()
+    if runner is not None and (mine := sorted(set(values) & MODEL_OPTIONS)):
+        raise UsageError(  # they were left out without a word
+            f"{', '.join(mine)}: a runner's model options stand for the run; set them on the "
+            "runner, or give no runner"
+        )
     options = _run_options(options).replace(**values)
     if isinstance(runner, Derainer):  # lent: its own frames then go on as they were
         try:

@@ -19,8 +19,9 @@ from typing import Any
 
 from streamderain.errors import StreamDerainError, reason
 from streamderain.options import ModelOptions, RunOptions
-from streamderain.targets import live_target_format, lock_partial, partial_path
+from streamderain.targets import VIDEO_SUFFIXES, live_target_format, lock_partial, partial_path
 from streamderain.workers import Worker
+from training.data import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -48,40 +49,71 @@ PER_FEED_OPTIONS = RunOptions.names() - {f.name for f in fields(ModelOptions)}
 
 def read_feeds(path: str | Path) -> list[Feed]:
     """The ``[[feed]]`` tables of a TOML file: name, source, output and any run option (with
-    underscores: ``reconnect_timeout = 0``); names are unique."""
+    underscores: ``reconnect_timeout = 0``); names are unique, and so are live outputs. Local
+    paths are taken from the current folder (a Ray actor's may be another) and ``~`` is the
+    home folder."""
     from training.config import read_toml
 
     try:
-        tables = read_toml(path).get("feed", [])
+        document = read_toml(path)
     except OSError as exc:
         raise StreamDerainError(f"{path}: {reason(exc)}") from None
     except ValueError as exc:  # says which file
         raise StreamDerainError(str(exc)) from None
+    if stray := sorted(set(document) - {"feed"}):
+        raise StreamDerainError(
+            f"{path}: unknown {', '.join(stray)} outside the [[feed]] tables (a feed's options go "
+            "in its table; the model's on the command line)"
+        )
+    tables = document.get("feed", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise StreamDerainError(f"{path}: write each feed as a [[feed]] table (two brackets)")
-    feeds = []
-    for i, table in enumerate(tables):
-        missing = [k for k in FEED_KEYS if not table.get(k)]
-        if missing:
-            raise StreamDerainError(f"{path}: feed {i + 1} has no {', '.join(missing)}")
-        extra = {k: v for k, v in table.items() if k not in FEED_KEYS}
-        unknown = sorted(set(extra) - PER_FEED_OPTIONS)
-        if unknown:
-            raise StreamDerainError(f"{path}: feed {i + 1}: unknown option {', '.join(unknown)}")
-        try:
-            RunOptions.of(**extra)
-        except (StreamDerainError, TypeError) as exc:
-            raise StreamDerainError(f"{path}: feed {i + 1}: {reason(exc)}") from None
-        name, source, output = (str(table[k]) for k in FEED_KEYS)
-        if not name.strip() or any(c in name for c in "/\\\0") or name.startswith("."):
-            raise StreamDerainError(f"{path}: feed {i + 1}: name {name!r} cannot name a segment")
-        feeds.append(Feed(name, source, output, tuple(sorted(extra.items()))))
-    names = [f.name for f in feeds]
+    feeds = [_feed(table, f"{path}: feed {i + 1}") for i, table in enumerate(tables)]
     if not feeds:
         raise StreamDerainError(f"{path}: no [[feed]] tables")
-    if len(set(names)) < len(names):
-        raise StreamDerainError(f"{path}: feed names must be unique")
+    for what in ("name", "output"):
+        seen: set[str] = set()
+        for feed in feeds:
+            value = getattr(feed, what)
+            if value in seen and (what == "name" or live_target_format(value)):
+                raise StreamDerainError(f"{path}: two feeds have the {what} {value!r}")
+            seen.add(value)
     return feeds
+
+
+def _feed(table: dict[str, Any], where: str) -> Feed:
+    """One ``[[feed]]`` table, checked; ``where`` starts its messages."""
+    for key in FEED_KEYS:
+        value = table.get(key)
+        if value is None or value == "":
+            raise StreamDerainError(f"{where} has no {key}")
+        if not isinstance(value, str):
+            raise StreamDerainError(f"{where}: {key} must be text in quotes, got {value!r}")
+    extra = {k: v for k, v in table.items() if k not in FEED_KEYS}
+    if model := sorted(set(extra) & {f.name for f in fields(ModelOptions)}):
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in model)
+        raise StreamDerainError(
+            f"{where}: {', '.join(model)} is the command's, one model for every feed ({flags})"
+        )
+    if unknown := sorted(set(extra) - PER_FEED_OPTIONS):
+        raise StreamDerainError(f"{where}: unknown option {', '.join(unknown)}")
+    try:
+        RunOptions.of(**extra)
+    except (StreamDerainError, TypeError) as exc:
+        raise StreamDerainError(f"{where}: {reason(exc)}") from None
+    name, source, output = (table[k] for k in FEED_KEYS)
+    if not name.strip() or any(c in name for c in "/\\\0") or name.startswith("."):
+        raise StreamDerainError(f"{where}: name {name!r} cannot name a segment")
+    if not live_target_format(output):
+        if Path(output).suffix.lower() in VIDEO_SUFFIXES | set(IMAGE_SUFFIXES):
+            raise StreamDerainError(
+                f"{where}: output {output!r} is a folder of segments ({name}-DATE-TIME.mkv); "
+                "name a folder"
+            )
+        output = os.path.abspath(os.path.expanduser(output))
+    if "://" not in source and not source.isdigit():
+        source = os.path.abspath(os.path.expanduser(source))
+    return Feed(name, source, output, tuple(sorted(extra.items())))
 
 
 def recover_segments(folder: Path, name: str) -> list[Path]:

@@ -93,6 +93,8 @@ def _cases(d: Path) -> dict[str, tuple[list[str], str]]:
             "ffmpeg failed: rtmp://bob:***@127",
         ),
         "empty out-dir": (["batch", clip, "--out-dir", ""], "--out-dir is empty"),
+        # warned of a --crf never given, then named --max-frames, which sample does not have
+        "sample as a picture": (["sample", str(d / "s.png")], "the sample is a clip"),
         "negative batch": ([clip, out, "--batch", "-2"], "--batch must be at least 1"),
         "batch past memory": (
             [str(d / "uncounted.mkv"), out, "--batch", "100000"],

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -705,6 +706,14 @@ def test_derainer_api_accepts_bgr_rgb_and_tensors(shared):
     for empty in (np.zeros((0, 0, 3), np.uint8), np.zeros((0, 64, 96, 3), np.uint8), t[:0]):
         with pytest.raises(ValueError, match="none of them 0"):
             derainer(empty)
+    # 0..255 in a float tensor came back clamped to [0, 1]: garbage, and no word
+    for wrong in (t * 255, t - 0.5, t.clone().fill_(float("nan"))):
+        with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+            derainer(wrong)
+    frozen = np.frombuffer(rgb.tobytes(), np.uint8).reshape(rgb.shape)  # a read-only array
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "not writable" warning
+        assert np.array_equal(derainer(frozen), derainer(rgb))
 
 
 def test_a_derainer_lent_to_a_file_runs_its_own_frames_as_before(vfr_clip, tmp_path):
@@ -717,6 +726,9 @@ def test_a_derainer_lent_to_a_file_runs_its_own_frames_as_before(vfr_clip, tmp_p
     before = derainer(rgb)
     derain_video(vfr_clip[0], tmp_path / "o.mp4", runner=derainer, max_frames=2)
     assert np.array_equal(derainer(rgb), before)
+    # the runner's model stands: a model option beside it was left out without a word
+    with pytest.raises(StreamDerainError, match="temporal: a runner's model options stand"):
+        derain_video(vfr_clip[0], tmp_path / "p.mp4", runner=derainer, temporal="off")
 
 
 def test_cuda_without_gpu_is_a_clean_error(vfr_clip, tmp_path):

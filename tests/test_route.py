@@ -272,3 +272,17 @@ def test_no_derained_pixel_is_brighter_than_the_rainy_one(shared):
         assert np.array_equal(image[~brightened], bare[~brightened])
         error = lambda a: np.abs(a[brightened].astype(int) - clean[brightened]).mean()  # noqa: E731
         assert error(image) < error(bare)
+
+
+def test_a_derainer_reset_for_a_new_stream_chooses_its_model_anew(shared):
+    """One Derainer reused for a second stream ran a veiled stream on the light stream's model
+    (``auto`` keeps its choice for 50 to 100 frames of a stream); ``reset`` starts over."""
+    from streamderain.api import Derainer
+
+    rainy = veiled()[0]
+    fresh = Derainer(model="auto", device="cpu", backend="torch")(rainy)
+    reused = Derainer(model="auto", device="cpu", backend="torch")
+    reused(light())
+    assert np.abs(reused(rainy).astype(int) - fresh).mean() > 5, "the light stream's model"
+    reused.reset()
+    assert np.array_equal(reused(rainy), fresh)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ def test_a_feeds_file_is_checked(tmp_path):
     bad.write_text(
         '[[feed]]\nname="a"\nsource="s"\noutput="o"\n[[feed]]\nname="a"\nsource="t"\noutput="p"\n'
     )
-    with pytest.raises(StreamDerainError, match="unique"):
+    with pytest.raises(StreamDerainError, match="two feeds have the name 'a'"):
         read_feeds(bad)
     bad.write_text('[[feed]]\nname="site/gate"\nsource="s"\noutput="o"\n')  # no segment found
     with pytest.raises(StreamDerainError, match="'site/gate' cannot name a segment"):
@@ -40,10 +41,31 @@ def test_feeds_take_run_options_per_feed_and_name_what_is_wrong(tmp_path):
     )
     (feed,) = read_feeds(good)
     assert dict(feed.options) == {"reconnect_timeout": 60, "rtsp_transport": "udp"}
+    # a Ray actor's folder may not be this one: a local output is made absolute, ~ expanded
+    assert feed.output == str(Path.cwd() / "o")
+    good.write_text('[[feed]]\nname="a"\nsource="rtsp://x/1"\noutput="~/feeds"\n')
+    assert read_feeds(good)[0].output == str(Path.home() / "feeds")
     cases = {
         '[feed]\nname="a"\nsource="s"\noutput="o"\n': "as a [[feed]] table",
         '[[feed]]\nname="a"\nsource="s"\noutput="o"\nreconect_timeout=3\n': "unknown option",
-        '[[feed]]\nname="a"\nsource="s"\noutput="o"\nmodel="x.pt"\n': "unknown option model",
+        '[[feed]]\nname="a"\nsource="s"\noutput="o"\nmodel="x.pt"\n': (
+            "model is the command's, one model for every feed (--model)"
+        ),
+        # read as text before: a list became the source "['rtsp://a', 'rtsp://b']"
+        '[[feed]]\nname="a"\nsource=["rtsp://a","rtsp://b"]\noutput="o"\n': (
+            "source must be text in quotes, got ['rtsp://a', 'rtsp://b']"
+        ),
+        '[[feed]]\nname=0\nsource="s"\noutput="o"\n': "name must be text in quotes, got 0",
+        'reconnect_timeout=5\n[[feed]]\nname="a"\nsource="s"\noutput="o"\n': (
+            "unknown reconnect_timeout outside the [[feed]] tables"
+        ),
+        '[[feed]]\nname="a"\nsource="s"\noutput="/data/gate.mp4"\n': (
+            "output '/data/gate.mp4' is a folder of segments (a-DATE-TIME.mkv); name a folder"
+        ),
+        '[[feed]]\nname="a"\nsource="s"\noutput="rtsp://r/x"\n'
+        '[[feed]]\nname="b"\nsource="t"\noutput="rtsp://r/x"\n': (
+            "two feeds have the output 'rtsp://r/x'"
+        ),
         '[[feed]]\nname="a"\nsource="s"\noutput="o"\nreconnect_timeout="abc"\n': (
             "reconnect-timeout must be a number, got 'abc'"
         ),
