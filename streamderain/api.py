@@ -184,11 +184,15 @@ def derain_video(
     as Ctrl-C does, also while a live source is still connecting.
     """
     began = time.perf_counter()
-    if runner is not None and (mine := sorted(set(values) & MODEL_OPTIONS)):
-        raise UsageError(  # they were left out without a word
-            f"{', '.join(mine)}: a runner's model options stand for the run; set them on the "
-            "runner, or give no runner"
-        )
+    lent = runner.runner if isinstance(runner, Derainer) else runner
+    if isinstance(lent, ModelRunner):  # its model options stand: others were left out unsaid
+        if other := sorted(
+            k for k in set(values) & MODEL_OPTIONS if values[k] != getattr(lent.options, k)
+        ):
+            raise UsageError(
+                f"{', '.join(other)}: a runner's model options stand for the run; set them on "
+                "the runner, or give no runner"
+            )
     options = _run_options(options).replace(**values)
     if isinstance(runner, Derainer):  # lent: its own frames then go on as they were
         try:
