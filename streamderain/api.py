@@ -20,7 +20,13 @@ from streamderain.decoder import Decoder
 from streamderain.encoder import Encoder
 from streamderain.errors import InputError, UsageError
 from streamderain.frames import Frame, expected_frames
-from streamderain.options import DecodeOptions, EncodeOptions, ModelOptions, RunOptions
+from streamderain.options import (
+    MODEL_OPTIONS,
+    DecodeOptions,
+    EncodeOptions,
+    ModelOptions,
+    RunOptions,
+)
 from streamderain.pipeline import Pipeline, Stage, Stats
 from streamderain.runner import ModelRunner
 from streamderain.targets import (
@@ -34,7 +40,6 @@ from streamderain.temporal import TemporalFilter, TemporalStage
 
 log = logging.getLogger(__name__)
 notice = logging.getLogger("streamderain.notice")
-MODEL_OPTIONS = {f.name for f in dataclasses.fields(ModelOptions)}
 
 
 class Derainer:
@@ -48,8 +53,9 @@ class Derainer:
     on a stream's first frames and checks again every 50, and with ``temporal="on"`` it keeps
     the last frames it was given and combines each new one with them where the scene holds
     still (past frames only, so every call returns its own frame at once); ``auto`` (the
-    default) is off here, as the frames may not come from one scene. ``flip_average="auto"`` is off here too (frames may be live);
-    ``"on"`` averages each frame with its mirror image, at twice the model's time.
+    default) is off here, as the frames may not come from one scene. ``flip_average="auto"``
+    is off here too (frames may be live); ``"on"`` averages each frame with its mirror image,
+    at twice the model's time.
 
     Args:
         options: the model and where it runs (or give its fields as keywords:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from streamderain.errors import StreamDerainError, reason
-from streamderain.options import ModelOptions, RunOptions
+from streamderain.options import MODEL_OPTIONS, RunOptions
 from streamderain.targets import VIDEO_SUFFIXES, live_target_format, lock_partial, partial_path
 from streamderain.workers import Worker
 from training.data import IMAGE_SUFFIXES
@@ -44,7 +44,7 @@ class Feed:
 FEED_KEYS = ("name", "source", "output")
 # What one feed may set for itself: how its source is read and its output written (the model
 # is the command's, loaded once per actor).
-PER_FEED_OPTIONS = RunOptions.names() - {f.name for f in fields(ModelOptions)}
+PER_FEED_OPTIONS = RunOptions.names() - MODEL_OPTIONS
 
 
 def read_feeds(path: str | Path) -> list[Feed]:
@@ -90,7 +90,7 @@ def _feed(table: dict[str, Any], where: str) -> Feed:
         if not isinstance(value, str):
             raise StreamDerainError(f"{where}: {key} must be text in quotes, got {value!r}")
     extra = {k: v for k, v in table.items() if k not in FEED_KEYS}
-    if model := sorted(set(extra) & {f.name for f in fields(ModelOptions)}):
+    if model := sorted(set(extra) & MODEL_OPTIONS):
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in model)
         raise StreamDerainError(
             f"{where}: {', '.join(model)} is the command's, one model for every feed ({flags})"

@@ -233,10 +233,11 @@ def plan(
     An input the manifest records as done keeps that output, wherever this batch's other inputs
     would place it. An input whose output the manifest records as made from this very input
     (path, size and modification time) with these ``settings`` (:meth:`RunOptions.shaping`),
-    and which exists, is skipped; ``overwrite`` redoes it. An output the manifest records as this input's
-    otherwise (failed, cut short, changed since, made with other settings) is redone. An
-    existing output made from another input (yesterday's ``cam1.mp4`` of another folder), or
-    one the manifest does not know (the user's), is replaced only with ``overwrite``.
+    and which exists, is skipped; ``overwrite`` redoes it. An output the manifest records as
+    this input's otherwise (failed, cut short, changed since, made with other settings) is
+    redone. An existing output made from another input (yesterday's ``cam1.mp4`` of another
+    folder), or one the manifest does not know (the user's), is replaced only with
+    ``overwrite``.
     """
     out_dir = out_dir.resolve()
     manifest = read_manifest(out_dir / MANIFEST)

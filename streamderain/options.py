@@ -241,3 +241,7 @@ class RunOptions:
 
 def _names(group: object) -> set[str]:
     return {f.name for f in fields(group)}
+
+
+#: the model's options: one loaded model stands for them (a runner lent to a run, a feed's actor)
+MODEL_OPTIONS = frozenset(_names(ModelOptions))
