@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streamderain.errors import StreamDerainError, reason
+from streamderain.pictures import folder_pictures
 from streamderain.targets import CONTAINERS, VIDEO_SUFFIXES
-from training.data import IMAGE_SUFFIXES, list_images, natural_key
+from training.data import IMAGE_SUFFIXES, natural_key
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def folder_inputs(path: Path) -> list[Path]:
 def _inputs_below(folder: Path, seen: set[str]) -> list[Path]:
     seen.add(os.path.realpath(folder))
     try:
-        if any(not p.name.startswith(".") for p in list_images(folder)):
+        if folder_pictures(folder):
             return [folder]
         entries = sorted(folder.iterdir(), key=natural_key)
     except OSError as exc:

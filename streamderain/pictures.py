@@ -25,12 +25,18 @@ IMAGE_FOLDER_RATE = Fraction(25)
 DEEP_PICTURES = (".png", ".tif", ".tiff")
 
 
+def folder_pictures(folder: Path) -> list[Path]:
+    """The pictures of ``folder``, in natural order: hidden files (a Mac's ``._001.jpg``) are
+    not pictures."""
+    return [p for p in list_images(folder) if not p.name.startswith(".")]
+
+
 class PictureFolder:
-    """The pictures of ``folder``: hidden files (a Mac's ``._001.jpg``) are not pictures."""
+    """The pictures of ``folder`` (:func:`folder_pictures`)."""
 
     def __init__(self, folder: Path, name: str) -> None:
         self.name = name
-        self.files = [p for p in list_images(folder) if not p.name.startswith(".")]
+        self.files = folder_pictures(folder)
         if not self.files:
             if any(p.suffix.lower() in VIDEO_SUFFIXES for p in folder.iterdir()):
                 raise InputError(
