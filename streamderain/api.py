@@ -228,6 +228,7 @@ def derain_video(
             decoder.info,
             options.encode,
             copy_streams_from=decoder.source if is_file else None,
+            sound=decoder.sound,
             start=decoder.start,
             end=decoder.end,
         )

@@ -3,8 +3,8 @@
 Live sources reconnect here (backoff and deadline: :class:`streamderain.live.Outage`); what
 retrying cannot fix (not found, unauthorized, not a video) fails at once. Frame times of a live
 source are seconds since the run began, so they only ever grow: an outage is a gap, and a source
-whose own clock jumps is followed by the wall clock from the jump.
-"""
+whose own clock jumps is followed by the wall clock from the jump. Its sound is read beside
+(:class:`streamderain.sound.LiveSound`)."""
 
 from __future__ import annotations
 
@@ -23,21 +23,12 @@ from streamderain.frames import Frame, VideoInfo, eight_bits, pixel_bits, rgb_im
 from streamderain.live import RECORDING_SCHEMES, LiveClock, Outage, StopSignal, is_live, mask_url
 from streamderain.options import DecodeOptions
 from streamderain.pictures import PictureFolder
-from streamderain.streams import Continuity, file_origin
+from streamderain.sound import LiveSound
+from streamderain.streams import Continuity, file_origin, shown_video
 
 log = logging.getLogger(__name__)
 
 LIVE_TIME_BASE = Fraction(1, 90_000)
-
-
-def shown_video(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
-    """The video stream a player shows: FFmpeg's best (the default track, the most frames),
-    never a cover picture (a song's artwork, an ``attached_pic``); None where there is none."""
-    moving = [
-        s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
-    ]
-    best = container.streams.best("video")
-    return best if best in moving else next(iter(moving), None)
 
 
 class Decoder:
@@ -80,7 +71,9 @@ class Decoder:
         self._container: av.container.InputContainer | None = None
         self._folder: PictureFolder | None = None
         self._video_index = 0  # the stream read, of a file's or stream's (shown_video)
+        self._audio_index: int | None = None  # a live source's sound (FFmpeg's best)
         self.info = self._open()
+        self.sound = LiveSound(self.name) if self.live else None  # a file's is copied after
 
     def _open(self) -> VideoInfo:
         if Path(self.source).is_dir():
@@ -110,10 +103,9 @@ class Decoder:
             and self._container.duration
             and self.source.lower().startswith(RECORDING_SCHEMES)
         ):
-            # a recording behind a web address (a video file's, a finished HLS playlist's): live
-            # streams report no length. Read once, to its end, as a file; as a live source its
-            # end would be a loss, and it would play again and again. (An RTSP server that
-            # plays a file in a loop, as a camera stand-in does, reports one too: RTSP stays live.)
+            # a recording behind a web address (a file's, a finished HLS playlist's; live streams
+            # report no length) is read once, as a file: live, its end would be a loss, played
+            # again and again. (RTSP looping a file reports a length too: it stays live.)
             self.live, self.yields_cpu = False, True
         return VideoInfo(
             width=ctx.width,
@@ -166,6 +158,8 @@ class Decoder:
             raise NoVideoStream(f"{self.name}: no video stream")
         video.thread_type = "AUTO"
         self._video_index = video.index
+        audio = container.streams.best("audio") if self.live else None
+        self._audio_index = None if audio is None else audio.index
         return container
 
     @property
@@ -187,15 +181,13 @@ class Decoder:
             return self._folder.describe()
         i = self.info
         rate = f"{float(i.rate):.3g} fps" if i.rate else "no fixed rate"
-        assert self._container is not None
         video = self._container.streams[self._video_index]
         bits = f" {i.bits}-bit" if i.bits > 8 else ""
         parts = [f"{video.codec_context.name}{bits} {i.width}x{i.height}, {rate}"]
         if i.frames:
             parts.append(f"{i.frames} frames")
         for a in self._container.streams.audio:
-            ctx = a.codec_context
-            parts.append(f"audio {ctx.name if ctx else '?'} {a.rate or '?'} Hz")
+            parts.append(f"audio {getattr(a.codec_context, 'name', '?')} {a.rate or '?'} Hz")
         return f"{self.name}: " + ", ".join(parts) + (" (live)" if self.live else "")
 
     def stop(self) -> None:
@@ -232,8 +224,11 @@ class Decoder:
 
         A file whose container breaks mid-way ends there (with a warning), keeping what was
         decoded; a live source's read errors go up to the reconnect logic."""
-        stream = container.streams[self._video_index]
-        packets = container.demux(stream)
+        streams = [container.streams[self._video_index]]
+        if self.sound is not None and self._audio_index is not None:
+            streams.append(container.streams[self._audio_index])
+            self.sound.connected(streams[1])
+        packets = container.demux(*streams)
         held = None  # a file's packet flagged corrupt: decoded once a packet follows
         while True:
             try:
@@ -253,6 +248,10 @@ class Decoder:
             held = None
             if packet is None:
                 return
+            if packet.stream.index == self._audio_index:
+                if packet.size and self.sound is not None:
+                    self.sound.hear(packet, self.clock)
+                continue
             if packet.is_corrupt:  # flagged by the demuxer (a live source's: concealed)
                 self.corrupt_packets += 1
                 if not self.live:

@@ -33,6 +33,7 @@ from streamderain.live import mask_url
 from streamderain.options import EncodeOptions
 from streamderain.pictures import DEEP_PICTURES, FolderWriter, PictureWriter
 from streamderain.pipeline import Stage
+from streamderain.sound import LiveSound
 from streamderain.targets import (
     CONTAINERS,
     check_muxer,
@@ -77,6 +78,7 @@ class Encoder(Stage):
         info: the source's properties, kept in the output (colour tags, aspect ratio).
         options: codec, quality and which writer (``options.compare`` is the compose stage's).
         copy_streams_from: a source file whose audio and subtitles are copied over.
+        sound: a live source's sound, recorded or published beside the picture.
         start, end: the source time range being processed, seconds from the file's start.
     """
 
@@ -87,6 +89,7 @@ class Encoder(Stage):
         options: EncodeOptions | None = None,
         *,
         copy_streams_from: str | None = None,
+        sound: LiveSound | None = None,
         start: float = 0.0,
         end: float | None = None,
     ) -> None:
@@ -96,7 +99,7 @@ class Encoder(Stage):
         self.name = mask_url(str(target)) if self.live_format else str(target)  # in messages
         self.target = Path(os.path.abspath(target))  # "." has a name
         self.info = info
-        self.copy_from = copy_streams_from
+        self.copy_from, self.sound = copy_streams_from, sound
         self.start, self.end = start, end
         self.frames_written = 0
         self.folder = not self.live_format and is_folder_target(target)
@@ -282,6 +285,8 @@ class Encoder(Stage):
                     *(self.name, codec, self.target.suffix, sar.numerator, sar.denominator),
                 )
             self._deep = self._deep_output(codec)
+            if self.sound is not None and self.sound.rate and o.encoder != "pyav":
+                log.warning("%s: the source's sound is kept by --encoder pyav only", self.name)
             live_rate = float(self.info.rate or 25) if self.live_format else None
             recording = self.info.live and not self.live_format  # a live source to a file
             settings = OutputSettings(
@@ -295,6 +300,7 @@ class Encoder(Stage):
                 time_base=first.time_base,
                 rotation=first.rotation,
                 copy_from=self.copy_from,
+                sound=self.sound,
                 start=self.start,
                 end=self.end,
                 first_seconds=first.seconds,

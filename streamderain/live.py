@@ -79,6 +79,13 @@ class LiveClock:
         """A reconnect: the source's clock starts again from anything."""
         self._anchor = None
 
+    def at(self, source_time: float) -> float | None:
+        """The run time of another stream's ``source_time`` (the sound's), on the picture's
+        clock as it stands; None before this connection's first timed picture."""
+        if self._anchor is None:
+            return None
+        return self._anchor[0] + source_time - self._anchor[1]
+
     def seconds(self, source_time: float | None) -> float:
         now = time.monotonic()
         if self.began is None:

@@ -1,4 +1,5 @@
-"""A source file's audio and subtitles, brought into the output in time with the video.
+"""The streams beside the picture: which video of a source is read, and a source file's audio
+and subtitles, brought into the output in time with the video.
 
 Packets are copied as they are where the output container takes their codec; audio it cannot
 take is re-encoded to the container's usual codec at a transparent bit rate, and subtitles it
@@ -13,6 +14,7 @@ import logging
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import av
 
@@ -49,6 +51,16 @@ def _muxer_codecs(fmt: str) -> frozenset[str]:
     """The codecs FFmpeg's muxer for ``fmt`` takes."""
     with av.open(io.BytesIO(), "w", format=fmt) as probe:
         return frozenset(probe.supported_codecs)
+
+
+def shown_video(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The video stream a player shows: FFmpeg's best (the default track, the most frames),
+    never a cover picture (a song's artwork, an ``attached_pic``); None where there is none."""
+    moving = [
+        s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
+    ]
+    best = container.streams.best("video")
+    return best if best in moving else next(iter(moving), None)
 
 
 def file_origin(container: av.container.InputContainer) -> float:
@@ -92,19 +104,39 @@ def continuous(packets: Iterator[av.Packet]) -> Iterator[av.Packet]:
         yield packet
 
 
+def audio_stream(
+    output: av.container.OutputContainer, fmt: str, rate: int, layout: str
+) -> av.audio.stream.AudioStream:
+    """A new audio stream of ``fmt``'s usual codec (``AUDIO_FALLBACK``; AAC for live formats)
+    for sound of ``rate`` Hz, at that rate where the codec takes it."""
+    codec, bit_rate = AUDIO_FALLBACK.get(fmt, ("aac", 256_000))
+    rates = av.Codec(codec, "w").audio_rates
+    stream = output.add_stream(codec, rate=rate if not rates or rate in rates else max(rates))
+    stream.layout = layout
+    if bit_rate:  # none for lossless codecs
+        stream.bit_rate = bit_rate
+    return stream
+
+
+class Beside(Protocol):
+    """What brings streams other than the picture into an output, as the picture is written."""
+
+    def copy_until(self, seconds: float) -> None:
+        """Mux what starts before ``seconds`` of output time."""
+
+    def finish(self, seconds: float) -> None:
+        """The output ends at ``seconds``: the rest of what starts before, then the end."""
+
+    def close(self) -> None: ...
+
+
 class AudioReencoder:
     """Decodes one source audio stream and encodes it again for a container that cannot take it."""
 
     def __init__(
         self, source: av.audio.stream.AudioStream, output: av.container.OutputContainer, fmt: str
     ) -> None:
-        codec, bit_rate = AUDIO_FALLBACK[fmt]
-        rates = av.Codec(codec, "w").audio_rates
-        rate = source.rate if not rates or source.rate in rates else max(rates)
-        self.stream = output.add_stream(codec, rate=rate)
-        self.stream.layout = source.layout.name
-        if bit_rate:  # none for lossless codecs
-            self.stream.bit_rate = bit_rate
+        self.stream = audio_stream(output, fmt, source.rate, source.layout.name)
         self.decoder = source.codec_context
 
     def packets(self, packet: av.Packet | None, shift: float) -> list[av.Packet]:
@@ -216,7 +248,7 @@ def remux(
     path: Path,
     fmt: str,
     rotation: int,
-    copier: Callable[[av.container.OutputContainer], StreamCopier | None],
+    copier: Callable[[av.container.OutputContainer], Beside | None],
     frame_seconds: float,
     video_start: float = 0.0,
 ) -> None:

@@ -23,7 +23,8 @@ import numpy as np
 from streamderain.errors import OutputError, reason
 from streamderain.frames import VideoInfo, timeline_shift, video_frame
 from streamderain.live import mask_url
-from streamderain.streams import StreamCopier, remux
+from streamderain.sound import LiveSound
+from streamderain.streams import Beside, StreamCopier, remux
 
 
 class Writer(Protocol):
@@ -122,6 +123,7 @@ class OutputSettings:
         time_base: the first frame's, kept for every frame.
         rotation: display rotation to stamp on the video, degrees.
         copy_from: a source file whose audio and subtitles are brought along.
+        sound: a live source's sound, encoded beside the picture (PyAV's writer only).
         start, end: the source time range processed, seconds from the file's start.
         first_seconds: the first frame's source time (the audio is shifted with it).
         bits: bits a channel of the output's pixels (10 takes uint16 pictures).
@@ -136,6 +138,7 @@ class OutputSettings:
     time_base: Fraction
     rotation: int = 0
     copy_from: str | None = None
+    sound: LiveSound | None = None
     start: float = 0.0
     end: float | None = None
     first_seconds: float | None = None
@@ -155,6 +158,15 @@ class OutputSettings:
     def pix_fmt(self) -> str:
         return pixel_format(self.codec, self.size[1], self.size[0], self.bits)
 
+    def beside(self, output: av.container.OutputContainer) -> Beside | None:
+        """What brings the source's other streams into ``output``: a file's sound and
+        subtitles, copied, or a live source's sound, encoded as it comes."""
+        if self.copy_from:
+            return StreamCopier(
+                self.copy_from, output, self.fmt, self.start, self.end, self.shift, self.info.origin
+            )
+        return None if self.sound is None else self.sound.track(output, self.fmt)
+
     def video_frame(self, image: np.ndarray, pts: int, time_base: Fraction) -> av.VideoFrame:
         """The picture in the output's pixel format, colour matrix and range, at ``pts``."""
         vf = video_frame(image, self.pix_fmt, self.info.colorspace, self.info.color_range)
@@ -172,7 +184,8 @@ def live_publish_options(settings: OutputSettings) -> dict[str, str]:
 
 
 class PyAVWriter:
-    """Encodes with PyAV's own FFmpeg, copying the source's audio and subtitles beside."""
+    """Encodes with PyAV's own FFmpeg, with the source's audio and subtitles (a file's, copied)
+    or its sound (a live source's, encoded as it comes)."""
 
     def __init__(self, settings: OutputSettings) -> None:
         self.settings = settings
@@ -181,20 +194,11 @@ class PyAVWriter:
         self.container = av.open(
             settings.path, mode="w", format=settings.fmt, options=options, timeout=10.0
         )
-        self.copier: StreamCopier | None = None
+        self.copier: Beside | None = None
         self.video_end = 0.0  # output time where the last frame written ends (one frame on)
         try:
             self.stream = self._add_video(settings)
-            if settings.copy_from:
-                self.copier = StreamCopier(
-                    settings.copy_from,
-                    self.container,
-                    settings.fmt,
-                    settings.start,
-                    settings.end,
-                    settings.shift,
-                    settings.info.origin,
-                )
+            self.copier = settings.beside(self.container)
         except BaseException:
             self.container.close()
             raise
@@ -353,14 +357,7 @@ class FFmpegWriter:
         settings = self.settings
         if settings.copy_from or settings.rotation:
             path, seconds = Path(settings.path), settings.frame_seconds
-            remux(path, settings.fmt, settings.rotation, self._copier, seconds, self.placed)
-
-    def _copier(self, output: av.container.OutputContainer) -> StreamCopier | None:
-        """What brings the source's sound and subtitles into ``output``, if it has a source."""
-        s = self.settings
-        if not s.copy_from:
-            return None
-        return StreamCopier(s.copy_from, output, s.fmt, s.start, s.end, s.shift, s.info.origin)
+            remux(path, settings.fmt, settings.rotation, settings.beside, seconds, self.placed)
 
     def _wait_for_ffmpeg(self) -> str | None:
         """End ffmpeg's input and wait for it (killed if it hangs); why it failed, if it did."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 import cv2
@@ -144,3 +145,72 @@ def packets(path: Path, kind: str) -> list[tuple[float, bytes]]:
             for p in c.demux(streams[0])
             if p.size and p.pts is not None
         ]
+
+
+def flash_and_beep(path: Path, seconds: float = 4.0, at: float = 1.2, size=(320, 180)) -> None:
+    """A camera's MPEG-TS with sound, interleaved as a camera sends it: a grey picture that
+    turns white, and silence that beeps (1 kHz), both from ``at`` for 0.4 s (25 frames/s, AAC
+    mono at 48 kHz): where the flash and the beep land in an output shows the two in step."""
+    rate, fps = 48_000, 25
+    per_frame = rate // fps
+    with av.open(str(path), "w", format="mpegts") as out:
+        video = h264_stream(out, size, fps)
+        video.options = {"preset": "ultrafast", "g": str(fps)}
+        sound = out.add_stream("aac", rate=rate)
+        sound.layout = "mono"
+        for i in range(round(seconds * fps)):
+            lit = at <= i / fps < at + 0.4
+            image = np.full((size[1], size[0], 3), 235 if lit else 60, np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            out.mux(video.encode(frame))
+            t = (i * per_frame + np.arange(per_frame)) / rate
+            beep = ((t >= at) & (t < at + 0.4)) * 0.5 * np.sin(2 * np.pi * 1000 * t)
+            chunk = av.AudioFrame.from_ndarray(beep.astype(np.float32)[None], "flt", "mono")
+            chunk.sample_rate, chunk.pts = rate, i * per_frame
+            chunk.time_base = Fraction(1, rate)
+            out.mux(sound.encode(chunk))
+        out.mux(video.encode(None))
+        out.mux(sound.encode(None))
+
+
+class Heard(NamedTuple):
+    """Where :func:`flash_and_beep`'s flashes and beeps start in an output (seconds), and the
+    span of its picture and of its sound."""
+
+    flashes: list[float]
+    beeps: list[float]
+    picture: tuple[float, float]
+    sound: tuple[float, float]
+
+
+def onsets(path: Path) -> Heard:
+    with av.open(str(path)) as c:
+        shown = [
+            (float(f.time), f.to_ndarray(format="gray").mean() > 150) for f in c.decode(video=0)
+        ]
+    with av.open(str(path)) as c:
+        assert c.streams.audio, f"{path.name} has no sound"
+        heard = [
+            (float(f.time), _level(f.to_ndarray()[0]), f.sample_rate) for f in c.decode(audio=0)
+        ]
+    flashes = [t for (t, lit), (_, was) in zip(shown[1:], shown, strict=False) if lit and not was]
+    beeps, was = [], False
+    for t, samples, rate in heard:
+        loud = np.abs(samples) > 0.1
+        if loud.any() and not was:
+            beeps.append(t + int(np.argmax(loud)) / rate)
+        was = bool(loud[-rate // 500 :].any())  # the beep's last 2 ms: zero crossings are quiet
+    step = shown[1][0] - shown[0][0]
+    last = heard[-1]
+    return Heard(
+        flashes,
+        beeps,
+        (shown[0][0], shown[-1][0] + step),
+        (heard[0][0], last[0] + len(last[1]) / last[2]),
+    )
+
+
+def _level(samples: np.ndarray) -> np.ndarray:
+    """Samples as fractions of full scale, whatever their format (FLAC's are integers)."""
+    return samples / np.iinfo(samples.dtype).max if samples.dtype.kind == "i" else samples

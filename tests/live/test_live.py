@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.media import decode_all
+from tests.media import Heard, decode_all, flash_and_beep, onsets
 
 CLI = [sys.executable, "-m", "streamderain"]
 
@@ -227,6 +227,43 @@ def test_a_source_whose_clock_restarts_keeps_real_frame_times(
     assert len(times) == 125
     steps = np.diff(times)
     assert steps.min() > 0.02 and times[-1] > 4.6, (steps.min(), times[-1])
+
+
+def record_sound(make_tcp_stream_server, out: Path, frames: int) -> Heard:
+    """``frames`` of a camera serving :func:`flash_and_beep`'s clip, looped, recorded to
+    ``out``: where its flashes and beeps land."""
+    camera = out.with_name("camera.ts")
+    flash_and_beep(camera)
+    server = make_tcp_stream_server(camera.read_bytes())
+    proc = start_cli(server.url, out, "--max-frames", frames, "--no-live-drop")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return onsets(out)
+
+
+def test_a_live_sources_sound_is_recorded_in_step_with_its_picture(
+    make_tcp_stream_server, tmp_path
+):
+    """A camera's MPEG-TS with AAC sound: the recording has it too, from its first picture to
+    its last, the beep where the flash is (a live source's sound cannot be copied after the
+    run, as a file's is: it is encoded as it comes)."""
+    heard = record_sound(make_tcp_stream_server, tmp_path / "recorded.mp4", 75)
+    assert heard.picture == pytest.approx((0.0, 3.0), abs=0.05)
+    assert heard.sound == pytest.approx(heard.picture, abs=0.05)
+    assert heard.flashes == pytest.approx([1.2], abs=0.05)
+    assert heard.beeps == pytest.approx(heard.flashes, abs=0.03)
+
+
+def test_a_live_sources_sound_keeps_in_step_when_its_clock_restarts(
+    make_tcp_stream_server, tmp_path
+):
+    """The server loops the 4 s clip, its clock jumping back each pass: the second pass's beep
+    is where its flash is, on the clock the picture follows after the jump, and no sound of
+    one pass lands on another's."""
+    heard = record_sound(make_tcp_stream_server, tmp_path / "looped.mkv", 150)
+    assert len(heard.flashes) == 2 and heard.flashes[1] > 5.0, heard
+    assert heard.beeps == pytest.approx(heard.flashes, abs=0.03)
+    assert heard.sound[1] == pytest.approx(heard.picture[1], abs=0.05)
 
 
 def test_a_camera_sending_only_garbage_is_a_clean_error(make_tcp_stream_server, tmp_path):
