@@ -34,7 +34,6 @@ from streamderain.targets import (
     check_not_input,
     check_target,
     is_picture_target,
-    live_target_format,
 )
 from streamderain.temporal import TemporalFilter, TemporalStage
 
@@ -222,7 +221,7 @@ def derain_video(
         runner = runner or ModelRunner(options.model)
         model = runner.options  # a runner given stands for options.model: its batch, its stage
         # a file, or a recording behind a web address read once as one: its sound comes too
-        is_file = not (decoder.live or decoder.is_image_folder) and live_target_format(dst) is None
+        is_file = not (decoder.live or decoder.is_image_folder)
         encoder = Encoder(
             dst,
             decoder.info,

@@ -34,6 +34,7 @@ from streamderain.options import EncodeOptions
 from streamderain.pictures import DEEP_PICTURES, FolderWriter, PictureWriter
 from streamderain.pipeline import Stage
 from streamderain.sound import LiveSound
+from streamderain.streams import has_sound
 from streamderain.targets import (
     CONTAINERS,
     check_muxer,
@@ -222,6 +223,8 @@ class Encoder(Stage):
 
     def write(self, frame: Frame) -> None:
         image = frame.image
+        if self.live_format and frame.rotation:  # a live stream keeps no display rotation
+            image = upright(image, frame.rotation)
         if self._writer is None:
             self._open(frame, image.shape[:2])
         elif image.shape[:2] != self._size and not self.folder:  # pictures keep their sizes
@@ -285,7 +288,12 @@ class Encoder(Stage):
                     *(self.name, codec, self.target.suffix, sar.numerator, sar.denominator),
                 )
             self._deep = self._deep_output(codec)
-            if self.sound is not None and self.sound.rate and o.encoder != "pyav":
+            # ffmpeg's live output cannot be remuxed after, as its files are, for the sound
+            sound_lost = o.encoder != "pyav" and (
+                bool(self.sound and self.sound.rate)
+                or bool(self.live_format and self.copy_from and has_sound(self.copy_from))
+            )
+            if sound_lost:
                 log.warning("%s: the source's sound is kept by --encoder pyav only", self.name)
             live_rate = float(self.info.rate or 25) if self.live_format else None
             recording = self.info.live and not self.live_format  # a live source to a file
@@ -298,8 +306,8 @@ class Encoder(Stage):
                 info=self.info,
                 size=size,
                 time_base=first.time_base,
-                rotation=first.rotation,
-                copy_from=self.copy_from,
+                rotation=0 if self.live_format else first.rotation,
+                copy_from=None if sound_lost else self.copy_from,
                 sound=self.sound,
                 start=self.start,
                 end=self.end,

@@ -30,9 +30,13 @@ COPYABLE: dict[str, set[str] | None] = {
     "mov": {"aac", "mp3", "ac3", "alac", "pcm_s16le", "pcm_s24le", "mov_text"},
     "matroska": None,
     "webm": {"opus", "vorbis", "webvtt"},
+    "flv": {"aac", "mp3"},  # live publishing: RTMP
+    "mpegts": {"aac", "mp3", "mp2", "ac3", "eac3", "opus"},  # UDP, SRT
+    "rtsp": {"aac", "opus"},
 }
 # Audio a container cannot take is re-encoded to its usual codec at a transparent bit rate
-# (lossless FLAC in Matroska); subtitles it cannot take are left out, with a warning.
+# (lossless FLAC in Matroska; AAC where none is named); subtitles it cannot take are left out,
+# with a warning.
 AUDIO_FALLBACK: dict[str, tuple[str, int]] = {
     "mp4": ("aac", 256_000),
     "mov": ("aac", 256_000),
@@ -61,6 +65,11 @@ def shown_video(container: av.container.InputContainer) -> av.video.stream.Video
     ]
     best = container.streams.best("video")
     return best if best in moving else next(iter(moving), None)
+
+
+def has_sound(path: str) -> bool:
+    with av.open(path, metadata_errors="replace") as container:
+        return bool(container.streams.audio)
 
 
 def file_origin(container: av.container.InputContainer) -> float:
@@ -185,7 +194,7 @@ class StreamCopier:
                     )
                 elif copies_as_is(fmt, name):
                     self.map[s.index] = output.add_stream_from_template(s)
-                elif s.type == "audio" and fmt in AUDIO_FALLBACK:
+                elif s.type == "audio":
                     self.reencoders[s.index] = AudioReencoder(s, output, fmt)
                     log.info("audio stream %d (%s) re-encoded for %s", s.index, name, fmt)
                 else:

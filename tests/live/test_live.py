@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
-from tests.media import Heard, decode_all, flash_and_beep, onsets
+from tests.live.conftest import HOST, free_port, is_listening
+from tests.media import Heard, clean_frames, decode_all, flash_and_beep, make_clip, onsets
 
 CLI = [sys.executable, "-m", "streamderain"]
 
@@ -143,6 +145,41 @@ def test_publishes_to_an_rtsp_receiver(rtsp_receiver, clip_path):
     assert rtsp_receiver.wait(30) == 0, rtsp_receiver.log()
     images, _, _ = decode_all(rtsp_receiver.out)
     assert len(images) >= 20
+
+
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_a_file_published_to_rtmp_keeps_its_sound_and_is_turned_upright(tmp_path, encoder):
+    """A phone's clip (display rotation 90, AAC sound) published to RTMP, ffmpeg receiving: a
+    live stream keeps no display rotation, so the picture goes out upright, and the default
+    writer publishes the sound too. With ``--encoder ffmpeg`` the run ended in an error after
+    publishing (it tried to remux the URL as a file); it says the sound stays behind instead."""
+    clip = tmp_path / "phone.mp4"
+    make_clip(clip, clean_frames(20), audio=True, tags=True)
+    port = free_port()
+    out = tmp_path / "received.flv"
+    receiver = subprocess.Popen(
+        [*"ffmpeg -nostdin -loglevel error -listen 1 -i".split(), f"rtmp://{HOST}:{port}/live/x"]
+        + ["-c", "copy", "-y", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not is_listening(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc = start_cli(clip, f"rtmp://{HOST}:{port}/live/x", "--encoder", encoder)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert receiver.wait(30) == 0, receiver.stderr.read()
+    finally:
+        receiver.kill()
+        receiver.wait()
+    images, _, _ = decode_all(out)
+    assert len(images) == 20 and images[0].shape[:2] == (256, 144)
+    with av.open(str(out)) as received:
+        sound = [s.codec_context.name for s in received.streams.audio]
+    assert sound == (["aac"] if encoder == "pyav" else []), err
+    assert ("sound is kept by --encoder pyav only" in err) == (encoder == "ffmpeg"), err
 
 
 def test_password_is_masked_in_messages(tmp_path):
