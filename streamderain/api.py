@@ -254,7 +254,9 @@ def derain_video(
                 stages.append(("compose", Compose(compare)))
             stages.append(("encode", encoder))
             live_drop = options.decode.live_drop
-            drop = decoder.live if live_drop is None else live_drop
+            if live_drop and not decoder.live:  # read as fast as it decodes: most would go
+                log.warning("--live-drop is for live sources; every frame of a file is kept")
+            drop = decoder.live and live_drop is not False
             pipeline = Pipeline(
                 decoder, stages, queue_size=1 if drop else 4, drop_oldest=drop, on_frame=on_frame
             )

@@ -184,7 +184,7 @@ _LIVE = [
         "--live-drop/--no-live-drop",
         default=None,
         help="Drop old frames when the model is slower than a live source "
-        "(default: on for live sources).",
+        "(default: on; a file keeps every frame).",
     ),
 ]
 _OVERWRITE = [

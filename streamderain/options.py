@@ -78,8 +78,8 @@ class DecodeOptions:
         max_frames: frames to read at most.
         rtsp_transport: ``tcp`` (no losses) or ``udp`` for RTSP sources.
         reconnect_timeout: seconds a live source may stay lost before the run fails (0: never).
-        live_drop: drop the oldest waiting frame when the model falls behind (None: for live
-            sources only), so the delay stays bounded.
+        live_drop: drop the oldest waiting frame when a live source's model falls behind
+            (None: on), so the delay stays bounded; a file's frames are always all kept.
     """
 
     start: float | None = None

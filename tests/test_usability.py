@@ -224,3 +224,16 @@ def test_a_name_with_a_percent_sign_is_that_file(tmp_path, shared) -> None:
     assert result.returncode == 0, result.stderr
     [written] = (tmp_path / "out").iterdir()
     assert cv2.imread(str(written)).mean() < 100
+
+
+def test_live_drop_keeps_every_frame_of_a_file_and_says_so(tmp_path, shared):
+    """A file is read as fast as it decodes, far ahead of the model: ``--live-drop`` dropped
+    frames as the model fell behind (12 of these 30), which no one asking for a file's output
+    wants."""
+    src, out = tmp_path / "clip.mp4", tmp_path / "out.mp4"
+    make_clip(src, clean_frames(30, (96, 64)))
+    result = run_cli(src, out, "--live-drop")
+    assert result.returncode == 0, result.stderr
+    assert "--live-drop is for live sources; every frame of a file is kept" in result.stderr
+    images, _, _ = decode_all(out)
+    assert len(images) == 30
