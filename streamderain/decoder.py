@@ -24,7 +24,7 @@ from streamderain.live import RECORDING_SCHEMES, LiveClock, Outage, StopSignal, 
 from streamderain.options import DecodeOptions
 from streamderain.pictures import PictureFolder
 from streamderain.sound import LiveSound
-from streamderain.streams import Continuity, file_origin, shown_video
+from streamderain.streams import Continuity, file_origin, heard_audio, shown_video
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Decoder:
             raise NoVideoStream(f"{self.name}: no video stream")
         video.thread_type = "AUTO"
         self._video_index = video.index
-        audio = container.streams.best("audio") if self.live else None
+        audio = heard_audio(container) if self.live else None
         self._audio_index = None if audio is None else audio.index
         return container
 

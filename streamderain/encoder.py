@@ -8,6 +8,7 @@ interrupted run still leaves a playable file holding what was done.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -66,6 +67,7 @@ log = logging.getLogger(__name__)
 #: seconds a write to a live receiver may hang before the run ends (PyAV's writer takes no I/O
 #: timeout, and one that stopped reading without closing held the run forever)
 LIVE_STALL_SECONDS = 20.0
+SOUND_WRITER = "PyAV's writer, --encoder pyav, takes it; srt:// goes through ffmpeg's"
 
 
 class Encoder(Stage):
@@ -96,6 +98,8 @@ class Encoder(Stage):
     ) -> None:
         check_target(target)
         self.options = options or EncodeOptions()
+        if str(target).lower().startswith("srt://"):  # PyAV's FFmpeg has no SRT
+            self.options = dataclasses.replace(self.options, encoder="ffmpeg")
         self.live_format = live_target_format(target)
         self.name = mask_url(str(target)) if self.live_format else str(target)  # in messages
         self.target = Path(os.path.abspath(target))  # "." has a name
@@ -289,12 +293,11 @@ class Encoder(Stage):
                 )
             self._deep = self._deep_output(codec)
             # ffmpeg's live output cannot be remuxed after, as its files are, for the sound
-            sound_lost = o.encoder != "pyav" and (
-                bool(self.sound and self.sound.rate)
-                or bool(self.live_format and self.copy_from and has_sound(self.copy_from))
-            )
-            if sound_lost:
-                log.warning("%s: the source's sound is kept by --encoder pyav only", self.name)
+            live_ffmpeg = bool(self.live_format) and o.encoder != "pyav"
+            if (o.encoder != "pyav" and self.sound is not None and self.sound.rate) or (
+                live_ffmpeg and self.copy_from and has_sound(self.copy_from)
+            ):
+                log.warning("%s: the source's sound is left out (%s)", self.name, SOUND_WRITER)
             live_rate = float(self.info.rate or 25) if self.live_format else None
             recording = self.info.live and not self.live_format  # a live source to a file
             settings = OutputSettings(
@@ -307,7 +310,7 @@ class Encoder(Stage):
                 size=size,
                 time_base=first.time_base,
                 rotation=0 if self.live_format else first.rotation,
-                copy_from=None if sound_lost else self.copy_from,
+                copy_from=None if live_ffmpeg else self.copy_from,
                 sound=self.sound,
                 start=self.start,
                 end=self.end,

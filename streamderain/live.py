@@ -79,12 +79,16 @@ class LiveClock:
         """A reconnect: the source's clock starts again from anything."""
         self._anchor = None
 
-    def at(self, source_time: float) -> float | None:
+    def at(self, source_time: float, behind: float = 2.0) -> float | None:
         """The run time of another stream's ``source_time`` (the sound's), on the picture's
-        clock as it stands; None before this connection's first timed picture."""
-        if self._anchor is None:
+        clock as it stands; None before this connection's first timed picture, and where it
+        would land more than ``behind`` seconds before the last picture or ahead of the wall
+        clock: the source's clock jumped, and the picture has not followed the jump yet."""
+        if self._anchor is None or self.began is None:
             return None
-        return self._anchor[0] + source_time - self._anchor[1]
+        seconds = self._anchor[0] + source_time - self._anchor[1]
+        wall = time.monotonic() - self.began
+        return seconds if self._last - behind <= seconds <= wall + CLOCK_JUMP_AHEAD else None
 
     def seconds(self, source_time: float | None) -> float:
         now = time.monotonic()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 from fractions import Fraction
 
 import av
@@ -20,12 +21,15 @@ from streamderain.streams import audio_stream
 
 log = logging.getLogger(__name__)
 
-#: sound times this close to where the last frame ended join it (the source's jitter)
-JOIN_SECONDS = 0.1
+#: sound times this close to where the last frame ended join it (rounding, a source's jitter);
+#: further is a gap, or an overlap after the source's clock jumped (what overlaps is left out)
+JOIN_SECONDS = 0.005
 #: sound held for a writer that takes none (``--encoder ffmpeg``, a folder of pictures)
 HELD_SECONDS = 30.0
 #: sound held until its connection's first picture gives the clock (frame threads delay it)
 WAITING_SECONDS = 2.0
+#: a gap in the sound up to this long is filled with silence (longer: see SoundTrack._fill)
+FILL_SECONDS = 60.0
 
 
 class LiveSound:
@@ -42,29 +46,36 @@ class LiveSound:
         self._next: int | None = None  # the sample where the last frame held ends
         self._held: collections.deque[av.AudioFrame] = collections.deque()
         self._waiting: collections.deque[av.AudioFrame] = collections.deque()
-        self._warned = False
+        self._lock = threading.Lock()  # ``_held``: filled by the reader, emptied by the writer
+        self._heard = self._warned = False
 
     def connected(self, stream: av.audio.stream.AudioStream) -> None:
         """A new connection's sound stream; the first one with parameters sets the sound's
         shape. What an earlier connection left waiting has no place on the new one's clock."""
         self._waiting.clear()
-        ctx = stream.codec_context
-        if self.rate is None and ctx is not None and ctx.sample_rate:
-            self.rate, self.layout = ctx.sample_rate, ctx.layout.name
+        self._heard = True
+        if self.rate is None and stream.codec_context.sample_rate:
+            self.rate, self.layout = stream.codec_context.sample_rate, stream.layout.name
 
     def hear(self, packet: av.Packet, clock: LiveClock) -> None:
-        """Decode one packet and hold its frames, at the run time the picture's clock gives;
-        sound that comes before the connection's first picture waits for it."""
+        """Decode one packet and hold its frames, at the run time the picture's clock gives.
+        Sound waits (up to ``WAITING_SECONDS``) where the clock has no place for it yet: before
+        the connection's first picture, or after a jump of the source's clock that the
+        picture, decoded a few frames late, has not followed yet."""
         try:
-            self._waiting.extend(f for f in packet.decode() if f.time is not None)
+            frames = [f for f in packet.decode() if f.time is not None]
         except (av.error.FFmpegError, ValueError):
             return  # damaged sound is dropped, as the decoder conceals damaged pictures
+        if self.rate is None and frames:  # a sound that began after FFmpeg's 0.1 s probe
+            self.rate, self.layout = frames[0].sample_rate, frames[0].layout.name
+        self._waiting.extend(frames)
         while self._waiting:
             seconds = clock.at(self._waiting[0].time)
             if seconds is None:
-                while self._waiting[-1].time - self._waiting[0].time > WAITING_SECONDS:
-                    self._waiting.popleft()
-                return
+                if self._waiting[-1].time - self._waiting[0].time <= WAITING_SECONDS:
+                    return
+                self._waiting.popleft()  # the picture's clock never came to it
+                continue
             frame = self._waiting.popleft()
             if seconds >= 0:
                 self._hold(frame, seconds)
@@ -86,19 +97,24 @@ class LiveSound:
                 return  # the source's clock went back: sound already held covers this time
         frame.pts, frame.time_base = start, Fraction(1, frame.sample_rate)
         self._next = start + frame.samples
-        self._held.append(frame)
-        while self._held and self._next - self._held[0].pts > HELD_SECONDS * frame.sample_rate:
-            self._held.popleft()
+        with self._lock:
+            self._held.append(frame)
+            while self._next - self._held[0].pts > HELD_SECONDS * frame.sample_rate:
+                self._held.popleft()
 
     def until(self, seconds: float) -> list[av.AudioFrame]:
         """The frames held that start before ``seconds`` of run time, taken out."""
         due = []
-        while self._held and self._held[0].pts * self._held[0].time_base < seconds:
-            due.append(self._held.popleft())
+        with self._lock:
+            while self._held and self._held[0].pts * self._held[0].time_base < seconds:
+                due.append(self._held.popleft())
         return due
 
     def track(self, output: av.container.OutputContainer, fmt: str) -> SoundTrack | None:
-        """The sound's stream in ``output`` (None where the source has no sound)."""
+        """The sound's stream in ``output`` (None where the source has no sound, or none known
+        by the first picture written, when the output is set up)."""
+        if self.rate is None and self._heard:
+            log.warning("%s: its sound had not begun by the first picture: left out", self.name)
         return None if self.rate is None else SoundTrack(self, output, fmt)
 
 
@@ -110,10 +126,41 @@ class SoundTrack:
         assert sound.rate is not None and sound.layout is not None
         self.sound, self.output = sound, output
         self.stream = audio_stream(output, fmt, sound.rate, sound.layout)
+        self._end: int | None = None  # where the last frame encoded ends (samples)
+        self._partial = 0  # samples the encoder holds towards its next packet
 
     def copy_until(self, seconds: float) -> None:
         for frame in self.sound.until(seconds):
-            self.output.mux(self.stream.encode(frame))
+            if self._end is not None and frame.pts > self._end:
+                self._fill(frame, frame.pts - self._end)
+            self._encode(frame)
+
+    def _fill(self, like: av.AudioFrame, gap: int) -> None:
+        """Silence over a gap in the sound (an outage), as an encoder counts samples: Opus's
+        ignores the times of its input, and the others cut it into packets by counting, so the
+        sound after a gap played too early (by up to a packet, 96 ms of FLAC; by the whole gap
+        in Opus). A gap longer than ``FILL_SECONDS`` is filled only to the end of the packet
+        the encoder is filling: the sound after it keeps its time, except in Opus."""
+        size = self.stream.codec_context.frame_size
+        if gap <= FILL_SECONDS * like.sample_rate:
+            fill = gap
+        else:  # a codec of no fixed packet size (PCM) keeps every time as it is
+            fill = min(-self._partial % size, gap) if size else 0
+        while fill > 0:
+            n = min(fill, like.sample_rate)
+            silence = av.AudioFrame(format=like.format.name, layout=like.layout.name, samples=n)
+            for plane in silence.planes:
+                plane.update(bytes(plane.buffer_size))
+            silence.sample_rate, silence.time_base = like.sample_rate, like.time_base
+            silence.pts = self._end
+            self._encode(silence)
+            fill -= n
+
+    def _encode(self, frame: av.AudioFrame) -> None:
+        self.output.mux(self.stream.encode(frame))
+        self._end = frame.pts + frame.samples
+        if size := self.stream.codec_context.frame_size:
+            self._partial = (self._partial + frame.samples) % size
 
     def finish(self, seconds: float) -> None:
         self.copy_until(seconds)

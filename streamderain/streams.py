@@ -34,6 +34,7 @@ COPYABLE: dict[str, set[str] | None] = {
     "mpegts": {"aac", "mp3", "mp2", "ac3", "eac3", "opus"},  # UDP, SRT
     "rtsp": {"aac", "opus"},
 }
+LIVE_FORMATS = ("flv", "mpegts", "rtsp")
 # Audio a container cannot take is re-encoded to its usual codec at a transparent bit rate
 # (lossless FLAC in Matroska; AAC where none is named); subtitles it cannot take are left out,
 # with a warning.
@@ -65,6 +66,14 @@ def shown_video(container: av.container.InputContainer) -> av.video.stream.Video
     ]
     best = container.streams.best("video")
     return best if best in moving else next(iter(moving), None)
+
+
+def heard_audio(container: av.container.InputContainer) -> av.audio.stream.AudioStream | None:
+    """The sound read beside a live picture: FFmpeg's best, else the first (whose rate the
+    probe, 0.1 s of a live source, may not have found: ``best`` leaves those out); None where
+    there is none, or none FFmpeg decodes."""
+    audio = container.streams.best("audio") or next(iter(container.streams.audio), None)
+    return audio if audio is not None and audio.codec_context is not None else None
 
 
 def has_sound(path: str) -> bool:
@@ -182,7 +191,9 @@ class StreamCopier:
             self.start, self.end, self.offset, self.origin = start, end, offset, origin
             self.map: dict[int, av.stream.Stream] = {}
             self.reencoders: dict[int, AudioReencoder] = {}
-            for s in [*self.input.streams.audio, *self.input.streams.subtitles]:
+            streams = self.input.streams
+            live = fmt in LIVE_FORMATS  # a live stream: one sound, no subtitles
+            for s in [*streams.audio[:1]] if live else [*streams.audio, *streams.subtitles]:
                 name = s.codec_context.name if s.codec_context else "unknown"
                 if s.type == "audio" and not (s.codec_context and s.codec_context.sample_rate):
                     # A file cut short before the audio's first frame: FFmpeg knows no rate or

@@ -190,6 +190,10 @@ class PyAVWriter:
     def __init__(self, settings: OutputSettings) -> None:
         self.settings = settings
         options = {"rtsp_transport": "tcp"} if settings.fmt == "rtsp" else {}
+        if settings.sound is not None or "://" in settings.path:
+            # FFmpeg holds a stream's packets until the others have some, 10 s by default: a
+            # sound that stops (a source's, a file's shorter sound) froze the live picture
+            options["max_interleave_delta"] = "500000"
         options.update(settings.muxer)
         self.container = av.open(
             settings.path, mode="w", format=settings.fmt, options=options, timeout=10.0
@@ -276,7 +280,7 @@ class FFmpegWriter:
     def __init__(self, settings: OutputSettings) -> None:
         binary = shutil.which("ffmpeg")
         if binary is None:
-            raise OutputError("--encoder ffmpeg needs an ffmpeg binary on PATH")
+            raise OutputError("--encoder ffmpeg and srt:// need an ffmpeg binary on PATH")
         h, w = settings.size
         # ffmpeg moves each input's timeline back by its start time (and its -ss); the video's
         # is placed already, and the copied streams go where ``shift`` puts them.

@@ -147,41 +147,57 @@ def packets(path: Path, kind: str) -> list[tuple[float, bytes]]:
         ]
 
 
-def flash_and_beep(path: Path, seconds: float = 4.0, at: float = 1.2, size=(320, 180)) -> None:
+def flash_and_beep(
+    path: Path,
+    seconds: float = 4.0,
+    at: float = 1.2,
+    *,
+    sound: tuple[float, float] = (0.0, 1e9),
+    jump_at: float | None = None,
+    size=(320, 180),
+) -> None:
     """A camera's MPEG-TS with sound, interleaved as a camera sends it: a grey picture that
     turns white, and silence that beeps (1 kHz), both from ``at`` for 0.4 s (25 frames/s, AAC
-    mono at 48 kHz): where the flash and the beep land in an output shows the two in step."""
+    mono at 48 kHz): where the flash and the beep land in an output shows the two in step.
+
+    ``sound``: the seconds the sound plays (a sound that begins after FFmpeg's 0.1 s probe of a
+    live source, one that stops). ``jump_at``: there both streams' clocks jump 30 s ahead (a camera's clock
+    set, a restreamer's next file)."""
     rate, fps = 48_000, 25
     per_frame = rate // fps
     with av.open(str(path), "w", format="mpegts") as out:
         video = h264_stream(out, size, fps)
         video.options = {"preset": "ultrafast", "g": str(fps)}
-        sound = out.add_stream("aac", rate=rate)
-        sound.layout = "mono"
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = "mono"
         for i in range(round(seconds * fps)):
+            jumped = 30 if jump_at is not None and i / fps >= jump_at else 0
             lit = at <= i / fps < at + 0.4
             image = np.full((size[1], size[0], 3), 235 if lit else 60, np.uint8)
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
+            frame.pts, frame.time_base = i + jumped * fps, Fraction(1, fps)
             out.mux(video.encode(frame))
+            if not sound[0] <= i / fps < sound[1]:
+                continue
             t = (i * per_frame + np.arange(per_frame)) / rate
             beep = ((t >= at) & (t < at + 0.4)) * 0.5 * np.sin(2 * np.pi * 1000 * t)
             chunk = av.AudioFrame.from_ndarray(beep.astype(np.float32)[None], "flt", "mono")
-            chunk.sample_rate, chunk.pts = rate, i * per_frame
+            chunk.sample_rate, chunk.pts = rate, (i + jumped * fps) * per_frame
             chunk.time_base = Fraction(1, rate)
-            out.mux(sound.encode(chunk))
+            out.mux(audio.encode(chunk))
         out.mux(video.encode(None))
-        out.mux(sound.encode(None))
+        out.mux(audio.encode(None))
 
 
 class Heard(NamedTuple):
-    """Where :func:`flash_and_beep`'s flashes and beeps start in an output (seconds), and the
-    span of its picture and of its sound."""
+    """Where :func:`flash_and_beep`'s flashes and beeps start in an output (seconds), the span
+    of its picture and of its sound, and the pictures no sound plays under."""
 
     flashes: list[float]
     beeps: list[float]
     picture: tuple[float, float]
     sound: tuple[float, float]
+    silent: list[float]
 
 
 def onsets(path: Path) -> Heard:
@@ -201,14 +217,12 @@ def onsets(path: Path) -> Heard:
         if loud.any() and not was:
             beeps.append(t + int(np.argmax(loud)) / rate)
         was = bool(loud[-rate // 500 :].any())  # the beep's last 2 ms: zero crossings are quiet
+    starts = np.array([t for t, _, _ in heard])
+    ends = starts + np.array([len(x) / r for _, x, r in heard])
+    played = np.searchsorted(starts, [t for t, _ in shown], side="right") - 1
+    silent = [t for (t, _), k in zip(shown, played, strict=True) if k < 0 or ends[k] < t - 0.03]
     step = shown[1][0] - shown[0][0]
-    last = heard[-1]
-    return Heard(
-        flashes,
-        beeps,
-        (shown[0][0], shown[-1][0] + step),
-        (heard[0][0], last[0] + len(last[1]) / last[2]),
-    )
+    return Heard(flashes, beeps, (shown[0][0], shown[-1][0] + step), (starts[0], ends[-1]), silent)
 
 
 def _level(samples: np.ndarray) -> np.ndarray:

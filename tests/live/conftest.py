@@ -69,18 +69,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def is_listening(port: int, host: str = HOST) -> bool:
-    """True when a TCP socket LISTENs on host:port (read from /proc; never connects,
-    because ffmpeg's listen mode would take a probe connection as its one client)."""
+def is_listening(port: int, host: str = HOST, udp: bool = False) -> bool:
+    """True when a TCP socket LISTENs on host:port, or a UDP socket is bound there (read from
+    /proc; never connects, because ffmpeg's listen mode would take a probe connection as its
+    one client)."""
     hex_ip = "".join(f"{int(b):02X}" for b in reversed(host.split(".")))
     want, any_ = f"{hex_ip}:{port:04X}", f"00000000:{port:04X}"
     try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        lines = Path("/proc/net/udp" if udp else "/proc/net/tcp").read_text().splitlines()[1:]
     except OSError:
         return False
     for line in lines:
         f = line.split()
-        if len(f) > 3 and f[3] == "0A" and f[1] in (want, any_):
+        if len(f) > 3 and (udp or f[3] == "0A") and f[1] in (want, any_):
             return True
     return False
 

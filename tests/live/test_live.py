@@ -147,39 +147,60 @@ def test_publishes_to_an_rtsp_receiver(rtsp_receiver, clip_path):
     assert len(images) >= 20
 
 
-@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
-def test_a_file_published_to_rtmp_keeps_its_sound_and_is_turned_upright(tmp_path, encoder):
-    """A phone's clip (display rotation 90, AAC sound) published to RTMP, ffmpeg receiving: a
-    live stream keeps no display rotation, so the picture goes out upright, and the default
-    writer publishes the sound too. With ``--encoder ffmpeg`` the run ended in an error after
-    publishing (it tried to remux the URL as a file); it says the sound stays behind instead."""
-    clip = tmp_path / "phone.mp4"
-    make_clip(clip, clean_frames(20), audio=True, tags=True)
+def publish(clip: Path, scheme: str, out: Path, *args: str) -> str:
+    """``clip`` published to an ffmpeg receiving ``rtmp://`` or ``srt://`` into ``out``
+    (stream copied); the run's stderr."""
     port = free_port()
-    out = tmp_path / "received.flv"
+    url = f"rtmp://{HOST}:{port}/live/x" if scheme == "rtmp" else f"srt://{HOST}:{port}"
+    listen = ["-listen", "1", "-i", url] if scheme == "rtmp" else ["-i", f"{url}?mode=listener"]
     receiver = subprocess.Popen(
-        [*"ffmpeg -nostdin -loglevel error -listen 1 -i".split(), f"rtmp://{HOST}:{port}/live/x"]
-        + ["-c", "copy", "-y", str(out)],
+        ["ffmpeg", "-nostdin", "-loglevel", "error", *listen, "-c", "copy", "-y", str(out)],
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         deadline = time.monotonic() + 20
-        while not is_listening(port) and time.monotonic() < deadline:
+        while not is_listening(port, udp=scheme == "srt") and time.monotonic() < deadline:
             time.sleep(0.05)
-        proc = start_cli(clip, f"rtmp://{HOST}:{port}/live/x", "--encoder", encoder)
+        proc = start_cli(clip, url, *args)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         assert receiver.wait(30) == 0, receiver.stderr.read()
     finally:
         receiver.kill()
         receiver.wait()
+    return err
+
+
+@pytest.mark.parametrize(
+    ("encoder", "sound"), [("pyav", True), ("ffmpeg", True), ("ffmpeg", False)]
+)
+def test_a_file_published_to_rtmp_keeps_its_sound_and_is_turned_upright(tmp_path, encoder, sound):
+    """A phone's clip (display rotation 90, AAC sound) published to RTMP, ffmpeg receiving: a
+    live stream keeps no display rotation, so the picture goes out upright, and the default
+    writer publishes the sound too. With ``--encoder ffmpeg`` the run ended in an error after
+    publishing (it tried to remux the URL as a file); it says the sound stays behind instead."""
+    clip = tmp_path / "phone.mp4"
+    make_clip(clip, clean_frames(20), audio=sound, tags=True)
+    out = tmp_path / "received.flv"
+    err = publish(clip, "rtmp", out, "--encoder", encoder)
     images, _, _ = decode_all(out)
     assert len(images) == 20 and images[0].shape[:2] == (256, 144)
     with av.open(str(out)) as received:
-        sound = [s.codec_context.name for s in received.streams.audio]
-    assert sound == (["aac"] if encoder == "pyav" else []), err
-    assert ("sound is kept by --encoder pyav only" in err) == (encoder == "ffmpeg"), err
+        codecs = [s.codec_context.name for s in received.streams.audio]
+    assert codecs == (["aac"] if encoder == "pyav" else []), err
+    assert ("sound is left out" in err) == (sound and encoder == "ffmpeg"), err
+
+
+def test_srt_is_published_through_ffmpeg_without_being_asked(tmp_path):
+    """PyAV's FFmpeg has no SRT: ``srt://`` failed with "Protocol not found" unless the user
+    knew to add ``--encoder ffmpeg``; the ffmpeg binary publishes it by itself now."""
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, clean_frames(50, (96, 64)))
+    out = tmp_path / "received.ts"
+    publish(clip, "srt", out)
+    images, _, _ = decode_all(out)
+    assert len(images) >= 40 and images[0].shape[:2] == (64, 96)
 
 
 def test_password_is_masked_in_messages(tmp_path):
@@ -266,11 +287,11 @@ def test_a_source_whose_clock_restarts_keeps_real_frame_times(
     assert steps.min() > 0.02 and times[-1] > 4.6, (steps.min(), times[-1])
 
 
-def record_sound(make_tcp_stream_server, out: Path, frames: int) -> Heard:
-    """``frames`` of a camera serving :func:`flash_and_beep`'s clip, looped, recorded to
-    ``out``: where its flashes and beeps land."""
+def record_sound(make_tcp_stream_server, out: Path, frames: int, **clip) -> Heard:
+    """``frames`` of a camera serving :func:`flash_and_beep`'s clip (made with ``clip``),
+    looped, recorded to ``out``: where its flashes and beeps land."""
     camera = out.with_name("camera.ts")
-    flash_and_beep(camera)
+    flash_and_beep(camera, **clip)
     server = make_tcp_stream_server(camera.read_bytes())
     proc = start_cli(server.url, out, "--max-frames", frames, "--no-live-drop")
     _, err = proc.communicate(timeout=300)
@@ -289,6 +310,7 @@ def test_a_live_sources_sound_is_recorded_in_step_with_its_picture(
     assert heard.sound == pytest.approx(heard.picture, abs=0.05)
     assert heard.flashes == pytest.approx([1.2], abs=0.05)
     assert heard.beeps == pytest.approx(heard.flashes, abs=0.03)
+    assert not heard.silent
 
 
 def test_a_live_sources_sound_keeps_in_step_when_its_clock_restarts(
@@ -301,6 +323,27 @@ def test_a_live_sources_sound_keeps_in_step_when_its_clock_restarts(
     assert len(heard.flashes) == 2 and heard.flashes[1] > 5.0, heard
     assert heard.beeps == pytest.approx(heard.flashes, abs=0.03)
     assert heard.sound[1] == pytest.approx(heard.picture[1], abs=0.05)
+    assert not heard.silent, "sound under every picture, also the first ones after the jump"
+
+
+@pytest.mark.parametrize(
+    "clip",
+    [{"jump_at": 2.0, "at": 2.4}, {"sound": (0.6, 1e9)}],
+    ids=["clock jumps ahead", "sound begins late"],
+)
+def test_a_live_sources_sound_survives_a_jump_ahead_and_a_late_start(
+    make_tcp_stream_server, tmp_path, clip
+):
+    """A camera whose clock jumps 30 s ahead lost its sound from the jump on (sound decoded
+    ahead of the picture was placed 30 s on, and the rest behind it dropped); one whose sound
+    begins after FFmpeg's 0.1 s probe had none recorded at all, without a word."""
+    heard = record_sound(make_tcp_stream_server, tmp_path / "camera.mkv", 90, **clip)
+    assert len(heard.flashes) == 1, heard  # after a jump, where the wall clock puts it
+    assert heard.beeps == pytest.approx(heard.flashes, abs=0.03)
+    assert heard.sound[1] == pytest.approx(heard.picture[1], abs=0.05)
+    begins = clip.get("sound", (0.0,))[0]
+    assert heard.sound[0] == pytest.approx(begins, abs=0.05)
+    assert not heard.silent[round(begins * 25) :]
 
 
 def test_a_camera_sending_only_garbage_is_a_clean_error(make_tcp_stream_server, tmp_path):
@@ -333,19 +376,25 @@ def readable(path: Path) -> int:
 
 
 @pytest.mark.parametrize(
-    "encoder, suffix", [("pyav", ".mkv"), ("ffmpeg", ".mkv"), ("pyav", ".mp4")]
+    "encoder, suffix, sound",
+    [("pyav", ".mkv", False), ("ffmpeg", ".mkv", False), ("pyav", ".mp4", False)]
+    + [("pyav", ".mkv", True)],
 )
 def test_a_recording_of_a_live_source_is_on_disk_within_a_second(
-    ts_bytes, make_tcp_stream_server, tmp_path, encoder, suffix
+    ts_bytes, make_tcp_stream_server, tmp_path, encoder, suffix, sound
 ):
     """A recording cut short the hard way (SIGKILL, power loss) keeps all but its last second:
     the encoder holds no frames back and the muxer writes each second out as it ends (MP4 in
-    fragments: a plain one cut short plays nothing)."""
+    fragments: a plain one cut short plays nothing). ``sound``: a camera whose sound stops
+    after 0.5 s, which FFmpeg's interleaving held the picture back for (up to 10 s)."""
     import threading
 
     from streamderain import derain_video
     from streamderain.targets import partial_path
 
+    if sound:
+        flash_and_beep(tmp_path / "camera.ts", sound=(0.0, 0.5))
+        ts_bytes = (tmp_path / "camera.ts").read_bytes()
     server = make_tcp_stream_server(ts_bytes)
     out = tmp_path / f"rec{suffix}"
     stop = threading.Event()
