@@ -294,7 +294,7 @@ class Encoder(Stage):
             self._deep = self._deep_output(codec)
             # ffmpeg's live output cannot be remuxed after, as its files are, for the sound
             live_ffmpeg = bool(self.live_format) and o.encoder != "pyav"
-            if (o.encoder != "pyav" and self.sound is not None and self.sound.rate) or (
+            if (o.encoder != "pyav" and self.sound is not None and self.sound.heard) or (
                 live_ffmpeg and self.copy_from and has_sound(self.copy_from)
             ):
                 log.warning("%s: the source's sound is left out (%s)", self.name, SOUND_WRITER)

@@ -74,21 +74,16 @@ class LiveClock:
         self._anchor: tuple[float, float] | None = None  # (run seconds, source seconds)
         self._last = 0.0
         self._step = 0.0  # the source's last frame interval, kept across a jump
+        self.epoch = 0  # anchors set so far: a new one is the picture following a jump
 
     def new_session(self) -> None:
         """A reconnect: the source's clock starts again from anything."""
         self._anchor = None
 
-    def at(self, source_time: float, behind: float = 2.0) -> float | None:
+    def at(self, source_time: float) -> float | None:
         """The run time of another stream's ``source_time`` (the sound's), on the picture's
-        clock as it stands; None before this connection's first timed picture, and where it
-        would land more than ``behind`` seconds before the last picture or ahead of the wall
-        clock: the source's clock jumped, and the picture has not followed the jump yet."""
-        if self._anchor is None or self.began is None:
-            return None
-        seconds = self._anchor[0] + source_time - self._anchor[1]
-        wall = time.monotonic() - self.began
-        return seconds if self._last - behind <= seconds <= wall + CLOCK_JUMP_AHEAD else None
+        clock as it stands; None before this connection's first timed picture."""
+        return None if self._anchor is None else self._anchor[0] + source_time - self._anchor[1]
 
     def seconds(self, source_time: float | None) -> float:
         now = time.monotonic()
@@ -107,6 +102,7 @@ class LiveClock:
             # interval after its last frame, not on top of it
             seconds = max(wall, self._last + self._step)
             self._anchor = (seconds, source_time)
+            self.epoch += 1
         self._last = seconds
         return seconds
 

@@ -24,69 +24,88 @@ log = logging.getLogger(__name__)
 #: sound times this close to where the last frame ended join it (rounding, a source's jitter);
 #: further is a gap, or an overlap after the source's clock jumped (what overlaps is left out)
 JOIN_SECONDS = 0.005
+#: the sound's own times moving on by more than this between frames: the source's clock jumped
+JUMP_SECONDS = 0.5
 #: sound held for a writer that takes none (``--encoder ffmpeg``, a folder of pictures)
 HELD_SECONDS = 30.0
-#: sound held until its connection's first picture gives the clock (frame threads delay it)
+#: sound that waits for the picture's clock (see :meth:`LiveSound.hear`) waits this long at most
 WAITING_SECONDS = 2.0
 #: a gap in the sound up to this long is filled with silence (longer: see SoundTrack._fill)
 FILL_SECONDS = 60.0
+#: the output's sound where the source's had not begun when the output was set up (resampled)
+UNHEARD_SHAPE = (48_000, "stereo")
 
 
 class LiveSound:
     """The sound of one live source, from the reader thread to the writer thread.
 
-    Frames keep the rate and channel layout of the first connection's sound stream; a later
+    Frames keep the rate and channel layout (``shape``) of the first sound heard; a later
     connection's sound in another shape is left out, with a warning.
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.rate: int | None = None
-        self.layout: str | None = None
+        self.shape: tuple[int, str] | None = None  # (rate, layout), set once, read by the writer
         self._next: int | None = None  # the sample where the last frame held ends
         self._held: collections.deque[av.AudioFrame] = collections.deque()
-        self._waiting: collections.deque[av.AudioFrame] = collections.deque()
         self._lock = threading.Lock()  # ``_held``: filled by the reader, emptied by the writer
-        self._heard = self._warned = False
+        # the reader's own: frames waiting for the picture's clock, each with the clock's epoch
+        # it waits to see passed (None: any anchor), and the seconds of sound they hold
+        self._waiting: collections.deque[tuple[av.AudioFrame, int | None]] = collections.deque()
+        self._waited = 0.0
+        self._source_end: float | None = None  # where the last frame heard ends, source time
+        self._jumped: int | None = None  # the picture clock's epoch when the sound's jumped
+        self._gave_up: int | None = None  # a jump the picture never followed
+        self.heard = self._warned = False  # heard: a connection had a sound stream
 
     def connected(self, stream: av.audio.stream.AudioStream) -> None:
         """A new connection's sound stream; the first one with parameters sets the sound's
         shape. What an earlier connection left waiting has no place on the new one's clock."""
         self._waiting.clear()
-        self._heard = True
-        if self.rate is None and stream.codec_context.sample_rate:
-            self.rate, self.layout = stream.codec_context.sample_rate, stream.layout.name
+        self._waited, self._source_end, self._jumped = 0.0, None, None
+        self.heard = True
+        if self.shape is None and stream.codec_context.sample_rate:
+            self.shape = (stream.codec_context.sample_rate, stream.layout.name)
 
     def hear(self, packet: av.Packet, clock: LiveClock) -> None:
         """Decode one packet and hold its frames, at the run time the picture's clock gives.
-        Sound waits (up to ``WAITING_SECONDS``) where the clock has no place for it yet: before
-        the connection's first picture, or after a jump of the source's clock that the
-        picture, decoded a few frames late, has not followed yet."""
+
+        Sound waits where the clock has no place for it yet: before the connection's first
+        picture, and after its own times jump (the source's clock was set, or restarted) until
+        the picture, decoded a few frames late, has followed the jump with a new anchor; at
+        most ``WAITING_SECONDS``, after which it goes on the clock as it stands."""
         try:
             frames = [f for f in packet.decode() if f.time is not None]
         except (av.error.FFmpegError, ValueError):
             return  # damaged sound is dropped, as the decoder conceals damaged pictures
-        if self.rate is None and frames:  # a sound that began after FFmpeg's 0.1 s probe
-            self.rate, self.layout = frames[0].sample_rate, frames[0].layout.name
-        self._waiting.extend(frames)
+        for frame in frames:
+            if self.shape is None:  # a sound that began after FFmpeg's 0.1 s probe
+                self.shape = (frame.sample_rate, frame.layout.name)
+            if self._source_end is not None and abs(frame.time - self._source_end) > JUMP_SECONDS:
+                self._jumped = clock.epoch
+            self._source_end = frame.time + frame.samples / frame.sample_rate
+            self._waiting.append((frame, self._jumped))
+            self._waited += frame.samples / frame.sample_rate
         while self._waiting:
-            seconds = clock.at(self._waiting[0].time)
-            if seconds is None:
-                if self._waiting[-1].time - self._waiting[0].time <= WAITING_SECONDS:
+            frame, jumped = self._waiting[0]
+            seconds = clock.at(frame.time)
+            followed = jumped is None or clock.epoch > jumped or jumped == self._gave_up
+            if seconds is None or not followed:
+                if self._waited <= WAITING_SECONDS:
                     return
-                self._waiting.popleft()  # the picture's clock never came to it
-                continue
-            frame = self._waiting.popleft()
-            if seconds >= 0:
+                self._gave_up = jumped  # the picture took this jump without a new anchor
+            self._waiting.popleft()
+            self._waited -= frame.samples / frame.sample_rate
+            if seconds is not None and seconds >= 0:
                 self._hold(frame, seconds)
 
     def _hold(self, frame: av.AudioFrame, seconds: float) -> None:
-        if (frame.sample_rate, frame.layout.name) != (self.rate, self.layout):
+        if (frame.sample_rate, frame.layout.name) != self.shape:
             if not self._warned:
                 self._warned = True
                 log.warning(
-                    "%s: its sound changed to %d Hz %s (was %s Hz %s): left out",
-                    *(self.name, frame.sample_rate, frame.layout.name, self.rate, self.layout),
+                    "%s: its sound changed to %d Hz %s (was %s): left out",
+                    *(self.name, frame.sample_rate, frame.layout.name, self.shape),
                 )
             return
         start = round(seconds * frame.sample_rate)
@@ -111,21 +130,29 @@ class LiveSound:
         return due
 
     def track(self, output: av.container.OutputContainer, fmt: str) -> SoundTrack | None:
-        """The sound's stream in ``output`` (None where the source has no sound, or none known
-        by the first picture written, when the output is set up)."""
-        if self.rate is None and self._heard:
-            log.warning("%s: its sound had not begun by the first picture: left out", self.name)
-        return None if self.rate is None else SoundTrack(self, output, fmt)
+        """The sound's stream in ``output``; None where the source has none. A sound that had
+        not begun when the output was set up (at its first picture) is resampled to
+        ``UNHEARD_SHAPE``: a stream cannot be added to an output once it is being written."""
+        if not self.heard:
+            return None
+        rate, layout = self.shape or UNHEARD_SHAPE
+        return SoundTrack(self, output, fmt, rate, layout)
 
 
 class SoundTrack:
     """The live sound in one output, encoded as the picture is written (the same calls as
     :class:`streamderain.streams.StreamCopier`: the writer does not tell them apart)."""
 
-    def __init__(self, sound: LiveSound, output: av.container.OutputContainer, fmt: str) -> None:
-        assert sound.rate is not None and sound.layout is not None
+    def __init__(
+        self,
+        sound: LiveSound,
+        output: av.container.OutputContainer,
+        fmt: str,
+        rate: int,
+        layout: str,
+    ) -> None:
         self.sound, self.output = sound, output
-        self.stream = audio_stream(output, fmt, sound.rate, sound.layout)
+        self.stream = audio_stream(output, fmt, rate, layout)
         self._end: int | None = None  # where the last frame encoded ends (samples)
         self._partial = 0  # samples the encoder holds towards its next packet
 

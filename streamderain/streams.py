@@ -191,9 +191,10 @@ class StreamCopier:
             self.start, self.end, self.offset, self.origin = start, end, offset, origin
             self.map: dict[int, av.stream.Stream] = {}
             self.reencoders: dict[int, AudioReencoder] = {}
-            streams = self.input.streams
-            live = fmt in LIVE_FORMATS  # a live stream: one sound, no subtitles
-            for s in [*streams.audio[:1]] if live else [*streams.audio, *streams.subtitles]:
+            chosen = [*self.input.streams.audio, *self.input.streams.subtitles]
+            if fmt in LIVE_FORMATS:  # a live stream: one sound (FFmpeg's best), no subtitles
+                chosen = [a] if (a := heard_audio(self.input)) else []
+            for s in chosen:
                 name = s.codec_context.name if s.codec_context else "unknown"
                 if s.type == "audio" and not (s.codec_context and s.codec_context.sample_rate):
                     # A file cut short before the audio's first frame: FFmpeg knows no rate or

@@ -332,9 +332,10 @@ class TcpStreamServer:
     test can hand it a stream that turns to garbage part way, or garbage from the start.
     """
 
-    def __init__(self, payload: bytes, seconds_per_payload: float) -> None:
+    def __init__(self, payload: bytes, seconds_per_payload: float, head_start: float = 0.0) -> None:
         self.payload = payload
         self.rate = len(payload) / seconds_per_payload  # bytes per second
+        self.head_start = head_start  # seconds of stream sent at once (HLS live's first segments)
         self._sock = socket.create_server((HOST, 0))
         self._sock.settimeout(0.2)
         self.port = self._sock.getsockname()[1]
@@ -357,7 +358,7 @@ class TcpStreamServer:
 
     def _send(self, conn: socket.socket) -> None:
         chunk = 188 * 7
-        began, sent = time.monotonic(), 0
+        began, sent = time.monotonic() - self.head_start, 0
         with conn:
             while not self._closed.is_set():
                 for at in range(0, len(self.payload), chunk):
@@ -395,11 +396,13 @@ def ts_bytes(clip_path, tmp_path_factory) -> bytes:
 
 @pytest.fixture
 def make_tcp_stream_server() -> Iterator:
-    """Factory: make_tcp_stream_server(payload, seconds_per_payload) -> serving server."""
+    """Factory: make_tcp_stream_server(payload, seconds_per_payload, head_start) -> server."""
     servers: list[TcpStreamServer] = []
 
-    def make(payload: bytes, seconds_per_payload: float = CLIP_SECONDS) -> TcpStreamServer:
-        servers.append(TcpStreamServer(payload, seconds_per_payload))
+    def make(
+        payload: bytes, seconds_per_payload: float = CLIP_SECONDS, head_start: float = 0.0
+    ) -> TcpStreamServer:
+        servers.append(TcpStreamServer(payload, seconds_per_payload, head_start))
         return servers[-1]
 
     yield make

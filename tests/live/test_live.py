@@ -287,13 +287,17 @@ def test_a_source_whose_clock_restarts_keeps_real_frame_times(
     assert steps.min() > 0.02 and times[-1] > 4.6, (steps.min(), times[-1])
 
 
-def record_sound(make_tcp_stream_server, out: Path, frames: int, **clip) -> Heard:
+def record_sound(
+    make_tcp_stream_server, out: Path, frames: int, *args: str, head_start: float = 0.0, **clip
+) -> Heard:
     """``frames`` of a camera serving :func:`flash_and_beep`'s clip (made with ``clip``),
-    looped, recorded to ``out``: where its flashes and beeps land."""
+    looped, recorded to ``out`` (``--no-live-drop`` unless ``args`` say otherwise): where its
+    flashes and beeps land."""
     camera = out.with_name("camera.ts")
     flash_and_beep(camera, **clip)
-    server = make_tcp_stream_server(camera.read_bytes())
-    proc = start_cli(server.url, out, "--max-frames", frames, "--no-live-drop")
+    seconds = clip.get("seconds", 4.0)
+    server = make_tcp_stream_server(camera.read_bytes(), seconds, head_start)
+    proc = start_cli(server.url, out, "--max-frames", frames, *(args or ["--no-live-drop"]))
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     return onsets(out)
@@ -344,6 +348,30 @@ def test_a_live_sources_sound_survives_a_jump_ahead_and_a_late_start(
     begins = clip.get("sound", (0.0,))[0]
     assert heard.sound[0] == pytest.approx(begins, abs=0.05)
     assert not heard.silent[round(begins * 25) :]
+
+
+def test_a_live_sources_sound_keeps_up_after_a_burst_on_connecting(
+    make_tcp_stream_server, tmp_path
+):
+    """A source that sends 12 s at once on connecting (an HLS live playlist starts three
+    segments back), then real time: its picture runs more than 10 s ahead of the wall clock,
+    and the sound was dropped from there on (the beep at 15 s was never heard)."""
+    heard = record_sound(
+        make_tcp_stream_server,
+        tmp_path / "burst.mkv",
+        10_000,
+        "--duration",
+        "17",
+        head_start=12.0,
+        seconds=20.0,
+        at=15.0,
+        size=(96, 64),  # small enough that the model keeps up, the flash's frames not dropped
+    )
+    assert heard.beeps == pytest.approx([15.0], abs=0.05)
+    (flash,) = heard.flashes  # its first frames may be dropped: the model catches up
+    assert heard.beeps[0] - 0.01 <= flash < heard.beeps[0] + 0.4
+    assert heard.sound[1] == pytest.approx(heard.picture[1], abs=0.1)
+    assert not heard.silent
 
 
 def test_a_camera_sending_only_garbage_is_a_clean_error(make_tcp_stream_server, tmp_path):
