@@ -3,6 +3,7 @@ URLs safe to print."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -74,16 +75,33 @@ class LiveClock:
         self._anchor: tuple[float, float] | None = None  # (run seconds, source seconds)
         self._last = 0.0
         self._step = 0.0  # the source's last frame interval, kept across a jump
-        self.epoch = 0  # anchors set so far: a new one is the picture following a jump
+        # (source seconds, run seconds) of the latest pictures, where other streams are placed
+        self._recent: collections.deque[tuple[float, float]] = collections.deque(maxlen=256)
 
     def new_session(self) -> None:
         """A reconnect: the source's clock starts again from anything."""
         self._anchor = None
+        self._recent.clear()
 
     def at(self, source_time: float) -> float | None:
-        """The run time of another stream's ``source_time`` (the sound's), on the picture's
-        clock as it stands; None before this connection's first timed picture."""
-        return None if self._anchor is None else self._anchor[0] + source_time - self._anchor[1]
+        """The run time of another stream's ``source_time`` (the sound's): beside the latest
+        picture of a source time within ``CLOCK_JUMP_BACK`` of it, as that picture was placed.
+        None where there is none: that picture has not come yet (the sound runs ahead in the
+        stream, or the source's clock jumped and the picture, decoded a few frames late, has
+        not followed yet). Sound behind the picture in the stream, or from before a jump,
+        finds its pictures among the latest 256."""
+        for source, run in reversed(self._recent):
+            if abs(source_time - source) <= CLOCK_JUMP_BACK:
+                return run + source_time - source
+        return None
+
+    def latest(self, source_time: float) -> float | None:
+        """``source_time`` placed beside the latest picture, whatever its time (None before
+        this connection's first): for sound whose picture never came."""
+        if not self._recent:
+            return None
+        source, run = self._recent[-1]
+        return run + source_time - source
 
     def seconds(self, source_time: float | None) -> float:
         now = time.monotonic()
@@ -102,8 +120,9 @@ class LiveClock:
             # interval after its last frame, not on top of it
             seconds = max(wall, self._last + self._step)
             self._anchor = (seconds, source_time)
-            self.epoch += 1
         self._last = seconds
+        if source_time is not None:
+            self._recent.append((source_time, seconds))
         return seconds
 
 

@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 #: sound times this close to where the last frame ended join it (rounding, a source's jitter);
 #: further is a gap, or an overlap after the source's clock jumped (what overlaps is left out)
 JOIN_SECONDS = 0.005
-#: the sound's own times moving on by more than this between frames: the source's clock jumped
-JUMP_SECONDS = 0.5
 #: sound held for a writer that takes none (``--encoder ffmpeg``, a folder of pictures)
 HELD_SECONDS = 30.0
 #: sound that waits for the picture's clock (see :meth:`LiveSound.hear`) waits this long at most
@@ -49,31 +47,24 @@ class LiveSound:
         self._next: int | None = None  # the sample where the last frame held ends
         self._held: collections.deque[av.AudioFrame] = collections.deque()
         self._lock = threading.Lock()  # ``_held``: filled by the reader, emptied by the writer
-        # the reader's own: frames waiting for the picture's clock, each with the clock's epoch
-        # it waits to see passed (None: any anchor), and the seconds of sound they hold
-        self._waiting: collections.deque[tuple[av.AudioFrame, int | None]] = collections.deque()
+        # the reader's own: frames waiting for their picture, and the seconds of sound they hold
+        self._waiting: collections.deque[av.AudioFrame] = collections.deque()
         self._waited = 0.0
-        self._source_end: float | None = None  # where the last frame heard ends, source time
-        self._jumped: int | None = None  # the picture clock's epoch when the sound's jumped
-        self._gave_up: int | None = None  # a jump the picture never followed
         self.heard = self._warned = False  # heard: a connection had a sound stream
 
     def connected(self, stream: av.audio.stream.AudioStream) -> None:
         """A new connection's sound stream; the first one with parameters sets the sound's
         shape. What an earlier connection left waiting has no place on the new one's clock."""
         self._waiting.clear()
-        self._waited, self._source_end, self._jumped = 0.0, None, None
+        self._waited = 0.0
         self.heard = True
         if self.shape is None and stream.codec_context.sample_rate:
             self.shape = (stream.codec_context.sample_rate, stream.layout.name)
 
     def hear(self, packet: av.Packet, clock: LiveClock) -> None:
-        """Decode one packet and hold its frames, at the run time the picture's clock gives.
-
-        Sound waits where the clock has no place for it yet: before the connection's first
-        picture, and after its own times jump (the source's clock was set, or restarted) until
-        the picture, decoded a few frames late, has followed the jump with a new anchor; at
-        most ``WAITING_SECONDS``, after which it goes on the clock as it stands."""
+        """Decode one packet and hold its frames, each beside the picture of its time, as the
+        picture's clock placed that (:meth:`LiveClock.at`). Sound whose picture has not come
+        yet waits for it, ``WAITING_SECONDS`` at most; then it goes beside the latest picture."""
         try:
             frames = [f for f in packet.decode() if f.time is not None]
         except (av.error.FFmpegError, ValueError):
@@ -81,19 +72,15 @@ class LiveSound:
         for frame in frames:
             if self.shape is None:  # a sound that began after FFmpeg's 0.1 s probe
                 self.shape = (frame.sample_rate, frame.layout.name)
-            if self._source_end is not None and abs(frame.time - self._source_end) > JUMP_SECONDS:
-                self._jumped = clock.epoch
-            self._source_end = frame.time + frame.samples / frame.sample_rate
-            self._waiting.append((frame, self._jumped))
+            self._waiting.append(frame)
             self._waited += frame.samples / frame.sample_rate
         while self._waiting:
-            frame, jumped = self._waiting[0]
+            frame = self._waiting[0]
             seconds = clock.at(frame.time)
-            followed = jumped is None or clock.epoch > jumped or jumped == self._gave_up
-            if seconds is None or not followed:
+            if seconds is None:
                 if self._waited <= WAITING_SECONDS:
                     return
-                self._gave_up = jumped  # the picture took this jump without a new anchor
+                seconds = clock.latest(frame.time)
             self._waiting.popleft()
             self._waited -= frame.samples / frame.sample_rate
             if seconds is not None and seconds >= 0:
@@ -154,7 +141,7 @@ class SoundTrack:
         self.sound, self.output = sound, output
         self.stream = audio_stream(output, fmt, rate, layout)
         self._end: int | None = None  # where the last frame encoded ends (samples)
-        self._partial = 0  # samples the encoder holds towards its next packet
+        self._partial = 0.0  # samples (at the codec's rate) it holds towards its next packet
 
     def copy_until(self, seconds: float) -> None:
         for frame in self.sound.until(seconds):
@@ -171,8 +158,10 @@ class SoundTrack:
         size = self.stream.codec_context.frame_size
         if gap <= FILL_SECONDS * like.sample_rate:
             fill = gap
+        elif size:  # to the packet's end, in the frames' samples (the codec may resample)
+            fill = min(round(-self._partial % size * like.sample_rate / self.stream.rate), gap)
         else:  # a codec of no fixed packet size (PCM) keeps every time as it is
-            fill = min(-self._partial % size, gap) if size else 0
+            fill = 0
         while fill > 0:
             n = min(fill, like.sample_rate)
             silence = av.AudioFrame(format=like.format.name, layout=like.layout.name, samples=n)
@@ -186,8 +175,10 @@ class SoundTrack:
     def _encode(self, frame: av.AudioFrame) -> None:
         self.output.mux(self.stream.encode(frame))
         self._end = frame.pts + frame.samples
-        if size := self.stream.codec_context.frame_size:
-            self._partial = (self._partial + frame.samples) % size
+        if size := self.stream.codec_context.frame_size:  # resampled: counted at its rate
+            self._partial = (
+                self._partial + frame.samples * self.stream.rate / frame.sample_rate
+            ) % size
 
     def finish(self, seconds: float) -> None:
         self.copy_until(seconds)

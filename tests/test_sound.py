@@ -1,11 +1,14 @@
 """A live source's sound on the picture's clock (``streamderain.sound``), with the clock's wall
-time set by the test: where each frame lands when the stream arrives late, early or looped."""
+time set by the test: each sound frame must land where the picture of its moment landed, however
+the stream arrives (late, early, in a burst), whatever the source's clock does (jumps, loops),
+and whether the sound is continuous or sent only while there is noise."""
 
 from __future__ import annotations
 
 from fractions import Fraction
 
 import av
+import numpy as np
 import pytest
 
 from streamderain import live
@@ -43,55 +46,80 @@ def silent_frame(source_time: float) -> av.AudioFrame:
     return frame
 
 
-def play(monkeypatch, seconds: float, arrives, source_time, sound_behind: float = 0.0):
-    """A source of ``seconds``: picture at 25 frames/s, sound in AAC frames; each item reaches
-    the reader at wall time ``arrives(position)`` (sound ``sound_behind`` later in the stream)
-    with the source time ``source_time(position)``. The sound and clock at the end."""
+def play(
+    monkeypatch,
+    seconds: float,
+    source_time,
+    arrives=lambda s: s,
+    sound_behind: float = 0.0,
+    picture_late: float = 0.0,
+    sounding=lambda s: True,
+):
+    """A source of ``seconds``: picture at 25 frames/s, sound in AAC frames (where ``sounding``),
+    each reaching the reader at wall time ``arrives(moment)`` (sound ``sound_behind`` later
+    in the stream, the picture ``picture_late`` later out of its decoder), with the source time
+    ``source_time(moment)``. Returns each sound frame's moment and where it landed (None: lost),
+    where each picture landed, and the most seconds of sound that waited at once."""
     now = [100.0]
     monkeypatch.setattr(live.time, "monotonic", lambda: now[0])
-    items = [(arrives(i / 25), 0, i / 25) for i in range(round(seconds * 25))]
+    items = [(arrives(i / 25) + picture_late, 0, i / 25) for i in range(round(seconds * 25))]
     items += [
-        (arrives(j * FRAME + sound_behind), 1, j * FRAME) for j in range(int(seconds / FRAME))
+        (arrives(j * FRAME + sound_behind), 1, j * FRAME)
+        for j in range(int(seconds / FRAME))
+        if sounding(j * FRAME)
     ]
     clock, sound = live.LiveClock(), LiveSound("camera")
     sound.connected(Stream)
-    most_waiting = 0
-    for wall, is_sound, position in sorted(items):
+    moments, pictures, taken, most_waiting = {}, {}, [], 0.0
+    for wall, is_sound, moment in sorted(items):
         now[0] = 100.0 + wall
         if is_sound:
-            sound.hear(Packet(silent_frame(source_time(position))), clock)
-            most_waiting = max(most_waiting, len(sound._waiting))
+            frame = silent_frame(source_time(moment))
+            moments[id(frame)] = moment
+            sound.hear(Packet(frame), clock)
+            most_waiting = max(most_waiting, sound._waited)
         else:
-            clock.seconds(source_time(position))
-    return sound, most_waiting
+            pictures[moment] = clock.seconds(source_time(moment))
+            taken += sound.until(pictures[moment])  # as the writer takes it, frame by frame
+    landed = {id(f): float(f.pts * f.time_base) for f in taken + sound.until(float("inf"))}
+    heard = [(m, landed.get(key)) for key, m in moments.items()]
+    return heard, pictures, most_waiting
 
 
-def held_span(sound: LiveSound) -> tuple[float, float, int]:
-    frames = sound.until(float("inf"))
-    return float(frames[0].time), float(frames[-1].time) + FRAME, len(frames)
+def misplaced(heard, pictures) -> list[tuple[float, float | None]]:
+    """Sound frames lost, or landed more than 10 ms from where their moment's picture did."""
+    moments = np.array(sorted(pictures))
+    wrong = []
+    for moment, at in heard:
+        shown = moments[np.searchsorted(moments, moment, side="right") - 1]
+        if at is None or abs(at - (pictures[shown] + moment - shown)) > 0.01:
+            wrong.append((moment, at))
+    return wrong
+
+
+burst = lambda s: s / 15 if s < 15 else s - 14  # noqa: E731 (15 s at once, as HLS live starts)
 
 
 @pytest.mark.parametrize(
-    "arrives, behind",
+    "case",
     [
-        (lambda s: s, 2.5),  # sound muxed 2.5 s after its picture: all of it was dropped
-        (lambda s: s / 15 if s < 15 else s - 14, 0.0),  # 15 s at once, as HLS live starts
+        {"source_time": lambda s: 1.4 + s, "sound_behind": 2.5},  # all of it was lost
+        {"source_time": lambda s: 1.4 + s, "arrives": burst},  # lost from 10 s on
+        {"source_time": lambda s: 1.4 + s % 8, "arrives": burst, "picture_late": 0.12},
+        {"source_time": lambda s: 1.4 + s + 3 * (s >= 10) + 60 * (s >= 20), "picture_late": 0.12},
+        {"source_time": lambda s: 1.4 + s + 3 * (s >= 10) - 30 * (s >= 20), "sound_behind": 0.4},
+        {"source_time": lambda s: 1.4 + s + 60 * (s >= 20), "sounding": lambda s: s % 6 < 1},
     ],
-    ids=["sound 2.5 s behind in the stream", "a 15 s burst on connecting"],
+    ids=[
+        "sound 2.5 s behind in the stream",
+        "a 15 s burst on connecting",
+        "an 8 s loop after a burst, the picture decoded late",
+        "3 s ahead, then 60 s ahead",
+        "3 s ahead, then 30 s back, the sound behind",
+        "sound only now and then, then 60 s ahead",
+    ],
 )
-def test_sound_that_comes_late_or_in_a_burst_is_all_kept(monkeypatch, arrives, behind):
-    sound, _ = play(monkeypatch, 20.0, arrives, lambda p: 1.4 + p, sound_behind=behind)
-    first, last, frames = held_span(sound)
-    assert frames == int(20.0 / FRAME)  # every frame, none left waiting
-    assert first == pytest.approx(0.0, abs=0.05) and last == pytest.approx(20.0, abs=0.05)
-
-
-def test_sound_waiting_for_the_clock_stays_bounded(monkeypatch):
-    """A 40 s loop (the clock back each pass) after a 15 s burst: the sound that waits for the
-    picture to follow a jump is at most a couple of seconds (it grew without end: 0.7 GB an
-    hour of mono)."""
-    burst = lambda s: s / 15 if s < 15 else s - 14  # noqa: E731
-    sound, most_waiting = play(monkeypatch, 120.0, burst, lambda p: 1.4 + p % 40)
-    assert most_waiting * FRAME <= 2.1
-    first, last, _ = held_span(sound)
-    assert last == pytest.approx(120.0, abs=0.1)
+def test_each_sound_frame_lands_where_its_picture_did(monkeypatch, case):
+    heard, pictures, most_waiting = play(monkeypatch, 40.0, **case)
+    assert not misplaced(heard, pictures)
+    assert most_waiting <= 2.1  # waiting grew without end after a loop
