@@ -75,32 +75,39 @@ class LiveClock:
         self._anchor: tuple[float, float] | None = None  # (run seconds, source seconds)
         self._last = 0.0
         self._step = 0.0  # the source's last frame interval, kept across a jump
-        # (source seconds, run seconds) of the latest pictures, where other streams are placed
-        self._recent: collections.deque[tuple[float, float]] = collections.deque(maxlen=256)
+        # (source seconds, run seconds, number) of the latest pictures, beside which other
+        # streams are placed; pictures are numbered in the order they come
+        self._recent: collections.deque[tuple[float, float, int]] = collections.deque(maxlen=256)
+        self._count = 0
 
     def new_session(self) -> None:
         """A reconnect: the source's clock starts again from anything."""
         self._anchor = None
         self._recent.clear()
 
-    def at(self, source_time: float) -> float | None:
-        """The run time of another stream's ``source_time`` (the sound's): beside the latest
-        picture of a source time within ``CLOCK_JUMP_BACK`` of it, as that picture was placed.
-        None where there is none: that picture has not come yet (the sound runs ahead in the
-        stream, or the source's clock jumped and the picture, decoded a few frames late, has
-        not followed yet). Sound behind the picture in the stream, or from before a jump,
-        finds its pictures among the latest 256."""
-        for source, run in reversed(self._recent):
+    @property
+    def pictures(self) -> int:
+        """How many timed pictures have come: the number of the latest."""
+        return self._count
+
+    def beside(self, source_time: float, after: int = 0) -> float | None:
+        """The run time of another stream's ``source_time`` (the sound's), beside the latest
+        picture numbered above ``after`` whose source time is within ``CLOCK_JUMP_BACK`` of it,
+        as that picture was placed. None where there is none yet (the picture of that moment,
+        decoded a few frames late, has not come)."""
+        for source, run, number in reversed(self._recent):
+            if number <= after:
+                break
             if abs(source_time - source) <= CLOCK_JUMP_BACK:
                 return run + source_time - source
         return None
 
     def latest(self, source_time: float) -> float | None:
-        """``source_time`` placed beside the latest picture, whatever its time (None before
-        this connection's first): for sound whose picture never came."""
+        """``source_time`` beside the latest picture, whatever its time (None before this
+        connection's first): for sound whose picture never came."""
         if not self._recent:
             return None
-        source, run = self._recent[-1]
+        source, run, _ = self._recent[-1]
         return run + source_time - source
 
     def seconds(self, source_time: float | None) -> float:
@@ -122,7 +129,8 @@ class LiveClock:
             self._anchor = (seconds, source_time)
         self._last = seconds
         if source_time is not None:
-            self._recent.append((source_time, seconds))
+            self._count += 1
+            self._recent.append((source_time, seconds, self._count))
         return seconds
 
 

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 JOIN_SECONDS = 0.005
 #: sound held for a writer that takes none (``--encoder ffmpeg``, a folder of pictures)
 HELD_SECONDS = 30.0
+#: the sound's own times moving on by more than this between frames: a jump, or a pause
+JUMP_SECONDS = 0.5
 #: sound that waits for the picture's clock (see :meth:`LiveSound.hear`) waits this long at most
 WAITING_SECONDS = 2.0
 #: a gap in the sound up to this long is filled with silence (longer: see SoundTrack._fill)
@@ -47,24 +49,34 @@ class LiveSound:
         self._next: int | None = None  # the sample where the last frame held ends
         self._held: collections.deque[av.AudioFrame] = collections.deque()
         self._lock = threading.Lock()  # ``_held``: filled by the reader, emptied by the writer
-        # the reader's own: frames waiting for their picture, and the seconds of sound they hold
+        # the reader's own: frames waiting for their picture, the seconds of sound they hold,
+        # where the last frame placed ended (source time, run time), and how many pictures
+        # had come then (older ones are no place for a later frame: they are behind it)
         self._waiting: collections.deque[av.AudioFrame] = collections.deque()
         self._waited = 0.0
+        self._ended: tuple[float, float] | None = None
+        self._pictures = 0
         self.heard = self._warned = False  # heard: a connection had a sound stream
 
     def connected(self, stream: av.audio.stream.AudioStream) -> None:
         """A new connection's sound stream; the first one with parameters sets the sound's
         shape. What an earlier connection left waiting has no place on the new one's clock."""
         self._waiting.clear()
-        self._waited = 0.0
+        self._waited, self._ended = 0.0, None
         self.heard = True
         if self.shape is None and stream.codec_context.sample_rate:
             self.shape = (stream.codec_context.sample_rate, stream.layout.name)
 
     def hear(self, packet: av.Packet, clock: LiveClock) -> None:
-        """Decode one packet and hold its frames, each beside the picture of its time, as the
-        picture's clock placed that (:meth:`LiveClock.at`). Sound whose picture has not come
-        yet waits for it, ``WAITING_SECONDS`` at most; then it goes beside the latest picture."""
+        """Decode one packet and hold its frames at their run time.
+
+        Sound whose times run on from the last frame's runs on from where that was placed, as
+        the source's clock runs on for both its streams. The first frame of a connection, and
+        one whose times jumped (the source's clock set or restarted, a pause in the sound),
+        goes beside the picture of its moment (:meth:`LiveClock.beside`), among those that
+        came after the last frame was placed (an older one of the same time is from before a
+        restart); it waits for that picture, ``WAITING_SECONDS`` at most, then goes beside the
+        latest."""
         try:
             frames = [f for f in packet.decode() if f.time is not None]
         except (av.error.FFmpegError, ValueError):
@@ -76,14 +88,20 @@ class LiveSound:
             self._waited += frame.samples / frame.sample_rate
         while self._waiting:
             frame = self._waiting[0]
-            seconds = clock.at(frame.time)
-            if seconds is None:
-                if self._waited <= WAITING_SECONDS:
+            length = frame.samples / frame.sample_rate
+            if self._ended is not None and abs(frame.time - self._ended[0]) <= JUMP_SECONDS:
+                seconds: float | None = self._ended[1] + frame.time - self._ended[0]
+            else:
+                seconds = clock.beside(frame.time, self._pictures)
+                if seconds is None and self._waited <= WAITING_SECONDS:
                     return
-                seconds = clock.latest(frame.time)
+                seconds = clock.latest(frame.time) if seconds is None else seconds
             self._waiting.popleft()
-            self._waited -= frame.samples / frame.sample_rate
-            if seconds is not None and seconds >= 0:
+            self._waited -= length
+            if seconds is None:  # no picture at all yet, for 2 s of sound
+                continue
+            self._ended, self._pictures = (frame.time + length, seconds + length), clock.pictures
+            if seconds >= 0:
                 self._hold(frame, seconds)
 
     def _hold(self, frame: av.AudioFrame, seconds: float) -> None:

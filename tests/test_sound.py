@@ -54,15 +54,17 @@ def play(
     sound_behind: float = 0.0,
     picture_late: float = 0.0,
     sounding=lambda s: True,
+    fps: int = 25,
 ):
-    """A source of ``seconds``: picture at 25 frames/s, sound in AAC frames (where ``sounding``),
+    """A source of ``seconds``: picture at ``fps``, sound in AAC frames (where ``sounding``),
     each reaching the reader at wall time ``arrives(moment)`` (sound ``sound_behind`` later
-    in the stream, the picture ``picture_late`` later out of its decoder), with the source time
+    in the stream, the picture ``picture_late`` of stream later out of its decoder's threads,
+    which give a frame out a few frames on), with the source time
     ``source_time(moment)``. Returns each sound frame's moment and where it landed (None: lost),
     where each picture landed, and the most seconds of sound that waited at once."""
     now = [100.0]
     monkeypatch.setattr(live.time, "monotonic", lambda: now[0])
-    items = [(arrives(i / 25) + picture_late, 0, i / 25) for i in range(round(seconds * 25))]
+    items = [(arrives(i / fps + picture_late), 0, i / fps) for i in range(round(seconds * fps))]
     items += [
         (arrives(j * FRAME + sound_behind), 1, j * FRAME)
         for j in range(int(seconds / FRAME))
@@ -71,10 +73,12 @@ def play(
     clock, sound = live.LiveClock(), LiveSound("camera")
     sound.connected(Stream)
     moments, pictures, taken, most_waiting = {}, {}, [], 0.0
+    alive = []  # every frame kept, so that no id is used twice (a dropped one was reused)
     for wall, is_sound, moment in sorted(items):
         now[0] = 100.0 + wall
         if is_sound:
             frame = silent_frame(source_time(moment))
+            alive.append(frame)
             moments[id(frame)] = moment
             sound.hear(Packet(frame), clock)
             most_waiting = max(most_waiting, sound._waited)
@@ -109,6 +113,10 @@ burst = lambda s: s / 15 if s < 15 else s - 14  # noqa: E731 (15 s at once, as H
         {"source_time": lambda s: 1.4 + s + 3 * (s >= 10) + 60 * (s >= 20), "picture_late": 0.12},
         {"source_time": lambda s: 1.4 + s + 3 * (s >= 10) - 30 * (s >= 20), "sound_behind": 0.4},
         {"source_time": lambda s: 1.4 + s + 60 * (s >= 20), "sounding": lambda s: s % 6 < 1},
+        {"source_time": lambda s: 1.4 + s - 3 * (s >= 20), "picture_late": 0.2},
+        {"source_time": lambda s: 1.4 + s % 5, "picture_late": 0.6},
+        {"source_time": lambda s: 1.4 + s - 30 * (s >= 20), "sound_behind": 4.5, "fps": 60},
+        {"source_time": lambda s: 1.4 + s + 60 * (s >= 20), "sound_behind": 5.0, "fps": 60},
     ],
     ids=[
         "sound 2.5 s behind in the stream",
@@ -117,6 +125,10 @@ burst = lambda s: s / 15 if s < 15 else s - 14  # noqa: E731 (15 s at once, as H
         "3 s ahead, then 60 s ahead",
         "3 s ahead, then 30 s back, the sound behind",
         "sound only now and then, then 60 s ahead",
+        "3 s back, the picture late",
+        "a 5 s loop, the picture 0.6 s late",
+        "30 s back at 60 frames/s, the sound 4.5 s behind",
+        "60 s ahead at 60 frames/s, the sound 5 s behind",
     ],
 )
 def test_each_sound_frame_lands_where_its_picture_did(monkeypatch, case):
