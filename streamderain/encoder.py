@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 #: seconds a write to a live receiver may hang before the run ends (PyAV's writer takes no I/O
 #: timeout, and one that stopped reading without closing held the run forever)
 LIVE_STALL_SECONDS = 20.0
+#: why ffmpeg's writer leaves a source's sound out of a live output or a live source's recording
 SOUND_WRITER = "PyAV's writer, --encoder pyav, takes it; srt:// goes through ffmpeg's"
 
 

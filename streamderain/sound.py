@@ -3,8 +3,8 @@
 A file's sound is copied after the run (:mod:`streamderain.streams`); a live source's cannot be
 read again, so the reader decodes it as it comes, stamps it with the run's clock (the picture's:
 sound and picture stay as much in step as the source had them) and holds it for the writer,
-which encodes what is due each time it writes a frame. A gap in the source (a reconnect) stays
-a gap, as it does in the picture.
+which encodes what is due each time it writes a frame. A gap in the source (a reconnect) is
+silence in the sound where the picture has its gap (past ``FILL_SECONDS``, a gap in both).
 """
 
 from __future__ import annotations

@@ -77,6 +77,7 @@ def heard_audio(container: av.container.InputContainer) -> av.audio.stream.Audio
 
 
 def has_sound(path: str) -> bool:
+    """Whether a file has sound: a writer that leaves it out says so only then."""
     with av.open(path, metadata_errors="replace") as container:
         return bool(container.streams.audio)
 

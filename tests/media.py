@@ -153,7 +153,6 @@ def flash_and_beep(
     at: float = 1.2,
     *,
     sound: tuple[float, float] = (0.0, 1e9),
-    jump_at: float | None = None,
     size=(320, 180),
 ) -> None:
     """A camera's MPEG-TS with sound, interleaved as a camera sends it: a grey picture that
@@ -161,8 +160,7 @@ def flash_and_beep(
     mono at 48 kHz): where the flash and the beep land in an output shows the two in step.
 
     ``sound``: the seconds the sound plays (a sound that begins after FFmpeg's 0.1 s probe of a
-    live source, one that stops). ``jump_at``: there both streams' clocks jump 30 s ahead (a camera's clock
-    set, a restreamer's next file)."""
+    live source, one that stops)."""
     rate, fps = 48_000, 25
     per_frame = rate // fps
     with av.open(str(path), "w", format="mpegts") as out:
@@ -171,18 +169,17 @@ def flash_and_beep(
         audio = out.add_stream("aac", rate=rate)
         audio.layout = "mono"
         for i in range(round(seconds * fps)):
-            jumped = 30 if jump_at is not None and i / fps >= jump_at else 0
             lit = at <= i / fps < at + 0.4
             image = np.full((size[1], size[0], 3), 235 if lit else 60, np.uint8)
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = i + jumped * fps, Fraction(1, fps)
+            frame.pts, frame.time_base = i, Fraction(1, fps)
             out.mux(video.encode(frame))
             if not sound[0] <= i / fps < sound[1]:
                 continue
             t = (i * per_frame + np.arange(per_frame)) / rate
             beep = ((t >= at) & (t < at + 0.4)) * 0.5 * np.sin(2 * np.pi * 1000 * t)
             chunk = av.AudioFrame.from_ndarray(beep.astype(np.float32)[None], "flt", "mono")
-            chunk.sample_rate, chunk.pts = rate, (i + jumped * fps) * per_frame
+            chunk.sample_rate, chunk.pts = rate, i * per_frame
             chunk.time_base = Fraction(1, rate)
             out.mux(audio.encode(chunk))
         out.mux(video.encode(None))
