@@ -381,25 +381,19 @@ def readable(path: Path) -> int:
 
 
 @pytest.mark.parametrize(
-    "encoder, suffix, sound",
-    [("pyav", ".mkv", False), ("ffmpeg", ".mkv", False), ("pyav", ".mp4", False)]
-    + [("pyav", ".mkv", True)],
+    "encoder, suffix", [("pyav", ".mkv"), ("ffmpeg", ".mkv"), ("pyav", ".mp4")]
 )
 def test_a_recording_of_a_live_source_is_on_disk_within_a_second(
-    ts_bytes, make_tcp_stream_server, tmp_path, encoder, suffix, sound
+    ts_bytes, make_tcp_stream_server, tmp_path, encoder, suffix
 ):
     """A recording cut short the hard way (SIGKILL, power loss) keeps all but its last second:
     the encoder holds no frames back and the muxer writes each second out as it ends (MP4 in
-    fragments: a plain one cut short plays nothing). ``sound``: a camera whose sound stops
-    after 0.5 s, which FFmpeg's interleaving held the picture back for (up to 10 s)."""
+    fragments: a plain one cut short plays nothing)."""
     import threading
 
     from streamderain import derain_video
     from streamderain.targets import partial_path
 
-    if sound:
-        flash_and_beep(tmp_path / "camera.ts", sound=(0.0, 0.5))
-        ts_bytes = (tmp_path / "camera.ts").read_bytes()
     server = make_tcp_stream_server(ts_bytes)
     out = tmp_path / f"rec{suffix}"
     stop = threading.Event()
