@@ -20,6 +20,7 @@ import av
 
 from streamderain.errors import OutputError, reason
 from streamderain.live import CLOCK_JUMP_BACK
+from streamderain.targets import LIVE_OUTPUTS
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ COPYABLE: dict[str, set[str] | None] = {
     "mpegts": {"aac", "mp3", "mp2", "ac3", "eac3", "opus"},  # UDP, SRT
     "rtsp": {"aac", "opus"},
 }
-LIVE_FORMATS = ("flv", "mpegts", "rtsp")
 # Audio a container cannot take is re-encoded to its usual codec at a transparent bit rate
 # (lossless FLAC in Matroska; AAC where none is named); subtitles it cannot take are left out,
 # with a warning.
@@ -193,7 +193,7 @@ class StreamCopier:
             self.map: dict[int, av.stream.Stream] = {}
             self.reencoders: dict[int, AudioReencoder] = {}
             chosen = [*self.input.streams.audio, *self.input.streams.subtitles]
-            if fmt in LIVE_FORMATS:  # a live stream: one sound (FFmpeg's best), no subtitles
+            if fmt in LIVE_OUTPUTS.values():  # a live stream: one sound (its best), no subtitles
                 chosen = [a] if (a := heard_audio(self.input)) else []
             for s in chosen:
                 name = s.codec_context.name if s.codec_context else "unknown"
