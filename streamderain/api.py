@@ -79,19 +79,25 @@ class Derainer:
         self.runner = ModelRunner(options)
         self.temporal = TemporalFilter(lookahead=0) if options.temporal == "on" else None
         self._count = 0
+        self._lock = threading.Lock()
 
     def reset(self) -> None:
         """A new stream begins: ``auto`` chooses its model anew and the temporal stage forgets
         the last stream's frames (they were carried over, a veiled stream run for up to 100
         frames on a light one's model), without loading the model again."""
-        self.runner.expect()
-        if self.temporal is not None:
-            self.temporal.reset()
-        self._count = 0
+        with self._lock:
+            self.runner.expect()
+            if self.temporal is not None:
+                self.temporal.reset()
+            self._count = 0
 
     def __call__(self, frames: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        if isinstance(frames, torch.Tensor):
-            return self._tensor(frames)
+        with self._lock:  # threads sharing one stream: its frames go through one at a time
+            if isinstance(frames, torch.Tensor):
+                return self._tensor(frames)
+            return self._array(frames)
+
+    def _array(self, frames: np.ndarray) -> np.ndarray:
         array = np.asarray(frames)
         if (
             array.dtype != np.uint8
@@ -130,7 +136,7 @@ class Derainer:
                 f"expected a float tensor N x 3 x H x W, none of them 0, got {x.dtype} "
                 f"{tuple(x.shape)}"
             )
-        low, high = float(x.min()), float(x.max())
+        low, high = float(x.detach().min()), float(x.detach().max())
         if not 0 <= low <= high <= 1:  # NaN fails too
             raise ValueError(f"expected values in [0, 1], got {low:g}..{high:g}")
         inp = x.to(self.runner.device, self.runner.dtype)
@@ -166,6 +172,22 @@ def _run_options(options: object) -> RunOptions:
     raise TypeError(f"options must be RunOptions, got {type(options).__name__}")
 
 
+def _check_lent(runner: ModelRunner, given: ModelOptions, values: dict[str, Any]) -> None:
+    """A runner lent to a run stands for its model options: any other asked of the run, as a
+    keyword or in the options' model group, is refused (the group's were left out unsaid)."""
+    asked = {
+        f.name: getattr(given, f.name)
+        for f in dataclasses.fields(given)
+        if getattr(given, f.name) != f.default
+    }
+    asked.update((k, v) for k, v in values.items() if k in MODEL_OPTIONS)
+    if other := sorted(k for k, v in asked.items() if not runner.stands_for(k, v)):
+        raise UsageError(
+            f"{', '.join(other)}: a runner's model options stand for the run; set them on "
+            "the runner, or give no runner"
+        )
+
+
 def derain_video(
     src: str | Path,
     dst: str | Path,
@@ -190,15 +212,10 @@ def derain_video(
     """
     began = time.perf_counter()
     lent = runner.runner if isinstance(runner, Derainer) else runner
+    options = _run_options(options)
     if isinstance(lent, ModelRunner):  # its model options stand: others were left out unsaid
-        if other := sorted(
-            k for k in set(values) & MODEL_OPTIONS if values[k] != getattr(lent.options, k)
-        ):
-            raise UsageError(
-                f"{', '.join(other)}: a runner's model options stand for the run; set them on "
-                "the runner, or give no runner"
-            )
-    options = _run_options(options).replace(**values)
+        _check_lent(lent, options.model, values)
+    options = options.replace(**values)
     if isinstance(runner, Derainer):  # lent: its own frames then go on as they were
         try:
             return derain_video(

@@ -27,6 +27,10 @@ class CannotOpen(InputError):
         self.why = why
 
 
+class ModelError(StreamDerainError):
+    """The model cannot be loaded: a name that is not bundled, a file that is no checkpoint."""
+
+
 class OutputError(StreamDerainError):
     """The output cannot be created or written."""
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+import numpy as np
 
 from streamderain.errors import UsageError
 
@@ -44,23 +47,30 @@ _KIND_NAMES = {"int": "a whole number", "float": "a number", "bool": "True or Fa
 
 
 def _of_kind(value: object, kind: str) -> bool:
-    """``value`` is of ``kind`` (a field's annotation less ``| None``); True is no number."""
-    if isinstance(value, bool) or kind == "bool":
-        return kind == "bool" and isinstance(value, bool)
+    """``value`` is of ``kind`` (a field's annotation less ``| None``); True is no number, and
+    NumPy's numbers are numbers."""
+    if isinstance(value, bool | np.bool_) or kind == "bool":
+        return kind == "bool" and isinstance(value, bool | np.bool_)
     if kind == "float":
-        return isinstance(value, int | float) and math.isfinite(value)
-    return isinstance(value, {"int": int, "str": str}[kind])
+        return isinstance(value, numbers.Real) and math.isfinite(value)
+    return isinstance(value, {"int": numbers.Integral, "str": str}[kind])
+
+
+_PLAIN = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def _check_kinds(group: object) -> None:
-    """Each option of the kind its field declares, before any rule compares it: ``batch=2.0``
-    failed deep in a run, ``start="1"`` with a TypeError, and ``live_drop="no"`` dropped
-    frames of a file (a non-empty string is true)."""
+    """Each option of the kind its field declares, before any rule compares it, kept as
+    Python's own (``np.int64(2)`` was refused as no whole number): ``batch=2.0`` failed deep in
+    a run, ``start="1"`` with a TypeError, and ``live_drop="no"`` dropped frames of a file (a
+    non-empty string is true)."""
     for f in fields(group):
         value, kind = getattr(group, f.name), str(f.type).removesuffix(" | None")
         if value is not None and not _of_kind(value, kind):
             flag = f"--{f.name.replace('_', '-')}"
             raise UsageError(f"{flag} must be {_KIND_NAMES[kind]}, got {value!r}")
+        if value is not None:
+            object.__setattr__(group, f.name, _PLAIN[kind](value))
 
 
 #: seconds no video runs to (a year): times past it are typing errors
@@ -201,6 +211,18 @@ class RunOptions:
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     model: ModelOptions = field(default_factory=ModelOptions)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
+
+    def __post_init__(self) -> None:
+        """Each group of its own kind: ``RunOptions(model="dcsfn-lite")`` failed in the run with
+        a TypeError about dataclasses."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if type(value) is not f.default_factory:
+                raise TypeError(
+                    f"RunOptions({f.name}=...) takes {f.default_factory.__name__}, got "
+                    f"{type(value).__name__} {value!r} (options by name: "
+                    "RunOptions.of(model='dcsfn-lite', crf=0))"
+                )
 
     @classmethod
     def names(cls) -> set[str]:

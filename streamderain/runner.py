@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from functools import partial
 
@@ -10,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from streamderain.backends import OpenVINOBackend, openvino_available
-from streamderain.errors import StreamDerainError, UsageError
+from streamderain.errors import ModelError, StreamDerainError, UsageError
 from streamderain.frames import Batch
 from streamderain.options import ModelOptions
 from streamderain.pipeline import Stage, usable_cores
-from training import DerainModel, load_model
+from training import DerainModel, ModelLoadError, load_model
 from training import pick_device as network_device
 from training.quantize import int8_models
 from training.route import (
@@ -143,7 +144,13 @@ class ModelRunner(Stage):
     """
 
     def __init__(self, options: ModelOptions | None = None, threads: int | None = None) -> None:
-        options = options or ModelOptions()
+        self._busy = threading.Lock()
+        try:
+            self._load(options or ModelOptions(), threads)
+        except ModelLoadError as exc:  # a StreamDerainError to the API's callers too
+            raise ModelError(str(exc)) from None
+
+    def _load(self, options: ModelOptions, threads: int | None) -> None:
         self.options = options
         self.device = pick_device(options.device)
         names = model_names(options.model)
@@ -269,11 +276,26 @@ class ModelRunner(Stage):
             return "openvino" if on_openvino and openvino_available() else "torch"
         return backend
 
+    def stands_for(self, name: str, value: object) -> bool:
+        """This runner, as loaded, gives what the model option ``name=value`` asks: ``auto``
+        and None are one model choice, and ``cpu`` is what ``auto`` found on a machine without
+        a GPU."""
+        own = getattr(self.options, name)
+        if name == "model":
+            return (value or AUTO) == (own or AUTO)
+        found = {"device": (str(self.device), self.device.type), "precision": (self.precision,),
+                 "backend": (self.backend,)}.get(name, ())  # fmt: skip
+        return value == own or value in found
+
     @torch.inference_mode()
     def derain(self, x: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W RGB in [0, 1], channels-last on the runner's device and dtype -> the
-        same, derained: in [0, 1] and never brighter than ``x`` (rain only adds light)."""
-        return below_input(self.forward(x), x)
+        same, derained: in [0, 1] and never brighter than ``x`` (rain only adds light).
+
+        One call at a time: a compiled network has one request, which a second thread found
+        busy (OpenVINO's "Infer Request is busy")."""
+        with self._busy:
+            return below_input(self.forward(x), x)
 
     @torch.inference_mode()
     def infer(self, images: torch.Tensor) -> torch.Tensor:

@@ -216,15 +216,38 @@ def test_an_option_of_the_wrong_kind_is_named_before_any_work(values):
 def test_the_api_names_the_options_it_takes(media, tmp_path):
     """A model name or the wrong options object was an AttributeError from deep inside; one
     group of options stands beside the others' defaults, and a Derainer is a runner."""
-    from streamderain import Derainer, derain_video
+    from streamderain import Derainer, StreamDerainError, derain_video
+    from streamderain.errors import UsageError
     from streamderain.options import ModelOptions, RunOptions
 
     with pytest.raises(TypeError, match="Derainer\\(model='dcsfn-lite'\\)"):
         Derainer("dcsfn-lite")
     with pytest.raises(TypeError, match="options must be RunOptions, got dict"):
         derain_video(media / "clip.mp4", tmp_path / "a.mp4", {"crf": 3})
-    derainer = Derainer(RunOptions.of(model="dcsfn-lite", flip_average="off"))
+    derainer = Derainer(RunOptions.of(model="dcsfn-lite", flip_average="off", batch=2))
     stats = derain_video(
         media / "clip.mp4", tmp_path / "b.mp4", ModelOptions(batch=2), runner=derainer, max_frames=2
     )
     assert stats.frames == 2
+    # a group's values beside a runner are refused as its keywords are (they were left out)
+    with pytest.raises(UsageError, match="batch: a runner's model options stand"):
+        derain_video(media / "clip.mp4", tmp_path / "c.mp4", ModelOptions(batch=3), runner=derainer)
+    # RunOptions(model=...) failed in the run, a TypeError about dataclasses
+    with pytest.raises(TypeError, match="RunOptions\\(model=...\\) takes ModelOptions, got str"):
+        RunOptions(model="dcsfn-lite-heavy")
+    with pytest.raises(TypeError, match="takes DecodeOptions, got ModelOptions"):
+        RunOptions(decode=ModelOptions())
+    # a model name mistyped was no StreamDerainError (the command line caught it apart)
+    with pytest.raises(StreamDerainError, match="dcsfn-lite-hevy"):
+        Derainer(model="dcsfn-lite-hevy")
+
+
+def test_numpy_numbers_are_options_of_their_kind():
+    """``np.int64(2)`` from a NumPy loop was refused as "no whole number"; kept as Python's."""
+    import numpy as np
+
+    from streamderain.options import RunOptions
+
+    options = RunOptions.of(batch=np.int64(2), start=np.float32(1.5), crf=np.int32(0))
+    assert (options.model.batch, options.decode.start, options.encode.crf) == (2, 1.5, 0)
+    assert type(options.model.batch) is int and type(options.decode.start) is float

@@ -720,6 +720,7 @@ def test_a_derainer_lent_to_a_file_runs_its_own_frames_as_before(vfr_clip, tmp_p
     """A file turned its mirror average on (``auto`` is on for files) and left it on: the
     Derainer's own frames then took twice the time and came out otherwise."""
     from streamderain import Derainer, derain_video
+    from streamderain.options import ModelOptions, RunOptions
 
     derainer = Derainer(device="cpu", model="dcsfn-lite")
     rgb = clean_frames(1, (96, 64))[0]
@@ -729,6 +730,31 @@ def test_a_derainer_lent_to_a_file_runs_its_own_frames_as_before(vfr_clip, tmp_p
     # the runner's model stands: a model option beside it was left out without a word
     with pytest.raises(StreamDerainError, match="temporal: a runner's model options stand"):
         derain_video(vfr_clip[0], tmp_path / "p.mp4", runner=derainer, temporal="off")
+    # in an options object too (it was left out without a word there)
+    for options in (ModelOptions(temporal="off"), RunOptions.of(temporal="off")):
+        with pytest.raises(StreamDerainError, match="temporal: a runner's model options stand"):
+            derain_video(vfr_clip[0], tmp_path / "p.mp4", options, runner=derainer)
+    # what the runner chose for auto is what it stands for (the precision it picked was refused)
+    runner = derainer.runner
+    same = {"precision": runner.precision, "backend": runner.backend, "model": "dcsfn-lite"}
+    stats = derain_video(vfr_clip[0], tmp_path / "q.mp4", runner=derainer, max_frames=1, **same)
+    assert stats.frames == 1
+    assert Derainer(device="cpu").runner.stands_for("model", "auto")
+
+
+def test_one_derainer_shared_by_threads(shared):
+    """Two threads calling one Derainer: one of them failed with OpenVINO's "Infer Request is
+    busy"; its frames now go through one at a time, each as it would alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamderain import Derainer
+
+    derainer = Derainer(device="cpu", model="dcsfn-lite")
+    frames = clean_frames(4, (96, 64))
+    alone = [derainer(f) for f in frames]
+    with ThreadPoolExecutor(4) as pool:
+        shared_out = list(pool.map(derainer, frames * 3))
+    assert all(np.array_equal(a, b) for a, b in zip(shared_out, alone * 3, strict=True))
 
 
 def test_cuda_without_gpu_is_a_clean_error(vfr_clip, tmp_path):
