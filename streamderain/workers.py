@@ -102,12 +102,14 @@ class Worker:
         self.stop_file = threading.Event()  # what a stop sets for the file in progress
         if self.stopping:
             self.stop_file.set()
+        runner = self.runner  # it stands for the model options: its device is this worker's
+        options = replace(self.options, model=runner.options) if runner else self.options
         try:
             return derain_video(
                 src,
                 dst,
-                self.options,
-                runner=self.runner,
+                options,
+                runner=runner,
                 on_start=self._started,
                 stop=self.stop_file,
                 **values,
