@@ -84,6 +84,11 @@ def check_not_input(target: str | Path, source: str | Path) -> None:
         return
     if dst.exists() and src.resolve() == dst.resolve():
         raise OutputError(f"{target}: output is the input; choose another output name")
+    if dst.is_dir() and dst.resolve() in src.resolve().parents:  # a folder of PNGs is replaced
+        raise OutputError(
+            f"{target}: the output folder holds the input ({source}), which its frames would "
+            "replace; choose a folder of their own"
+        )
     temporary = partial_path(dst.absolute(), is_folder_target(target))
     with contextlib.suppress(OSError):  # a name too long: check_target says so
         if temporary.exists() and src.resolve() == temporary.resolve():  # as a killed run's

@@ -187,6 +187,23 @@ def test_the_api_refuses_to_write_over_its_input(media):
     assert clip.read_bytes() == before
 
 
+def test_a_picture_into_the_folder_that_holds_it_is_refused(tmp_path):
+    """``streamderain photos/1.png photos -y`` replaced the folder of PNGs by the one frame:
+    the input and every other photo in it were gone."""
+    import cv2
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in (1, 2):
+        cv2.imwrite(str(photos / f"{i}.png"), clean_frames(1, (64, 48))[0])
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    result = subprocess.run(
+        [*CLI, photos / "1.png", photos, "-y", "-q"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1 and "the output folder holds the input" in result.stderr
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+
+
 @pytest.mark.parametrize(
     "values",
     [
