@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 # its FFmpeg muxer takes; Matroska's are most, but not a camera's G.711 sound or MP4's text).
 COPYABLE: dict[str, set[str] | None] = {
     "mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac", "mov_text"},
-    "mov": {"aac", "mp3", "ac3", "alac", "pcm_s16le", "pcm_s24le", "mov_text"},
+    # QuickTime's PCM both ways round: cameras write big-endian (it became AAC)
+    "mov": {"aac", "mp3", "ac3", "alac", "mov_text"}
+    | {f"pcm_{kind}{end}" for kind in ("s16", "s24", "s32", "f32", "f64") for end in ("le", "be")},
     "matroska": None,
     "webm": {"opus", "vorbis", "webvtt"},
     "flv": {"aac", "mp3"},  # live publishing: RTMP
@@ -44,6 +46,20 @@ AUDIO_FALLBACK: dict[str, tuple[str, int]] = {
     "matroska": ("flac", 0),
     "webm": ("libopus", 192_000),
 }
+
+
+# what the muxer writes anew (or mkvmerge's counts, which would be stale): not carried over
+_UNLABELS = {"encoder", "major_brand", "minor_version", "compatible_brands", "duration", "bps",
+             "number_of_frames", "number_of_bytes"}  # fmt: skip
+
+
+def labels(metadata: dict[str, str]) -> dict[str, str]:
+    """A container's or a stream's tags that say what it is (title, language, date, place)."""
+    return {
+        k: v
+        for k, v in metadata.items()
+        if k.lower() not in _UNLABELS and not k.upper().startswith("_STATISTICS")
+    }
 
 
 def copies_as_is(fmt: str, codec: str) -> bool:
@@ -195,6 +211,10 @@ class StreamCopier:
             chosen = [*self.input.streams.audio, *self.input.streams.subtitles]
             if fmt in LIVE_OUTPUTS.values():  # a live stream: one sound (its best), no subtitles
                 chosen = [a] if (a := heard_audio(self.input)) else []
+            else:  # a recording's title, date and place, as FFmpeg keeps them
+                output.metadata.update(labels(self.input.metadata))
+                for video in output.streams.video:  # Matroska marks none once a sound is marked
+                    video.disposition |= av.stream.Disposition.default
             for s in chosen:
                 name = s.codec_context.name if s.codec_context else "unknown"
                 if s.type == "audio" and not (s.codec_context and s.codec_context.sample_rate):
@@ -205,7 +225,8 @@ class StreamCopier:
                         s.index,
                         name,
                     )
-                elif copies_as_is(fmt, name):
+                    continue
+                if copies_as_is(fmt, name):
                     self.map[s.index] = output.add_stream_from_template(s)
                 elif s.type == "audio":
                     self.reencoders[s.index] = AudioReencoder(s, output, fmt)
@@ -214,6 +235,10 @@ class StreamCopier:
                     log.warning(
                         "%s stream %d (%s) does not fit %s: left out", s.type, s.index, name, fmt
                     )
+                    continue
+                copy = self.map.get(s.index) or self.reencoders[s.index].stream
+                copy.metadata.update(labels(s.metadata))  # its language, its title
+                copy.disposition = s.disposition  # the track a player picks first
             wanted = [self.input.streams[i] for i in [*self.map, *self.reencoders]]
             if wanted and start > 0:  # a second early, for packets that begin before the start
                 self.input.seek(int((self.origin + start - 1) * av.time_base), backward=True)

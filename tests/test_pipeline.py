@@ -1011,6 +1011,39 @@ def test_a_cameras_sound_and_a_tag_that_is_not_utf8_do_not_stop_a_run(tmp_path):
     assert len(packets(out, "audio")) > 0
 
 
+def test_a_cameras_pcm_sound_and_the_tracks_labels_are_kept(tmp_path):
+    """QuickTime's big-endian PCM (as cameras write it) became AAC; every track's language and
+    the track a player picks first were lost, and so were the recording's title and date."""
+    src = tmp_path / "camera.mov"
+    with av.open(str(src), "w") as out:
+        out.metadata.update({"title": "Trip", "creation_time": "2024-05-01T10:00:00Z"})
+        v = h264_stream(out, (64, 48), 10)
+        tracks = [out.add_stream("pcm_s16be", rate=8000, layout="mono") for _ in range(2)]
+        for track, language in zip(tracks, ("eng", "fra"), strict=True):
+            track.metadata["language"] = language
+        tracks[0].disposition = av.stream.Disposition(0)
+        tracks[1].disposition = av.stream.Disposition.default
+        encode_frames(out, v, clean_frames(4, (64, 48)))
+        for track in tracks:
+            sound = av.AudioFrame.from_ndarray(np.zeros((1, 3200), np.int16), "s16", "mono")
+            sound.sample_rate, sound.pts = 8000, 0
+            out.mux(track.encode(sound))
+            out.mux(track.encode(None))
+    out = tmp_path / "clean.mov"
+    result = run_cli(src, out, "-q", "--flip-average", "off", "--temporal", "off")
+    assert result.returncode == 0, result.stderr
+    with av.open(str(out)) as done:
+        assert done.metadata["title"] == "Trip"
+        assert done.metadata["creation_time"].startswith("2024-05-01T10:00:00")
+        sounds = done.streams.audio
+        assert [a.codec_context.name for a in sounds] == ["pcm_s16be"] * 2
+        assert [a.metadata.get("language") for a in sounds] == ["eng", "fra"]
+        assert [bool(a.disposition & av.stream.Disposition.default) for a in sounds] == [
+            False,
+            True,
+        ]
+
+
 def test_a_codec_named_by_its_format_gets_its_encoders_settings(tmp_path):
     """``--codec h264`` is libx264, but only ``libx264`` got the product's settings: an odd
     frame size failed ("h264 cannot encode this"), the quality was x264's default (crf 23)
