@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -155,6 +157,14 @@ def _as_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
+def _is_pipe(source: str) -> bool:
+    """A source that can be read once only (``cat clip.mkv | streamderain /dev/stdin ...``)."""
+    try:
+        return stat.S_ISFIFO(os.stat(source).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def temporal_on(mode: str, decoder: Decoder) -> bool:
     """``auto`` is on for video (files, streams, cameras), off for a folder of pictures, which
     may not be frames of one scene."""
@@ -239,11 +249,13 @@ def derain_video(
         model = runner.options  # a runner given stands for options.model: its batch, its stage
         # a file, or a recording behind a web address read once as one: its sound comes too
         is_file = not (decoder.live or decoder.is_image_folder)
+        if is_file and _is_pipe(decoder.source):  # no second reading for the sound: it failed
+            notice.warning("%s is a pipe, read once: any sound or subtitles are left out", decoder.name)
         encoder = Encoder(
             dst,
             decoder.info,
             options.encode,
-            copy_streams_from=decoder.source if is_file else None,
+            copy_streams_from=decoder.source if is_file and not _is_pipe(decoder.source) else None,
             sound=decoder.sound,
             start=decoder.start,
             end=decoder.end,

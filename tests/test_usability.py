@@ -237,3 +237,25 @@ def test_live_drop_keeps_every_frame_of_a_file_and_says_so(tmp_path, shared):
     assert "--live-drop is for live sources; every frame of a file is kept" in result.stderr
     images, _, _ = decode_all(out)
     assert len(images) == 30
+
+
+def test_a_video_through_a_pipe_is_derained_without_its_sound(tmp_path):
+    """``cat clip.mkv | streamderain /dev/stdin out.mkv`` failed, blaming the output: the sound
+    was read from the source a second time, and a pipe has nothing left to read."""
+    import subprocess
+
+    from tests.test_reliability import CLI
+
+    clip = tmp_path / "clip.mkv"
+    make_clip(clip, clean_frames(5, (64, 48)), audio=True)
+    with subprocess.Popen(["cat", str(clip)], stdout=subprocess.PIPE) as cat:
+        result = subprocess.run(
+            [*CLI, "/dev/stdin", str(tmp_path / "out.mkv"), "--flip-average", "off"],
+            stdin=cat.stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stderr
+    assert "is a pipe, read once: any sound or subtitles are left out" in result.stderr
+    assert len(decode_all(tmp_path / "out.mkv")[0]) == 5
