@@ -250,7 +250,9 @@ def derain_video(
         # a file, or a recording behind a web address read once as one: its sound comes too
         is_file = not (decoder.live or decoder.is_image_folder)
         if is_file and _is_pipe(decoder.source):  # no second reading for the sound: it failed
-            notice.warning("%s is a pipe, read once: any sound or subtitles are left out", decoder.name)
+            notice.warning(
+                "%s is a pipe, read once: any sound or subtitles are left out", decoder.name
+            )
         encoder = Encoder(
             dst,
             decoder.info,

@@ -7,6 +7,7 @@ file name, which the output names its pictures after.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -19,6 +20,8 @@ from streamderain.errors import InputError, OutputError
 from streamderain.frames import Frame, VideoInfo, eight_bits
 from streamderain.targets import VIDEO_SUFFIXES
 from training.data import IMAGE_SUFFIXES, list_images
+
+log = logging.getLogger(__name__)
 
 IMAGE_FOLDER_RATE = Fraction(25)
 # picture formats that hold 16 bits a channel
@@ -52,7 +55,11 @@ class PictureFolder:
             p: p.stem if stems[p.stem] == 1 or p.suffix.lower() == ".png" else p.name
             for p in self.files
         }
-        first = read_picture(self.files[0])
+        first = None
+        while self.files and (first := _readable(self.files[0])) is None:
+            self.files.pop(0)
+        if first is None:
+            raise InputError(f"{name}: no picture in the folder could be read")
         self.info = VideoInfo(
             width=first.shape[1],
             height=first.shape[0],
@@ -76,12 +83,21 @@ class PictureFolder:
             keep = in_range(float(pts * tb))
             if keep is None:
                 return
-            if keep:
-                image = read_picture(path)
+            if keep and (image := _readable(path)) is not None:
                 deep = image if image.dtype == np.uint16 else None
                 image = image if deep is None else eight_bits(deep)
                 yield Frame(index, pts, tb, image, name=self.names[path], deep=deep)
                 index += 1
+
+
+def _readable(path: Path) -> np.ndarray | None:
+    """The picture, or None, said, where it cannot be read: one truncated photo of a thousand
+    failed the run and kept none of the others."""
+    try:
+        return read_picture(path)
+    except InputError as exc:
+        log.warning("%s: skipped", exc)
+        return None
 
 
 def read_picture(path: Path) -> np.ndarray:

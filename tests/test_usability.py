@@ -259,3 +259,21 @@ def test_a_video_through_a_pipe_is_derained_without_its_sound(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "is a pipe, read once: any sound or subtitles are left out" in result.stderr
     assert len(decode_all(tmp_path / "out.mkv")[0]) == 5
+
+
+def test_unreadable_pictures_of_a_folder_are_skipped_and_said(tmp_path):
+    """One truncated photo failed the whole folder's run and kept none of the others; the first
+    one unreadable failed it before any work."""
+    import cv2
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(clean_frames(4, (64, 48)), start=1):
+        cv2.imwrite(str(photos / f"{i}.png"), image)
+    for bad in ("1.png", "3.png"):
+        (photos / bad).write_bytes((photos / bad).read_bytes()[:100])
+    result = run_cli(photos, tmp_path / "clean", "--flip-average", "off")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "clean").iterdir()) == ["2.png", "4.png"]
+    said = [line for line in result.stderr.splitlines() if "not a readable image: skipped" in line]
+    assert len(said) == 2 and "1.png" in said[0] and "3.png" in said[1]
