@@ -253,11 +253,12 @@ def derain_video(
             notice.warning(
                 "%s is a pipe, read once: any sound or subtitles are left out", decoder.name
             )
+            is_file = False
         encoder = Encoder(
             dst,
             decoder.info,
             options.encode,
-            copy_streams_from=decoder.source if is_file and not _is_pipe(decoder.source) else None,
+            copy_streams_from=decoder.source if is_file else None,
             sound=decoder.sound,
             start=decoder.start,
             end=decoder.end,

@@ -6,8 +6,9 @@ abs error of 2.4e-7. OpenVINO's default precision on CPUs with bf16 is not exact
 the hint is set explicitly. The conversion of a checkpoint is cached, so only the first run
 of a model pays for its conversion (about 10 s); the converted network (OpenVINO IR) is kept in
 the user's cache folder, and so is each compiled network (OpenVINO's model cache: about 1.2 s
-less per model and frame size at the next start, the newest ``kept_compiled`` only). ``--precision int8`` runs the 8-bit network shipped beside a bundled
-model's weights (:mod:`training.quantize`).
+less per model and frame size at the next start, the newest ``kept_compiled`` only).
+``--precision int8`` runs the 8-bit network shipped beside a bundled model's weights
+(:mod:`training.quantize`).
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ class OpenVINOBackend:
         self.compiled_cache = _cache_dir() / "compiled"
         try:
             self.compiled_cache.mkdir(parents=True, exist_ok=True)
-            self.core.set_property({"CACHE_DIR": str(self.compiled_cache)})
         except OSError:
             log.debug("no cache for compiled networks in %s", self.compiled_cache, exc_info=True)
+        if os.access(self.compiled_cache, os.W_OK):
+            self.core.set_property({"CACHE_DIR": str(self.compiled_cache)})
         self.network = self.core.read_model(int8_network_file(model) if int8 else self._ir_file())
         self._compiled: dict[tuple[int, int, int], object] = {}
 
