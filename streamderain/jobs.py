@@ -121,8 +121,9 @@ def expand_inputs(items: Iterable[str], list_file: str | Path | None = None) -> 
             matches = [item]
         for m in matches:
             for one in [m] if "://" in m else folder_inputs(Path(os.path.abspath(m))):
-                found.setdefault(str(one), str(one))
-    return list(found)
+                # one file named through a link too is done once
+                found.setdefault(str(one) if "://" in m else os.path.realpath(one), str(one))
+    return list(found.values())
 
 
 def folder_inputs(path: Path) -> list[Path]:
@@ -139,16 +140,22 @@ def folder_inputs(path: Path) -> list[Path]:
 def _inputs_below(folder: Path, seen: set[str]) -> list[Path]:
     seen.add(os.path.realpath(folder))
     try:
-        if folder_pictures(folder):
-            return [folder]
-        entries = sorted(folder.iterdir(), key=natural_key)
+        pictures = folder_pictures(folder)
+        entries = [e for e in sorted(folder.iterdir(), key=natural_key) if e.name[0] != "."]
     except OSError as exc:
         log.warning("%s: cannot be read (%s); left out", folder, reason(exc))
         return []
+    videos = [e for e in entries if e.suffix.lower() in VIDEO_SUFFIXES and e.is_file()]
+    if pictures and not videos:
+        return [folder]
+    if pictures:  # one thumbnail made a day of clips a sequence of one picture, its clips unsaid
+        log.warning(
+            "%s: pictures beside its videos left out (%d; a folder of their own is a sequence)",
+            folder,
+            len(pictures),
+        )
     found: list[Path] = []
     for entry in entries:
-        if entry.name.startswith("."):
-            continue
         if entry.is_dir():
             if os.path.realpath(entry) not in seen:
                 found += _inputs_below(entry, seen)

@@ -48,6 +48,14 @@ class PictureFolder:
                 )
             known = ", ".join(sorted(IMAGE_SUFFIXES))
             raise InputError(f"{name}: folder holds no images ({known})")
+        if videos := [p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES]:
+            log.warning(
+                "%s: videos beside its pictures left out (%d; streamderain batch %s -o OUT_DIR "
+                "derains them)",
+                name,
+                len(videos),
+                name,
+            )
         # each picture's name in the output: its stem, but "a.jpg" beside "a.png" is "a.jpg"
         # (an output "a.png" is the input "a.png"'s)
         stems = Counter(p.stem for p in self.files)

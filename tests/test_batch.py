@@ -320,6 +320,21 @@ def test_videos_in_containers_we_do_not_write_come_out_as_matroska(tmp_path: Pat
     assert len(packets(out / "cam.mkv", "audio")) > 0
 
 
+def test_a_folder_of_clips_with_a_picture_is_still_its_clips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One thumbnail beside a day's clips made the folder a sequence of one picture, its clips
+    left out unsaid; a clip named through a link to its folder was done twice."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("rec/day1/cam1.mp4", "rec/day1/thumb.jpg", "rec/day2/cam2.mp4", "seq/1.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    (tmp_path / "link").symlink_to(tmp_path / "rec/day2")
+    found = expand_inputs(["rec", "seq", "link/cam2.mp4"])
+    assert found == [str(tmp_path / p) for p in ("rec/day1/cam1.mp4", "rec/day2/cam2.mp4", "seq")]
+    assert "rec/day1: pictures beside its videos left out (1;" in caplog.text
+
+
 def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     for name in ("x/a.mp4", "y/a.mp4", "y/b.mp4", "out/old.mp4"):

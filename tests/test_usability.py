@@ -130,6 +130,7 @@ def test_verbose_says_what_runs_and_models_lists_the_bundled_ones(tmp_path, shar
     assert listed.returncode == 0 and "auto (default)" in listed.stdout
     assert "327,943 parameters" in listed.stdout and "PSNR-Y" in listed.stdout
     assert listed.stdout.count("also in 8 bits (--precision int8") == 2
+    assert "eval_only_rain100L" not in listed.stdout, "one score listed twice, once as the log's"
     helped = " ".join(run_cli("run", "--help").stdout.split())
     assert "streamderain models" in helped and "Number format" in helped
     assert "redo inputs done before" in " ".join(run_cli("batch", "--help").stdout.split())

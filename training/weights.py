@@ -71,9 +71,12 @@ class ModelInfo:
         if presets:
             lines.append(f"last stage's rain: {', '.join(presets)}")
         scores = []
-        for key, value in meta.get("metrics", {}).items():
+        metrics = meta.get("metrics", {})
+        for key, value in metrics.items():
             if isinstance(value, dict):
                 value = value.get("derained", value).get("psnr_y")
+            if key.startswith("eval_only_") and key.removeprefix("eval_only_") in metrics:
+                continue  # the training log's score of a set the export scored again
             if isinstance(value, float | int):
                 scores.append(f"{key} {value:.2f} dB")
         if scores:
