@@ -84,7 +84,7 @@ def check_not_input(target: str | Path, source: str | Path) -> None:
         return
     if dst.exists() and src.resolve() == dst.resolve():
         raise OutputError(f"{target}: output is the input; choose another output name")
-    if dst.is_dir() and dst.resolve() in src.resolve().parents:  # a folder of PNGs is replaced
+    if str(target) and dst.is_dir() and dst.resolve() in src.resolve().parents:  # "" is not "."
         raise OutputError(
             f"{target}: the output folder holds the input ({source}), which its frames would "
             "replace; choose a folder of their own"
