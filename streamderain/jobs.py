@@ -264,13 +264,19 @@ def plan(
     # an input done in an earlier batch keeps its output: alone, or with other inputs, its
     # mirrored path differs (``out/a/x.mp4`` then ``out/x.mp4``), and it was done again there
     done = {r.input: Path(r.output) for r in manifest.values() if r.status == "done"}
-    mapping = output_paths(inputs, out_dir)
+    mirrored = output_paths(inputs, out_dir)
+    mapping = dict(mirrored)
     for src in mapping:  # (a manifest copied with its folder names the old folder's outputs)
-        if src in done and done[src].is_relative_to(out_dir) and done[src].exists():
-            mapping[src] = done[src]
+        kept = done.get(src)
+        if kept and kept.is_relative_to(out_dir) and kept.exists():
+            # unless another input of this batch mirrors there: it moves to its own place
+            if kept == mirrored[src] or kept not in mirrored.values():
+                mapping[src] = kept
     for src, output in mapping.items():
         job = Job.of(src, output, settings)
         before = manifest.get(job.output)
+        # the output of an input of this batch that goes elsewhere now: this batch's to replace
+        moved = before is not None and mapping.get(before.input, output) != output
         if output in owner:
             known[src] = Result.failed(job, f"{_short(owner[output])} has the same output name")
         elif "://" not in src and Path(src).resolve() == output:
@@ -281,7 +287,7 @@ def plan(
             )
         elif before and before.is_done_from(job) and output.exists() and not overwrite:
             known[src] = Result(**{**asdict(before), "status": "skipped"})
-        elif before and before.input != src and output.exists() and not overwrite:
+        elif before and before.input != src and output.exists() and not overwrite and not moved:
             known[src] = Result.failed(
                 job, f"{job.output} holds {_short(before.input)}'s output (pass -y to overwrite)"
             )

@@ -371,6 +371,19 @@ def test_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "output is the input" in known[str(tmp_path / "y/b.mp4")].reason
     jobs, known = plan(expand_inputs(["y/b.mp4"]), tmp_path / "out", overwrite=True)
     assert [j.output for j in jobs] == [str(tmp_path / "out/b.mp4")] and known == {}
+    # an input done alone at out/x.mp4, batched beside one that mirrors there: each to its own
+    for name in ("d/x.mp4", "d/a/x.mp4", "out/x.mp4"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    with open(out / MANIFEST, "a") as manifest:
+        manifest.write(
+            "\n" + Result(str(tmp_path / "d/a/x.mp4"), str(out / "x.mp4"), "done").to_json()
+        )
+    jobs, known = plan(expand_inputs(["d"]), out)
+    assert {Path(j.input).relative_to(tmp_path): Path(j.output).relative_to(out) for j in jobs} == {
+        Path("d/x.mp4"): Path("x.mp4"),
+        Path("d/a/x.mp4"): Path("a/x.mp4"),
+    } and known == {}
     (tmp_path / "y/clip [1].mp4").touch()  # the shell's expansion, taken as it is named
     assert expand_inputs(["y/clip [1].mp4"]) == [str(tmp_path / "y/clip [1].mp4")]
     (tmp_path / "pictures").mkdir()  # its output folder left empty by a killed run: no one's
