@@ -40,15 +40,16 @@ class PictureFolder:
     def __init__(self, folder: Path, name: str) -> None:
         self.name = name
         self.files = folder_pictures(folder)
+        videos = [p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES]
         if not self.files:
-            if any(p.suffix.lower() in VIDEO_SUFFIXES for p in folder.iterdir()):
+            if videos:
                 raise InputError(
                     f"{name}: a folder of videos; derain them with: streamderain batch "
                     f"{name} -o OUT_DIR"
                 )
             known = ", ".join(sorted(IMAGE_SUFFIXES))
             raise InputError(f"{name}: folder holds no images ({known})")
-        if videos := [p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES]:
+        if videos:
             log.warning(
                 "%s: videos beside its pictures left out (%d; streamderain batch %s -o OUT_DIR "
                 "derains them)",
