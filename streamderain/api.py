@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -158,10 +156,10 @@ def _as_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def _is_pipe(source: str) -> bool:
-    """A source that can be read once only (``cat clip.mkv | streamderain /dev/stdin ...``)."""
+    """A source read once only (``cat clip.mkv | streamderain /dev/stdin ...``)."""
     try:
-        return stat.S_ISFIFO(os.stat(source).st_mode)
-    except (OSError, ValueError):
+        return Path(source).is_fifo()
+    except OSError:  # a web address too long for a file's name
         return False
 
 
@@ -249,7 +247,7 @@ def derain_video(
         model = runner.options  # a runner given stands for options.model: its batch, its stage
         # a file, or a recording behind a web address read once as one: its sound comes too
         is_file = not (decoder.live or decoder.is_image_folder)
-        if is_file and _is_pipe(decoder.source):  # no second reading for the sound: it failed
+        if is_file and _is_pipe(decoder.source):  # no second reading for its sound: it failed
             notice.warning(
                 "%s is a pipe, read once: any sound or subtitles are left out", decoder.name
             )
