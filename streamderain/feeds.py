@@ -75,9 +75,10 @@ def read_feeds(path: str | Path) -> list[Feed]:
         seen: set[str] = set()
         for feed in feeds:
             value = getattr(feed, what)
-            if value in seen and (what == "name" or live_target_format(value)):
+            key = value.rstrip("/") if what == "output" else value  # rtsp://r/x/ is rtsp://r/x
+            if key in seen and (what == "name" or live_target_format(value)):
                 raise StreamDerainError(f"{path}: two feeds have the {what} {value!r}")
-            seen.add(value)
+            seen.add(key)
     return feeds
 
 

@@ -66,6 +66,10 @@ def test_feeds_take_run_options_per_feed_and_name_what_is_wrong(tmp_path):
         '[[feed]]\nname="b"\nsource="t"\noutput="rtsp://r/x"\n': (
             "two feeds have the output 'rtsp://r/x'"
         ),
+        '[[feed]]\nname="a"\nsource="s"\noutput="rtsp://r/x"\n'
+        '[[feed]]\nname="b"\nsource="t"\noutput="rtsp://r/x/"\n': (
+            "two feeds have the output 'rtsp://r/x/'"
+        ),
         '[[feed]]\nname="a"\nsource="s"\noutput="o"\nreconnect_timeout="abc"\n': (
             "reconnect-timeout must be a number, got 'abc'"
         ),
