@@ -18,6 +18,7 @@ from pathlib import Path
 
 import av
 
+from streamderain.deinterlace import Deinterlacer
 from streamderain.errors import CannotOpen, InputError, NoVideoStream, reason
 from streamderain.frames import Frame, VideoInfo, eight_bits, pixel_bits, rgb_image
 from streamderain.live import RECORDING_SCHEMES, LiveClock, Outage, StopSignal, is_live, mask_url
@@ -308,7 +309,7 @@ class Decoder:
     def _video_frames(self) -> Iterator[Frame]:
         origin, deep, index = self.info.origin, self.info.bits > 8, 0
         frame_seconds, line = 1 / float(self.info.rate or 25), Continuity()
-        for position, vf in enumerate(self._from_start(origin)):
+        for position, vf in enumerate(Deinterlacer().frames(self._from_start(origin))):
             # a frame without a time (a raw .h264's) is where the encoder puts it: at the rate
             late = 0.0 if vf.time is None else line.late(vf.time, frame_seconds)
             keep = self._in_range(
@@ -339,7 +340,7 @@ class Decoder:
             self.clock.new_session()
             session_start = index
             try:
-                for vf in self._decoded(self._container):
+                for vf in Deinterlacer().frames(self._decoded(self._container)):
                     seconds = self.clock.seconds(vf.time)
                     pts = max(round(seconds / LIVE_TIME_BASE), last_pts + 1)
                     last_pts = pts

@@ -94,6 +94,36 @@ def make_clip(
     return pts
 
 
+def interlaced_clip(path: Path, n: int, size: tuple[int, int] = (160, 120)) -> None:
+    """``n`` frames of a bright bar moving 8 pixels a field, as an interlaced camera films it:
+    each frame's even lines from one moment, its odd lines from the next (H.264 field coding)."""
+
+    def moment(i: int) -> np.ndarray:
+        image = np.full((size[1], size[0], 3), 60, np.uint8)
+        image[:, (8 * i) % size[0] :][:, :24] = 230
+        return image
+
+    woven = []
+    for k in range(n):
+        image = moment(2 * k)
+        image[1::2] = moment(2 * k + 1)[1::2]
+        woven.append(image)
+    with av.open(str(path), "w") as out:
+        stream = h264_stream(out, size, 25)
+        stream.codec_context.flags |= (
+            av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
+        )
+        stream.codec_context.options = {"x264opts": "tff=1", "crf": "10"}
+        encode_frames(out, stream, woven)
+
+
+def combing(image: np.ndarray) -> float:
+    """How far each line is from the mean of its neighbours (grey levels): high where a frame's
+    two fields show a moving edge at two places, near 0 for a whole picture of vertical bars."""
+    grey = image.astype(np.float64).mean(axis=2)
+    return float(np.abs(grey[1:-1] - (grey[:-2] + grey[2:]) / 2).mean())
+
+
 def _write_tone(
     out: av.container.OutputContainer, stream, seconds: float, start_ms: int = 0
 ) -> None:

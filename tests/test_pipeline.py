@@ -23,10 +23,12 @@ from streamderain.pipeline import Stage
 from streamderain.targets import partial_path
 from tests.media import (
     clean_frames,
+    combing,
     decode_all,
     display_rotation,
     encode_frames,
     h264_stream,
+    interlaced_clip,
     make_clip,
     packets,
     rainy_frames,
@@ -981,6 +983,45 @@ def test_a_phone_video_written_as_frames_comes_out_upright(tmp_path):
     written = cv2.imread(str(tmp_path / "frames" / "frame-000001.png"))
     assert written.shape == (64, 48, 3)
     assert written[-8:].min() == 255 and written[:-8].max() == 0
+
+
+def test_an_interlaced_camera_comes_out_in_whole_pictures(tmp_path):
+    """Interlaced frames were derained and written as they were, flagged progressive: every
+    moving edge stayed a comb of two fields, on a screen that shows whole pictures."""
+    src, out = tmp_path / "interlaced.mp4", tmp_path / "out.mp4"
+    interlaced_clip(src, 20)
+    result = run_cli(src, out, "-q", "--temporal", "off")
+    assert result.returncode == 0, result.stderr
+    before, times_in, _ = decode_all(src)
+    after, times_out, _ = decode_all(out)
+    assert times_out == times_in
+    assert np.median([combing(i) for i in before]) > 5
+    assert np.median([combing(i) for i in after]) < 1
+
+
+def test_deinterlacing_keeps_every_frame_through_a_switch_and_a_new_size(tmp_path):
+    """A source may turn interlaced part way, or change its size: every frame comes out once, in
+    order, with its time and size; progressive frames before the switch pass as they were."""
+    from streamderain.deinterlace import Deinterlacer
+
+    interlaced_clip(tmp_path / "a.mp4", 6)
+    interlaced_clip(tmp_path / "b.mp4", 6, size=(96, 64))
+    make_clip(tmp_path / "p.mp4", clean_frames(4, (160, 120)))
+    frames = []
+    for name in ("p", "a", "b"):
+        with av.open(str(tmp_path / f"{name}.mp4")) as c:
+            frames += list(c.decode(video=0))
+    progressive = frames[:4]
+    frames[4:] = [f for f in frames[4:] if f.interlaced_frame]
+    assert len(frames) == 16
+    shifted = []  # one timeline: each clip after the one before
+    for i, f in enumerate(frames):
+        f.pts, f.time_base = i * 40, Fraction(1, 1000)
+        shifted.append((f.pts, f.width))
+    made = list(Deinterlacer().frames(frames))
+    assert [(f.pts, f.width) for f in made] == shifted
+    assert made[:4] == progressive
+    assert all(f.time_base == Fraction(1, 1000) and not f.interlaced_frame for f in made[4:])
 
 
 def test_a_cameras_sound_and_a_tag_that_is_not_utf8_do_not_stop_a_run(tmp_path):
