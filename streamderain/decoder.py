@@ -20,7 +20,7 @@ import av
 
 from streamderain.deinterlace import Deinterlacer
 from streamderain.errors import CannotOpen, InputError, NoVideoStream, reason
-from streamderain.frames import Frame, VideoInfo, eight_bits, pixel_bits, rgb_image
+from streamderain.frames import Frame, HdrLight, VideoInfo, eight_bits, pixel_bits, rgb_image
 from streamderain.live import RECORDING_SCHEMES, LiveClock, Outage, StopSignal, is_live, mask_url
 from streamderain.options import DecodeOptions
 from streamderain.pictures import PictureFolder
@@ -221,9 +221,8 @@ class Decoder:
 
     def _decoded(self, container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
         """Every frame that decodes; a corrupt packet is counted, then concealed, or left out
-        where it is a file's last, cut short (fed, it lost the frames decoding in threads).
-
-        A file whose container breaks mid-way ends there (with a warning), keeping what was
+        where it is a file's last, cut short (fed, it lost the frames decoding in threads). A
+        file whose container breaks mid-way ends there (with a warning), keeping what was
         decoded; a live source's read errors go up to the reconnect logic."""
         streams = [container.streams[self._video_index]]
         if self.sound is not None and self._audio_index is not None:
@@ -326,6 +325,7 @@ class Decoder:
                     eight_bits(image) if deep else image,
                     rotation=round(vf.rotation or 0),
                     deep=image if deep else None,
+                    hdr=HdrLight.of(vf) if deep else None,
                 )
                 index += 1
 

@@ -305,7 +305,9 @@ class Encoder(Stage):
                 path=str(self._tmp or self.name),
                 fmt=fmt,
                 codec=codec,
-                options=video_options(codec, o.crf, o.preset, live_rate, zero_latency=recording),
+                options=video_options(
+                    codec, o.crf, o.preset, live_rate, zero_latency=recording, hdr=first.hdr
+                ),
                 muxer=muxer_options(fmt) if recording else {},
                 info=self.info,
                 size=size,

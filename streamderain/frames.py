@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
@@ -95,6 +96,41 @@ def timeline_shift(start: float, origin: float, first: float | None) -> float:
 
 
 @dataclass(frozen=True)
+class HdrLight:
+    """HDR10's static metadata: the display a PQ video was graded on and its light levels. A
+    player maps the video onto its own screen by them; without them it guesses (often too dark)."""
+
+    mastering: tuple[int, ...] | None = None  # green, blue, red, white x/y in 1/50000; L in 1/10000
+    content: tuple[int, int] | None = None  # MaxCLL, MaxFALL in cd/m2
+
+    @classmethod
+    def of(cls, vf: av.VideoFrame) -> HdrLight | None:
+        """What a decoded frame carries of it (FFmpeg's side data), or None."""
+        wanted = ("MASTERING_DISPLAY_METADATA", "CONTENT_LIGHT_LEVEL")
+        sides = {sd.type.name: bytes(sd) for sd in vf.side_data if sd.type.name in wanted}
+        raw, light = (sides.get(name) for name in wanted)
+        mastering = None
+        if raw is not None and len(raw) >= 88 and all(struct.unpack_from("<2i", raw, 80)):
+            q = struct.unpack_from("<20i", raw)  # AVRationals: R, G, B, white x/y, min, max
+            value = [q[i] / q[i + 1] if q[i + 1] else 0.0 for i in range(0, 20, 2)]
+            xy = [round(v * 50000) for v in (*value[2:6], *value[0:2], *value[6:8])]
+            mastering = (*xy, round(value[9] * 10000), round(value[8] * 10000))
+        content = (
+            struct.unpack_from("<2I", light) if light is not None and len(light) >= 8 else None
+        )
+        return cls(mastering, content) if mastering or content else None
+
+    def x265_params(self) -> str:
+        """The same for x265 (``-x265-params``), which writes it into the HEVC stream."""
+        params = ["hdr10=1"]
+        if m := self.mastering:
+            params.append("master-display=G({},{})B({},{})R({},{})WP({},{})L({},{})".format(*m))
+        if self.content:
+            params.append("max-cll={},{}".format(*self.content))
+        return ":".join(params)
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     """What the encoder needs to know of the source to keep the output faithful to it."""
 
@@ -128,6 +164,7 @@ class Frame:
             keep names.
         deep: the source picture in 16 bits, where it has more than 8 a channel (10-bit HDR
             video): the encoder gives the result back the source's finer levels.
+        hdr: the HDR10 metadata of the video the frame is from, which the encoder keeps.
     """
 
     index: int
@@ -138,6 +175,7 @@ class Frame:
     rotation: int = 0
     name: str | None = None
     deep: np.ndarray | None = None
+    hdr: HdrLight | None = None
 
     @property
     def size(self) -> tuple[int, int]:

@@ -21,7 +21,7 @@ import ffmpeg
 import numpy as np
 
 from streamderain.errors import OutputError, reason
-from streamderain.frames import VideoInfo, timeline_shift, video_frame
+from streamderain.frames import HdrLight, VideoInfo, timeline_shift, video_frame
 from streamderain.live import mask_url
 from streamderain.sound import LiveSound
 from streamderain.streams import Beside, StreamCopier, remux
@@ -54,6 +54,7 @@ def video_options(
     preset: str | None,
     live_rate: float | None = None,
     zero_latency: bool = False,
+    hdr: HdrLight | None = None,
 ) -> dict[str, str]:
     """Quality settings that add no visible loss, whichever backend writes the file.
 
@@ -61,7 +62,8 @@ def video_options(
     no B-frames), so a recording cut short loses only what the muxer had not written yet
     (:func:`muxer_options`), not the encoder's 1 to 10 s of pending frames.
     With ``live_rate`` (a live publish): the same, a fast preset, and a keyframe every second so
-    a viewer joining late waits at most that long.
+    a viewer joining late waits at most that long. ``hdr``: the source's HDR10 metadata, which
+    x265 writes into the stream (other encoders have no place for it).
     """
     options = {}
     crf = crf if crf is not None else DEFAULT_CRF.get(codec)
@@ -69,8 +71,8 @@ def video_options(
         options["crf"] = str(crf)
     if codec in X26X:
         options["preset"] = preset or DEFAULT_PRESET
-    if codec == "libx265":
-        options["x265-params"] = "log-level=error"  # x265 prints its settings otherwise
+    if codec == "libx265":  # quiet: x265 prints its settings otherwise
+        options["x265-params"] = "log-level=error" + (f":{hdr.x265_params()}" if hdr else "")
     if codec == "libvpx-vp9":
         options.update({"b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"})
     if (zero_latency or live_rate) and codec in X26X:

@@ -185,6 +185,37 @@ def test_a_ten_bit_hdr_source_keeps_its_finer_levels(tmp_path, shared):
         assert b[80:].mean() < a[80:].mean() - 0.5, "the rain below the ramp is taken out"
 
 
+MASTERING = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50)"
+
+
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_an_hdr10_videos_mastering_display_and_light_levels_are_kept(tmp_path, encoder):
+    """A PQ video's mastering display and content light levels (HDR10's static metadata) were
+    dropped: players then map the picture onto their screens by guesswork."""
+    from streamderain.frames import HdrLight
+
+    src, out = tmp_path / "hdr10.mp4", tmp_path / "out.mp4"
+    with av.open(str(src), "w") as container:
+        v = container.add_stream("libx265", rate=25)
+        v.width, v.height, v.pix_fmt = 128, 96, "yuv420p10le"
+        v.options = {
+            "x265-params": f"hdr10=1:master-display={MASTERING}:max-cll=1000,400:log-level=error"
+        }
+        ctx = v.codec_context
+        ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range = 9, 9, 16, 1
+        encode_frames(container, v, clean_frames(3, (128, 96)))
+    result = run_cli(src, out, "-q", "--encoder", encoder)
+    assert result.returncode == 0, result.stderr
+    with av.open(str(out)) as c:
+        frame = next(c.decode(video=0))
+        assert c.streams.video[0].codec_context.color_trc == 16
+    kept = HdrLight.of(frame)
+    assert kept == HdrLight(
+        (13250, 34500, 7500, 3000, 34000, 16000, 15635, 16450, 10000000, 50), (1000, 400)
+    )
+    assert kept.x265_params() == f"hdr10=1:master-display={MASTERING}:max-cll=1000,400"
+
+
 @pytest.mark.parametrize("suffix", [".mkv", ".mov", ".webm"])
 def test_container_round_trips(tmp_path, shared, suffix):
     frames = clean_frames(6, (130, 98))
