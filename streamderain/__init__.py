@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from streamderain.errors import InputError, OutputError, StreamDerainError
+from streamderain.errors import InputError, ModelError, OutputError, StreamDerainError
 from streamderain.options import DecodeOptions, EncodeOptions, ModelOptions, RunOptions
 
 if TYPE_CHECKING:
@@ -16,6 +16,7 @@ __all__ = [
     "Derainer",
     "EncodeOptions",
     "InputError",
+    "ModelError",
     "ModelOptions",
     "OutputError",
     "RunOptions",

@@ -318,7 +318,9 @@ def _run_batch(
             return run_local(jobs, options, report, workers, threads)
 
 
-@main.command()
+@main.command(
+    context_settings={"default_map": {"reconnect_timeout": 0.0}}
+)  # a camera is waited for
 @click.argument("feeds_file", metavar="FEEDS.toml", type=click.Path(dir_okay=False))
 @click.option(
     "--threads",
@@ -342,9 +344,7 @@ def _run_batch(
     help="local (start Ray here), auto, or ray://HOST:10001.",
 )
 @flags.run_options("model", "encode", "range", "live", "verbosity")
-@click.pass_context
 def feeds(
-    ctx: click.Context,
     feeds_file: str,
     threads: int | None,
     per_gpu: int,
@@ -366,8 +366,6 @@ def feeds(
     from streamderain.feeds import read_feeds
 
     flags.setup_logging(verbose, quiet)
-    if ctx.get_parameter_source("reconnect_timeout") is click.core.ParameterSource.DEFAULT:
-        params["reconnect_timeout"] = 0.0  # a camera is waited for, however long it is away
     with flags.one_line_errors(verbose):
         options = flags.options_from(params)
         try:

@@ -196,7 +196,9 @@ _OVERWRITE = [
     )
 ]
 _VERBOSITY = [
-    click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary."),
+    click.option(
+        "-q", "--quiet", is_flag=True, help="Errors only: no progress bar, summary or warnings."
+    ),
     click.option("-v", "--verbose", is_flag=True, help="Debug logging; tracebacks on errors."),
 ]
 _GROUPS = {

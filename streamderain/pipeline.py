@@ -116,7 +116,7 @@ class Stats:
             text += f"; {self.dropped} frames dropped to keep up with the live source"
         if self.reconnects:
             text += f"; {self.reconnects} reconnects"
-        return text
+        return f"interrupted: {text}" if self.interrupted else text
 
 
 def _yield_cpu() -> None:

@@ -233,7 +233,7 @@ def test_an_option_of_the_wrong_kind_is_named_before_any_work(values):
 def test_the_api_names_the_options_it_takes(media, tmp_path):
     """A model name or the wrong options object was an AttributeError from deep inside; one
     group of options stands beside the others' defaults, and a Derainer is a runner."""
-    from streamderain import Derainer, StreamDerainError, derain_video
+    from streamderain import Derainer, ModelError, StreamDerainError, derain_video
     from streamderain.errors import UsageError
     from streamderain.options import ModelOptions, RunOptions
 
@@ -255,8 +255,9 @@ def test_the_api_names_the_options_it_takes(media, tmp_path):
     with pytest.raises(TypeError, match="takes DecodeOptions, got ModelOptions"):
         RunOptions(decode=ModelOptions())
     # a model name mistyped was no StreamDerainError (the command line caught it apart)
-    with pytest.raises(StreamDerainError, match="dcsfn-lite-hevy"):
+    with pytest.raises(ModelError, match="dcsfn-lite-hevy") as raised:
         Derainer(model="dcsfn-lite-hevy")
+    assert isinstance(raised.value, StreamDerainError)
 
 
 def test_numpy_numbers_are_options_of_their_kind():

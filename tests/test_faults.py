@@ -224,6 +224,7 @@ def test_the_callers_stop_event_is_watched_never_set(tmp_path, runner):
     stop.set()
     stats = derain_video(src, tmp_path / "c.mp4", runner=runner, stop=stop)
     assert stats.interrupted and stats.frames == 0
+    assert stats.summary().startswith("interrupted: 0 frames")  # its summary said nothing of it
 
 
 def test_frames_written_to_the_current_folder_leave_it_in_place(tmp_path, monkeypatch):

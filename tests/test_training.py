@@ -775,9 +775,10 @@ def test_the_training_command_answers_bad_input_in_one_line(
     kept.write_bytes(b"the user's file")
     for case, (args, message) in cases.items():
         result = runner.invoke(main, args)
-        last = result.output.strip().splitlines()[-1]
-        assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit), case
-        assert last.startswith("Error:") and message in last, (case, result.output)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), case
+        assert len(lines) == 1 and lines[0].startswith("Error:"), (case, result.output)
+        assert message in lines[0], (case, result.output)
     assert kept.read_bytes() == b"the user's file"
     result = runner.invoke(main, ["average", "dcsfn-lite", "dcsfn-lite", "-y", "--out", "kept.pt"])
     assert result.exit_code == 0, result.output

@@ -278,3 +278,14 @@ def test_unreadable_pictures_of_a_folder_are_skipped_and_said(tmp_path):
     assert sorted(p.name for p in (tmp_path / "clean").iterdir()) == ["2.png", "4.png"]
     said = [line for line in result.stderr.splitlines() if "not a readable image: skipped" in line]
     assert len(said) == 2 and "1.png" in said[0] and "3.png" in said[1]
+
+
+def test_feeds_wait_for_a_camera_however_long_it_is_away() -> None:
+    """``feeds --help`` said a feed gives up after 30 s by default, where it never gives up."""
+    from streamderain.cli import feeds
+
+    ctx = feeds.make_context("feeds", ["feeds.toml"])
+    assert ctx.params["reconnect_timeout"] == 0.0
+    assert "giving up (0: never).  [default: 0.0]" in " ".join(feeds.get_help(ctx).split("\n"))
+    asked = feeds.make_context("feeds", ["feeds.toml", "--reconnect-timeout", "5"])
+    assert asked.params["reconnect_timeout"] == 5.0

@@ -322,9 +322,9 @@ def real_rain(models: tuple[str, ...], flip_average: bool, int8: bool, data_root
 def _new_out(ctx: click.Context, param: click.Parameter, path: Path) -> Path:
     """Refused before any work: a missing folder, or a file there without ``-y``."""
     if not path.parent.is_dir():
-        raise click.BadParameter(f"{path.parent}: no such folder")
+        raise click.ClickException(f"--out {path}: {path.parent}: no such folder")
     if path.exists() and not ctx.meta.get("overwrite"):
-        raise click.BadParameter(f"{path} exists (pass -y to overwrite)")
+        raise click.ClickException(f"--out {path}: exists (pass -y to overwrite)")
     return path
 
 

@@ -373,12 +373,12 @@ def main(
     davis = tuple(p for p in davis_presets.split(",") if p)
     unknown = sorted(set(fixed + davis) - set(PRESETS))
     if unknown:
-        raise click.BadParameter(
-            f"unknown rain preset(s) {', '.join(unknown)}; known: {', '.join(PRESETS)}",
-            param_hint="--fixed-presets/--davis-presets",
+        raise click.ClickException(
+            f"--fixed-presets/--davis-presets: unknown rain preset(s) {', '.join(unknown)}; "
+            f"known: {', '.join(PRESETS)}"
         )
     if json_path is not None and not json_path.absolute().parent.is_dir():  # found after the work
-        raise click.BadParameter(f"{json_path.parent} is no folder", param_hint="--json")
+        raise click.ClickException(f"--json: {json_path.parent} is no folder")
     try:
         todo = clips(data_root, frames, davis_frames, fixed, davis)
     except DatasetError as e:
