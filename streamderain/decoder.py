@@ -25,7 +25,7 @@ from streamderain.live import RECORDING_SCHEMES, LiveClock, Outage, StopSignal, 
 from streamderain.options import DecodeOptions
 from streamderain.pictures import PictureFolder
 from streamderain.sound import LiveSound
-from streamderain.streams import Continuity, file_origin, heard_audio, shown_video
+from streamderain.streams import Continuity, file_origin, frame_rate, heard_audio, shown_video
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Decoder:
             width=ctx.width,
             height=ctx.height,
             time_base=LIVE_TIME_BASE if self.live else stream.time_base or Fraction(1, 90_000),
-            rate=stream.average_rate or stream.guessed_rate,
+            rate=frame_rate(stream),
             frames=None if self.live else stream.frames or None,
             color_range=ctx.color_range,
             colorspace=ctx.colorspace,

@@ -13,6 +13,7 @@ import io
 import logging
 import shutil
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +22,8 @@ import av
 from streamderain.errors import OutputError, reason
 from streamderain.live import CLOCK_JUMP_BACK
 from streamderain.targets import LIVE_OUTPUTS
+
+MAX_RATE = 1000  # frames a second: a slow-motion camera's most (phones save 960 as 30)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,14 @@ def shown_video(container: av.container.InputContainer) -> av.video.stream.Video
     ]
     best = container.streams.best("video")
     return best if best in moving else next(iter(moving), None)
+
+
+def frame_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
+    """The video's frames a second: its average, unless that is past any camera's (FFmpeg 8
+    reads a DV tape's as 60,000, its clock's ticks, and MP4 then refused the file at its end);
+    then FFmpeg's guess from the stream, as its own command line takes."""
+    average = stream.average_rate
+    return average if average and average <= MAX_RATE else stream.guessed_rate
 
 
 def heard_audio(container: av.container.InputContainer) -> av.audio.stream.AudioStream | None:

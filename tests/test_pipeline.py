@@ -1055,6 +1055,20 @@ def test_deinterlacing_keeps_every_frame_through_a_switch_and_a_new_size(tmp_pat
     assert all(f.time_base == Fraction(1, 1000) and not f.interlaced_frame for f in made[4:])
 
 
+def test_a_dv_tape_is_written_at_its_frame_rate(tmp_path):
+    """FFmpeg 8 gives a DV file's average rate as its clock's 60,000 ticks a second: the run
+    derained every frame, then MP4 refused the file at its end ("Invalid argument")."""
+    src = tmp_path / "tape.dv"
+    with av.open(str(src), "w", format="dv") as out:
+        stream = out.add_stream("dvvideo", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 720, 576, "yuv420p"
+        encode_frames(out, stream, clean_frames(2, (720, 576)))
+    result = run_cli(src, tmp_path / "out.mp4", "-q")
+    assert result.returncode == 0, result.stderr
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert c.streams.video[0].average_rate == 25 and c.streams.video[0].frames == 2
+
+
 def test_a_cameras_sound_and_a_tag_that_is_not_utf8_do_not_stop_a_run(tmp_path):
     """An IP camera's G.711 sound does not fit Matroska as it is (the run failed at its
     output; now FLAC, lossless), and one tag that is not UTF-8 failed every run of the file."""
