@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import logging
 import os
 import shutil
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from streamderain.errors import OutputError, reason
-from streamderain.frames import (
-    Batch,
-    Frame,
-    VideoInfo,
-    timeline_shift,
-    upright,
-    with_fine_bits,
-)
+from streamderain.frames import Batch, Frame, VideoInfo, timeline_shift, upright, with_fine_bits
 from streamderain.live import mask_url
 from streamderain.options import EncodeOptions
 from streamderain.pictures import DEEP_PICTURES, FolderWriter, PictureWriter
@@ -43,11 +35,11 @@ from streamderain.targets import (
     encoder_name,
     is_folder_target,
     is_picture_target,
+    keep_killed_run,
     live_target_format,
     lock_partial,
     mark_redoable,
     partial_path,
-    redoable,
     replace_folder,
 )
 from streamderain.writers import (
@@ -72,7 +64,8 @@ SOUND_WRITER = "PyAV's writer, --encoder pyav, takes it; srt:// goes through ffm
 
 
 class Encoder(Stage):
-    """The pipeline's last stage: sets itself up from the first frame and rejects any that differ.
+    """The pipeline's last stage: sets itself up from the first frame, and scales a video's
+    frames of another size to it.
 
     A live output (``rtsp://``, ``rtmp://``, ``udp://``, ``srt://``) is published as frames
     come, with low-latency settings, paced by the source timestamps when the source is a file.
@@ -121,6 +114,7 @@ class Encoder(Stage):
         self._writing_since: float | None = None  # a live output's write under way, since
         self._pace: tuple[float, float] | None = None  # (wall clock, source seconds) at start
         self._size: tuple[int, int] | None = None
+        self._scaled = False  # a frame of another size met, and said
         self._writer: Writer | None = None
         self._deep = False  # writing 10 bits a channel, from frames that carry their deep source
         self._last_pts: int | None = None
@@ -130,7 +124,8 @@ class Encoder(Stage):
         self._held: int | None = None  # the partial output file, open and locked while written
         if self._tmp is not None and self._tmp.exists():
             killed = self._lock()  # refused while another run writes it
-            self._clear_killed_run()
+            if not keep_killed_run(self._tmp, self.target, self.folder, self.info.live):
+                self._discard()
             if killed is not None:
                 os.close(killed)
         self._held = self._lock()
@@ -174,27 +169,6 @@ class Encoder(Stage):
             held, self._held = self._held, None
             os.close(held)
 
-    def _clear_killed_run(self) -> None:
-        """A killed run's partial output: from a file it is redone, so it goes; from a live
-        source (whichever run comes next) it cannot be, so it is kept beside the target (it
-        plays up to its last second)."""
-        # killed before a frame
-        empty = not (any(self._tmp.iterdir()) if self.folder else self._tmp.stat().st_size)
-        noted = redoable(self._tmp)  # None where the file system keeps no notes: this run's kind
-        if empty or (noted if noted is not None else not self.info.live):
-            if not empty:
-                log.warning("removing %s, left by a run that was killed", self._tmp)
-            self._discard()
-            return
-        cut = datetime.fromtimestamp(self._tmp.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
-        kept = self.target.with_name(f"{self.target.stem}-cut-{cut}{self.target.suffix}")
-        for n in itertools.count(2):
-            if not kept.exists():
-                break
-            kept = kept.with_name(f"{self.target.stem}-cut-{cut}-{n}{self.target.suffix}")
-        os.replace(self._tmp, kept)
-        log.warning("kept %s, a recording cut short when its run was killed", kept)
-
     def describe(self) -> str:
         """One line on what is written, for the banner of ``-v``."""
         o = self.options
@@ -233,11 +207,7 @@ class Encoder(Stage):
         if self._writer is None:
             self._open(frame, image.shape[:2])
         elif image.shape[:2] != self._size and not self.folder:  # pictures keep their sizes
-            raise OutputError(
-                f"{self.name}: frame {frame.index} is {image.shape[1]}x{image.shape[0]}, "
-                f"the video is {self._size[1]}x{self._size[0]} (a video has one size; write "
-                "pictures of several sizes to a folder)"
-            )
+            image = self._fitted(frame, image)
         pts = frame.pts
         if pts is None:  # a frame of a source without timestamps: placed by its index
             pts = round(frame.index / (float(self.info.rate or 25) * frame.time_base))
@@ -260,6 +230,24 @@ class Encoder(Stage):
         except OutputError as exc:
             raise OutputError(f"{self.name}: {exc}") from None
         self.frames_written += 1
+
+    def _fitted(self, frame: Frame, image: np.ndarray) -> np.ndarray:
+        """A video's frame of another size scaled to the output's, as FFmpeg's command line
+        does (a broadcast recording's SD advert between HD programmes), and said once. A
+        folder's pictures are not one video: one of another size is refused."""
+        (h, w), size = self._size, f"frame {frame.index} is {image.shape[1]}x{image.shape[0]}"
+        if frame.name is not None:
+            raise OutputError(
+                f"{self.name}: {size}, the video is {w}x{h} (a video has one size; write "
+                "pictures of several sizes to a folder)"
+            )
+        if not self._scaled:
+            log.warning("%s: %s, the video %dx%d: scaled to it from here on", self.name, size, w, h)
+            self._scaled = True
+        shrink = image.shape[0] * image.shape[1] > w * h
+        return cv2.resize(
+            image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+        )
 
     def _wait_for(self, seconds: float) -> None:
         """Publish a file's frames at the pace of their timestamps, as a camera would."""

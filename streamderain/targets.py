@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import os
 import shutil
 import threading
+from datetime import datetime
 from pathlib import Path
 
 try:
@@ -221,6 +223,27 @@ def redoable(path: Path) -> bool | None:
         return os.getxattr(path, REDOABLE) == b"1"
     except (OSError, AttributeError):
         return None
+
+
+def keep_killed_run(partial: Path, target: Path, folder: bool, live: bool) -> bool:
+    """Whether a killed run's partial output is kept. From a file it is redone, so it is not (the
+    caller removes it); from a live source (whichever run comes next) it cannot be, so it is
+    moved beside the target, where it plays up to its last second."""
+    empty = not (any(partial.iterdir()) if folder else partial.stat().st_size)  # killed at once
+    noted = redoable(partial)  # None where the file system keeps no notes: this run's kind
+    if empty or (noted if noted is not None else not live):
+        if not empty:
+            log.warning("removing %s, left by a run that was killed", partial)
+        return False
+    cut = datetime.fromtimestamp(partial.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
+    kept = target.with_name(f"{target.stem}-cut-{cut}{target.suffix}")
+    for n in itertools.count(2):
+        if not kept.exists():
+            break
+        kept = kept.with_name(f"{target.stem}-cut-{cut}-{n}{target.suffix}")
+    os.replace(partial, kept)
+    log.warning("kept %s, a recording cut short when its run was killed", kept)
+    return True
 
 
 def replace_folder(frames: Path, target: Path) -> None:

@@ -1069,6 +1069,31 @@ def test_a_dv_tape_is_written_at_its_frame_rate(tmp_path):
         assert c.streams.video[0].average_rate == 25 and c.streams.video[0].frames == 2
 
 
+def test_a_recording_whose_frame_size_changes_comes_out_whole_at_its_first_size(tmp_path):
+    """A broadcast recording changes size where an SD advert sits between HD programmes: the
+    run stopped there ("a video has one size") and kept the first part only."""
+    src = tmp_path / "channel.ts"
+    with src.open("wb") as joined:  # two MPEG-TS recordings end to end, as a recorder cuts them
+        for part, (size, first) in enumerate((((160, 120), 0), ((320, 240), 5))):
+            path = tmp_path / f"{part}.ts"
+            with av.open(str(path), "w", format="mpegts") as out:
+                stream = out.add_stream("mpeg2video", rate=25)
+                stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+                for i, image in enumerate(clean_frames(5, size)):
+                    vf = av.VideoFrame.from_ndarray(image, format="rgb24")
+                    vf.pts, vf.time_base = first + i, Fraction(1, 25)
+                    out.mux(stream.encode(vf))
+                out.mux(stream.encode(None))
+            joined.write(path.read_bytes())
+    read, _, _ = decode_all(src)
+    result = run_cli(src, tmp_path / "out.mkv", "--temporal", "off")
+    assert result.returncode == 0, result.stderr
+    assert "is 320x240, the video 160x120: scaled to it" in result.stderr
+    written, _, _ = decode_all(tmp_path / "out.mkv")
+    assert len(written) == len(read) and {i.shape for i in written} == {(120, 160, 3)}
+    assert 90 < written[-1].mean() < 170  # the picture, scaled, not a blank frame
+
+
 def test_a_cameras_sound_and_a_tag_that_is_not_utf8_do_not_stop_a_run(tmp_path):
     """An IP camera's G.711 sound does not fit Matroska as it is (the run failed at its
     output; now FLAC, lossless), and one tag that is not UTF-8 failed every run of the file."""
