@@ -20,7 +20,7 @@ import av
 
 from streamderain.deinterlace import Deinterlacer
 from streamderain.errors import CannotOpen, InputError, NoVideoStream, reason
-from streamderain.frames import Frame, HdrLight, VideoInfo, eight_bits, pixel_bits, rgb_image
+from streamderain.frames import Frame, VideoInfo, decoded_frame, pixel_bits
 from streamderain.live import RECORDING_SCHEMES, LiveClock, Outage, StopSignal, is_live, mask_url
 from streamderain.options import DecodeOptions
 from streamderain.pictures import PictureFolder
@@ -317,16 +317,8 @@ class Decoder:
             if keep is None:
                 return
             if keep:
-                image = rgb_image(vf, deep)
-                yield Frame(
-                    index,
-                    None if vf.pts is None else vf.pts + round(late / vf.time_base),
-                    vf.time_base or self.info.time_base,
-                    eight_bits(image) if deep else image,
-                    rotation=round(vf.rotation or 0),
-                    deep=image if deep else None,
-                    hdr=HdrLight.of(vf) if deep else None,
-                )
+                pts = None if vf.pts is None else vf.pts + round(late / vf.time_base)
+                yield decoded_frame(vf, index, pts, vf.time_base or self.info.time_base, deep)
                 index += 1
 
     def _live_frames(self) -> Iterator[Frame]:
@@ -346,8 +338,7 @@ class Decoder:
                     last_pts = pts
                     if self.end is not None and seconds >= self.end - self.start:
                         return
-                    image = rgb_image(vf)
-                    yield Frame(index, pts, LIVE_TIME_BASE, image)
+                    yield decoded_frame(vf, index, pts, LIVE_TIME_BASE)
                     index += 1
                 why = "the stream ended"
             except (av.error.FFmpegError, OSError) as exc:

@@ -11,28 +11,34 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 
 from streamderain.errors import OutputError, reason
-from streamderain.frames import Batch, Frame, VideoInfo, timeline_shift, upright, with_fine_bits
+from streamderain.frames import (
+    Batch,
+    Frame,
+    VideoInfo,
+    resized,
+    timeline_shift,
+    upright,
+    with_alpha,
+    with_fine_bits,
+)
 from streamderain.live import mask_url
 from streamderain.options import EncodeOptions
-from streamderain.pictures import DEEP_PICTURES, FolderWriter, PictureWriter
+from streamderain.pictures import ALPHA_PICTURES, DEEP_PICTURES, FolderWriter, PictureWriter
 from streamderain.pipeline import Stage
 from streamderain.sound import LiveSound
 from streamderain.streams import has_sound
 from streamderain.targets import (
-    CONTAINERS,
     check_muxer,
     check_target,
-    encoder_name,
+    format_and_codec,
     is_folder_target,
     is_picture_target,
     keep_killed_run,
@@ -40,10 +46,10 @@ from streamderain.targets import (
     lock_partial,
     mark_redoable,
     partial_path,
+    remove_partial,
     replace_folder,
 )
 from streamderain.writers import (
-    DEEP_CODEC,
     X26X,
     FFmpegWriter,
     OutputSettings,
@@ -114,7 +120,7 @@ class Encoder(Stage):
         self._writing_since: float | None = None  # a live output's write under way, since
         self._pace: tuple[float, float] | None = None  # (wall clock, source seconds) at start
         self._size: tuple[int, int] | None = None
-        self._scaled = False  # a frame of another size met, and said
+        self._said: set[str] = set()  # warnings given once a run (:meth:`_say_once`)
         self._writer: Writer | None = None
         self._deep = False  # writing 10 bits a channel, from frames that carry their deep source
         self._last_pts: int | None = None
@@ -180,16 +186,7 @@ class Encoder(Stage):
         return f"{self.name}: {fmt}, {codec}{bits}{quality}, written by {o.encoder}"
 
     def _format_and_codec(self) -> tuple[str, str]:
-        """The FFmpeg format and the video codec: the user's, else the container's default, and
-        for a file from a source of more than 8 bits HEVC, which keeps 10 where phones' HDR
-        video plays."""
-        chosen = encoder_name(self.options.codec) if self.options.codec else None
-        if self.live_format:
-            return self.live_format, chosen or "libx264"
-        fmt, codec = CONTAINERS[self.target.suffix.lower()]
-        if chosen:
-            return fmt, chosen
-        return fmt, DEEP_CODEC if self.info.bits > 8 and codec == "libx264" else codec
+        return format_and_codec(self.target, self.live_format, self.options.codec, self.info.bits)
 
     def _deep_output(self, codec: str) -> bool:
         """Whether a video file is written at 10 bits a channel, as its source had more than 8."""
@@ -222,6 +219,8 @@ class Encoder(Stage):
             self._wait_for(float(pts * frame.time_base))
         if self._deep and frame.deep is not None and frame.deep.shape == image.shape:
             image = with_fine_bits(image, frame.deep)
+        if frame.alpha is not None:
+            image = self._with_alpha(image, frame.alpha)
         if self.folder or self.picture:  # no display rotation: a phone's video turned upright
             image = upright(image, frame.rotation)
         try:
@@ -233,21 +232,30 @@ class Encoder(Stage):
 
     def _fitted(self, frame: Frame, image: np.ndarray) -> np.ndarray:
         """A video's frame of another size scaled to the output's, as FFmpeg's command line
-        does (a broadcast recording's SD advert between HD programmes), and said once. A
-        folder's pictures are not one video: one of another size is refused."""
+        does (a broadcast recording's SD advert between HD programmes); a folder's picture of
+        another size is refused, as a folder is no video."""
         (h, w), size = self._size, f"frame {frame.index} is {image.shape[1]}x{image.shape[0]}"
         if frame.name is not None:
             raise OutputError(
                 f"{self.name}: {size}, the video is {w}x{h} (a video has one size; write "
                 "pictures of several sizes to a folder)"
             )
-        if not self._scaled:
-            log.warning("%s: %s, the video %dx%d: scaled to it from here on", self.name, size, w, h)
-            self._scaled = True
-        shrink = image.shape[0] * image.shape[1] > w * h
-        return cv2.resize(
-            image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
-        )
+        self._say_once("scaled", f"{size}, the video {w}x{h}: scaled to it from here on")
+        return resized(image, (h, w))
+
+    def _with_alpha(self, image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """The source's transparency kept where the output holds it (a folder's PNGs, a PNG,
+        TIFF or WebP picture)."""
+        keeps = self.folder or (self.picture and self.target.suffix.lower() in ALPHA_PICTURES)
+        if keeps and alpha.shape == image.shape[:2]:
+            return with_alpha(image, alpha)
+        self._say_once("alpha", "the source's transparency is left out (PNG, TIFF, WebP keep it)")
+        return image
+
+    def _say_once(self, kind: str, warning: str) -> None:
+        if kind not in self._said:
+            self._said.add(kind)
+            log.warning("%s: %s", self.name, warning)
 
     def _wait_for(self, seconds: float) -> None:
         """Publish a file's frames at the pace of their timestamps, as a camera would."""
@@ -359,10 +367,6 @@ class Encoder(Stage):
                 writer.close()
             except Exception:  # the file is being thrown away
                 log.debug("closing a discarded output failed", exc_info=True)
-        if self._tmp is None:
-            return
-        if self._tmp.is_dir():
-            shutil.rmtree(self._tmp)
-        elif self._tmp.exists():
-            self._tmp.unlink()
-        self._unlock()
+        if self._tmp is not None:
+            remove_partial(self._tmp)
+            self._unlock()

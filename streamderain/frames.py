@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 from av.video.reformatter import Interpolation
 
@@ -24,6 +25,34 @@ def rgb_image(vf: av.VideoFrame, deep: bool = False) -> np.ndarray:
     """H x W x 3 RGB, converted with the frame's own matrix and range: uint8, or with ``deep``
     uint16 (for sources of more than 8 bits a channel)."""
     return vf.to_ndarray(format="rgb48le" if deep else "rgb24", interpolation=_TO_RGB)
+
+
+def transparency(vf: av.VideoFrame, deep: bool = False) -> np.ndarray | None:
+    """The frame's alpha plane (uint8, or uint16 with ``deep``) where it is not opaque all over:
+    a logo's PNG, a palette's clear colour; None for the usual video."""
+    if vf.format.name != "pal8" and not any(c.is_alpha for c in vf.format.components):
+        return None
+    alpha = vf.to_ndarray(format="rgba64le" if deep else "rgba")[..., 3]
+    return None if alpha.min() == np.iinfo(alpha.dtype).max else np.ascontiguousarray(alpha)
+
+
+def decoded_frame(
+    vf: av.VideoFrame, index: int, pts: int | None, time_base: Fraction, deep: bool = False
+) -> Frame:
+    """A decoded picture as the pipeline carries it: RGB in 8 bits, the model's, and with
+    ``deep`` the source's 16-bit picture too; its display rotation, transparency and HDR10
+    metadata, which the encoder keeps."""
+    image = rgb_image(vf, deep)
+    return Frame(
+        index,
+        pts,
+        time_base,
+        eight_bits(image) if deep else image,
+        rotation=round(vf.rotation or 0),
+        deep=image if deep else None,
+        hdr=HdrLight.of(vf) if deep else None,
+        alpha=transparency(vf, deep),
+    )
 
 
 def pixel_bits(pix_fmt: str | None) -> int:
@@ -61,6 +90,22 @@ def video_frame(
     # encoders such as libvpx then write that tag: say nothing where the source said nothing.
     out.color_range = color_range
     return out
+
+
+def resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` scaled to ``size`` (height, width): by area where it shrinks, bicubic where it
+    grows."""
+    shrink = image.shape[0] * image.shape[1] > size[0] * size[1]
+    return cv2.resize(
+        image, size[::-1], interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+    )
+
+
+def with_alpha(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """RGBA of an RGB picture and its alpha plane, the alpha brought to the picture's bits."""
+    if alpha.dtype != image.dtype:  # a 16-bit source's picture written in 8 bits, or the other way
+        alpha = eight_bits(alpha) if alpha.dtype == np.uint16 else alpha.astype(np.uint16) * 257
+    return np.dstack([image, alpha])
 
 
 def upright(image: np.ndarray, rotation: float) -> np.ndarray:
@@ -165,6 +210,8 @@ class Frame:
         deep: the source picture in 16 bits, where it has more than 8 a channel (10-bit HDR
             video): the encoder gives the result back the source's finer levels.
         hdr: the HDR10 metadata of the video the frame is from, which the encoder keeps.
+        alpha: the source's transparency (H x W), where it has some: pictures that hold it
+            (PNG, TIFF, WebP) keep it.
     """
 
     index: int
@@ -176,6 +223,7 @@ class Frame:
     name: str | None = None
     deep: np.ndarray | None = None
     hdr: HdrLight | None = None
+    alpha: np.ndarray | None = None
 
     @property
     def size(self) -> tuple[int, int]:

@@ -24,8 +24,9 @@ from training.data import IMAGE_SUFFIXES, list_images
 log = logging.getLogger(__name__)
 
 IMAGE_FOLDER_RATE = Fraction(25)
-# picture formats that hold 16 bits a channel
+# picture formats that hold 16 bits a channel, and those that hold transparency
 DEEP_PICTURES = (".png", ".tif", ".tiff")
+ALPHA_PICTURES = (".png", ".tif", ".tiff", ".webp")
 
 
 def folder_pictures(folder: Path) -> list[Path]:
@@ -93,9 +94,11 @@ class PictureFolder:
             if keep is None:
                 return
             if keep and (image := _readable(path)) is not None:
+                alpha = np.ascontiguousarray(image[..., 3]) if image.shape[2] == 4 else None
+                image = np.ascontiguousarray(image[..., :3])
                 deep = image if image.dtype == np.uint16 else None
                 image = image if deep is None else eight_bits(deep)
-                yield Frame(index, pts, tb, image, name=self.names[path], deep=deep)
+                yield Frame(index, pts, tb, image, name=self.names[path], deep=deep, alpha=alpha)
                 index += 1
 
 
@@ -110,18 +113,29 @@ def _readable(path: Path) -> np.ndarray | None:
 
 
 def read_picture(path: Path) -> np.ndarray:
-    """A picture as RGB, 8 bits a channel, or 16 where it has them (a scan, a raw develop)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    """A picture as RGB, 8 bits a channel, or 16 where it has them (a scan, a raw develop), and
+    as RGBA where it is not opaque all over (a PNG, TIFF or WebP logo)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)  # turned by its EXIF
     if image is None:
         raise InputError(f"{path}: not a readable image")
     if image.dtype not in (np.uint8, np.uint16):  # a float TIFF or EXR
         raise InputError(f"{path}: {image.dtype} pixels; streamderain reads 8 or 16 bits")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if path.suffix.lower() not in ALPHA_PICTURES:
+        return rgb
+    whole = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # the alpha, which IMREAD_COLOR drops
+    if whole is None or whole.ndim != 3 or whole.shape != (*rgb.shape[:2], 4):
+        return rgb
+    alpha = whole[..., 3]
+    if alpha.dtype != rgb.dtype or alpha.min() == np.iinfo(alpha.dtype).max:  # opaque all over
+        return rgb
+    return np.dstack([rgb, alpha])
 
 
 def write_picture(path: Path, image: np.ndarray) -> None:
-    """An RGB picture, in the format its name says."""
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+    """An RGB or RGBA picture, in the format its name says."""
+    to_bgr = cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, to_bgr)):
         raise OutputError(f"{path}: cannot write image")
 
 

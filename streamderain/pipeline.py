@@ -106,7 +106,8 @@ class Stats:
         shares = ", ".join(
             f"{name} {100 * t / self.wall:.0f}%" for name, t in self.busy.items() if self.wall > 0
         )
-        text = f"{self.frames} frames in {self.wall:.1f} s ({self.fps:.2f} fps)"
+        frames = "1 frame" if self.frames == 1 else f"{self.frames} frames"
+        text = f"{frames} in {self.wall:.1f} s ({self.fps:.2f} fps)"
         if self.setup >= 0.05:
             text += f", after {self.setup:.1f} s opening the input and loading the model"
         text += f"; busy: {shares}; peak memory {self.peak_rss_mb:.0f} MB"

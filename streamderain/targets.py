@@ -41,6 +41,9 @@ VIDEO_SUFFIXES = {
     *".avi .ts .mts .m2ts .mpg .mpeg .vob .flv .wmv .asf .3gp .ogv .dv .mxf .h264 .h265".split(),
 }
 # live output scheme -> FFmpeg format
+# The codec for a file from a source of more than 8 bits: HEVC is what phones record HDR video
+# in, and it plays where they play (H.264's 10-bit profile plays in far fewer places).
+DEEP_CODEC = "libx265"
 LIVE_OUTPUTS: dict[str, str] = {"rtsp": "rtsp", "rtmp": "flv", "udp": "mpegts", "srt": "mpegts"}
 
 
@@ -116,6 +119,21 @@ def encoder_name(codec: str) -> str:
         return av.Codec(codec, "w").name
     except ValueError:  # the ffmpeg binary's to know (--encoder ffmpeg)
         return codec
+
+
+def format_and_codec(
+    target: Path, live_format: str | None, codec: str | None, bits: int
+) -> tuple[str, str]:
+    """The FFmpeg format and video codec of an output: the user's ``codec``, else the
+    container's default, and for a file from a source of more than 8 ``bits`` HEVC, which keeps
+    10 where phones' HDR video plays."""
+    chosen = encoder_name(codec) if codec else None
+    if live_format:
+        return live_format, chosen or "libx264"
+    fmt, default = CONTAINERS[target.suffix.lower()]
+    if chosen:
+        return fmt, chosen
+    return fmt, DEEP_CODEC if bits > 8 and default == "libx264" else default
 
 
 def check_muxer(fmt: str, codec: str, options: dict[str, str], pix_fmt: str) -> None:
@@ -244,6 +262,14 @@ def keep_killed_run(partial: Path, target: Path, folder: bool, live: bool) -> bo
     os.replace(partial, kept)
     log.warning("kept %s, a recording cut short when its run was killed", kept)
     return True
+
+
+def remove_partial(path: Path) -> None:
+    """A partial output thrown away: a file, or a folder of frames."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def replace_folder(frames: Path, target: Path) -> None:

@@ -43,9 +43,6 @@ DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 30}
 DEFAULT_PRESET = "fast"
 # x264 and x265: they cannot subsample odd sizes, and they write 10 bits a channel.
 X26X = ("libx264", "libx265")
-# The codec for a file from a source of more than 8 bits: HEVC is what phones record HDR video
-# in, and it plays where they play (H.264's 10-bit profile plays in far fewer places).
-DEEP_CODEC = "libx265"
 
 
 def video_options(

@@ -95,6 +95,32 @@ def test_sixteen_bit_pictures_stay_sixteen_bits(tmp_path, shared):
     assert cv2.imread(str(tmp_path / "one.jpg"), cv2.IMREAD_UNCHANGED).dtype == np.uint8
 
 
+def test_transparent_pictures_keep_their_transparency(tmp_path):
+    """A logo's PNG came out opaque: its clear background showed the colour hidden under it. A
+    PNG, a folder of PNGs and a 16-bit PNG keep the alpha; a JPEG or a video says it is left out."""
+    import cv2
+
+    logo = np.zeros((48, 64, 4), np.uint8)
+    logo[..., :3] = (40, 200, 40)  # what a clear pixel hides
+    logo[12:36, 16:48] = (200, 100, 50, 255)
+    logo[12:36, 16:24, 3] = 128  # half clear
+    folder = tmp_path / "logos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "logo.png"), logo)
+    cv2.imwrite(str(folder / "deep.png"), logo.astype(np.uint16) * 257)
+    runs = {
+        "one.png": run_cli(folder / "logo.png", tmp_path / "one.png", "-q"),
+        "out": run_cli(folder, tmp_path / "out", "-q"),
+        "one.jpg": run_cli(folder / "logo.png", tmp_path / "one.jpg"),
+    }
+    assert all(r.returncode == 0 for r in runs.values()), {k: r.stderr for k, r in runs.items()}
+    for written, full in (("one.png", 255), ("out/logo.png", 255), ("out/deep.png", 65535)):
+        image = cv2.imread(str(tmp_path / written), cv2.IMREAD_UNCHANGED)
+        assert image.shape == (48, 64, 4), written
+        assert np.array_equal(image[..., 3], logo[..., 3].astype(image.dtype) * (full // 255))
+    assert "transparency is left out" in runs["one.jpg"].stderr
+
+
 def test_the_first_run_says_it_prepares_the_model_and_times_setup_apart(tmp_path, shared):
     import os
     import subprocess
