@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from streamderain.errors import InputError, ModelError, OutputError, StreamDerainError
+from streamderain.errors import (
+    InputError,
+    ModelError,
+    OutputError,
+    StreamDerainError,
+    UsageError,
+)
 from streamderain.options import DecodeOptions, EncodeOptions, ModelOptions, RunOptions
 
 if TYPE_CHECKING:
@@ -22,6 +28,7 @@ __all__ = [
     "RunOptions",
     "Stats",
     "StreamDerainError",
+    "UsageError",
     "derain_video",
 ]
 __version__ = "0.1.0"

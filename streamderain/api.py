@@ -98,6 +98,12 @@ class Derainer:
             return self._array(frames)
 
     def _array(self, frames: np.ndarray) -> np.ndarray:
+        if not isinstance(frames, (np.ndarray, list, tuple)):
+            raise TypeError(
+                f"expected frames (a NumPy array or a tensor), got {type(frames).__name__}"
+            )
+        if isinstance(frames, (list, tuple)) and len({np.shape(f) for f in frames}) > 1:
+            raise ValueError("frames of several sizes: give them one call each")
         array = np.asarray(frames)
         if (
             array.dtype != np.uint8
@@ -216,8 +222,21 @@ def derain_video(
     beside the others' defaults); ``runner`` (or a :class:`Derainer`) reuses a loaded model
     across calls, and its model options (batch and temporal stage included) then stand instead
     of ``options.model``. Setting ``stop`` ends the run
-    as Ctrl-C does, also while a live source is still connecting.
+    as Ctrl-C does, also while a live source is still connecting. ``on_frame(n)`` is called
+    in the caller's thread as the output takes frames, ``n`` of them since the last call (a
+    progress count, as the command line's bar uses it); ``on_start(pipeline, decoder)`` once
+    the stages run. For the frames themselves, a :class:`Derainer` takes them one by one.
     """
+    for name, given in (("on_frame", on_frame), ("on_start", on_start)):
+        if given is not None and not callable(given):
+            raise TypeError(f"{name} must be callable, got {type(given).__name__}")
+    if stop is not None and not callable(getattr(stop, "is_set", None)):
+        raise TypeError(f"stop must be a threading.Event, got {type(stop).__name__}")
+    for name, path in (("src", src), ("dst", dst)):
+        if not isinstance(path, (str, Path)):
+            raise TypeError(
+                f"{name} must be a path or URL (str or Path), got {type(path).__name__}"
+            )
     began = time.perf_counter()
     lent = runner.runner if isinstance(runner, Derainer) else runner
     options = _run_options(options)

@@ -117,7 +117,9 @@ class OpenVINOBackend:
 
     def _compiled_for(self, n: int, h: int, w: int):
         key = (n, h, w)
-        if key not in self._compiled:
+        if key in self._compiled:  # the most recently used last: the least goes first
+            self._compiled[key] = self._compiled.pop(key)
+        else:
             if len(self._compiled) >= self.max_shapes:
                 self._compiled.pop(next(iter(self._compiled)))
             network = self.network.clone()

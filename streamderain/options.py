@@ -156,6 +156,8 @@ class ModelOptions:
     def __post_init__(self) -> None:
         if self.model is not None:
             object.__setattr__(self, "model", str(self.model))
+        if type(self.device).__module__ == "torch":  # torch.device("cuda:0"), as detectors take
+            object.__setattr__(self, "device", str(self.device))
         _check_kinds(self)
         _check(
             [

@@ -164,7 +164,9 @@ class ModelRunner(Stage):
         self.dtype = PRECISIONS[self.precision]
         self.tile = options.tile
         self.threads = threads or usable_cores()
-        if self.device.type == "cpu":
+        # PyTorch's threads are the whole process's: a caller's own setting (a detector's beside
+        # us) is kept unless it asks for more than the cores this process may use
+        if self.device.type == "cpu" and (threads or torch.get_num_threads() > self.threads):
             torch.set_num_threads(self.threads)
         log.debug("loading the model (%s) on %s", options.model or AUTO, self.device)
         models = [

@@ -269,3 +269,40 @@ def test_numpy_numbers_are_options_of_their_kind():
     options = RunOptions.of(batch=np.int64(2), start=np.float32(1.5), crf=np.int32(0))
     assert (options.model.batch, options.decode.start, options.encode.crf) == (2, 1.5, 0)
     assert type(options.model.batch) is int and type(options.decode.start) is float
+
+
+def test_the_api_leaves_the_callers_threads_and_checks_its_arguments_up_front(tmp_path):
+    """A Derainer set PyTorch's threads for the whole process (a detector beside it went from
+    the 1 its user set to every core); wrong arguments to derain_video failed after the model
+    had loaded, in words that named no argument; a torch.device was refused."""
+    import numpy as np
+
+    from streamderain import Derainer, derain_video
+    from streamderain.backends import OpenVINOBackend
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        derainer = Derainer(model="dcsfn-lite", device=torch.device("cpu"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    for args, said in (
+        ({"stop": True}, "stop must be a threading.Event, got bool"),
+        ({"on_frame": 5}, "on_frame must be callable, got int"),
+        ({"src": None}, "src must be a path or URL (str or Path), got NoneType"),
+    ):
+        with pytest.raises(TypeError, match=said.replace("(", r"\(").replace(")", r"\)")):
+            derain_video(**{"src": src, "dst": dst, **args})
+    assert not dst.exists()
+    with pytest.raises(TypeError, match="got NoneType"):
+        derainer(None)
+    with pytest.raises(ValueError, match="frames of several sizes"):
+        derainer([np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)])
+    backend = next(f for f in derainer.runner.forwards if isinstance(f, OpenVINOBackend))
+    sizes = [(64, 64), (64, 80), (64, 96), (64, 112)]
+    for h, w in [*sizes, sizes[0], (64, 128)]:  # the first used again, then a fifth size
+        derainer(np.zeros((h, w, 3), np.uint8))
+    kept = {key[1:] for key in backend._compiled}
+    assert (64, 64) in kept and (64, 80) not in kept, "the least recently used goes first"
