@@ -261,7 +261,13 @@ def derain_video(
     check_target(dst)
     check_not_input(dst, src)
     check_codec(options.encode)
-    with Decoder(src, options.decode, stop=stop) as decoder:
+    try:
+        decoder = Decoder(src, options.decode, stop=stop)
+    except InputError:
+        if stop is not None and stop.is_set():  # stopped while a live source was connecting
+            return Stats(interrupted=True)
+        raise
+    with decoder:
         runner = runner or ModelRunner(options.model)
         model = runner.options  # a runner given stands for options.model: its batch, its stage
         # a file, or a recording behind a web address read once as one: its sound comes too

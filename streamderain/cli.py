@@ -89,6 +89,8 @@ def run(
         n = stats.frames
         done = f"{dst} holds the {n} frames done" if n else f"nothing written to {dst}"
         click.echo(f"streamderain: interrupted: {done}", err=True)
+        if n and not quiet:  # a live run's usual end: its drops and reconnects are said too
+            click.echo(f"streamderain: {dst}: {stats.summary()}", err=True)
         sys.exit(130)
     if not quiet:
         click.echo(f"streamderain: {dst}: {stats.summary()}", err=True)
@@ -102,28 +104,14 @@ def _derain(src: str, dst: str, options: RunOptions, quiet: bool):
     from streamderain.frames import expected_frames
 
     bar = None
+    signals = flags.RunSignals()
 
     def on_start(pipeline, decoder) -> None:
         nonlocal bar
         total = expected_frames(decoder.info, decoder.start, decoder.end, options.decode.max_frames)
         show = not quiet and sys.stderr.isatty()
         bar = tqdm(total=total, unit="frame", disable=not show, dynamic_ncols=True)
-        presses = 0
-
-        def on_signal(signum, _frame) -> None:
-            nonlocal presses
-            presses += 1
-            if presses == 1 and signum in (signal.SIGINT, signal.SIGTERM):
-                click.echo(
-                    "\nstreamderain: stopping; finishing the output (Ctrl-C again to abort)",
-                    err=True,
-                )
-                pipeline.request_stop()
-            else:
-                pipeline.abort()
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
+        signals.pipeline = pipeline
 
     try:
         return derain_video(
@@ -132,7 +120,14 @@ def _derain(src: str, dst: str, options: RunOptions, quiet: bool):
             options,
             on_frame=lambda n: bar.update(n) if bar is not None else None,
             on_start=on_start,
+            stop=signals.stop,
         )
+    except KeyboardInterrupt:  # the first Ctrl-C, before the pipeline ran: nothing written
+        if not signals.stop.is_set():
+            raise
+        from streamderain.pipeline import Stats
+
+        return Stats(interrupted=True)
     finally:
         if bar is not None:
             bar.close()

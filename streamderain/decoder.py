@@ -18,10 +18,10 @@ from pathlib import Path
 
 import av
 
+from streamderain import live
 from streamderain.deinterlace import Deinterlacer
 from streamderain.errors import CannotOpen, InputError, NoVideoStream, reason
 from streamderain.frames import Frame, VideoInfo, decoded_frame, pixel_bits
-from streamderain.live import RECORDING_SCHEMES, LiveClock, Outage, StopSignal, is_live, mask_url
 from streamderain.options import DecodeOptions
 from streamderain.pictures import PictureFolder
 from streamderain.sound import LiveSound
@@ -55,10 +55,10 @@ class Decoder:
         stop: threading.Event | None = None,
     ) -> None:
         options = options or DecodeOptions()
-        self.name = mask_url(str(source))
+        self.name = live.mask_url(str(source))
         # a local path made absolute: FFmpeg takes "rec-10:00.mp4" for the protocol "rec-10"
         self.source = str(source) if "://" in str(source) else str(Path(source).absolute())
-        self.live = is_live(self.source)
+        self.live = live.is_live(self.source)
         self.yields_cpu = not self.live  # a file waits; a camera's packets must be read in time
         self.start = options.start or 0.0
         self.end = None if options.duration is None else self.start + options.duration
@@ -67,8 +67,8 @@ class Decoder:
         self.reconnect_timeout = options.reconnect_timeout
         self.timeouts = (open_timeout, read_timeout)
         self.corrupt_packets = self.reconnects = 0
-        self.clock = LiveClock()
-        self._stop = StopSignal(stop)  # the caller's event is watched, never set
+        self.clock = live.LiveClock()
+        self._stop = live.StopSignal(stop)  # the caller's event is watched, never set
         self._container: av.container.InputContainer | None = None
         self._folder: PictureFolder | None = None
         self._video_index = 0  # the stream read, of a file's or stream's (shown_video)
@@ -85,7 +85,8 @@ class Decoder:
         if self.source.startswith("/dev/video") and not Path(self.source).exists():
             raise InputError(f"{self.name}: no such camera (is it plugged in?)")
         if self.live:
-            outage = Outage(self.name, self.reconnect_timeout, self._stop)
+            live.check_escaped(self.source)
+            outage = live.Outage(self.name, self.reconnect_timeout, self._stop)
             self._container = outage.connect(self._connect, self.timeouts[0])
         else:
             self._container = self._connect()
@@ -93,17 +94,12 @@ class Decoder:
             raise InputError(f"{self.name}: stopped before the source answered")
         stream = self._container.streams[self._video_index]
         ctx = stream.codec_context
-        if ctx is None:
+        if ctx is None or not ctx.width or not ctx.height:
             self.close()
-            raise InputError(f"{self.name}: no decoder for its video stream")
-        if not ctx.width or not ctx.height:
-            self.close()
-            raise InputError(f"{self.name}: video stream has no frame size")
-        if (
-            self.live
-            and self._container.duration
-            and self.source.lower().startswith(RECORDING_SCHEMES)
-        ):
+            why = "no decoder for its video stream" if not ctx else "video stream has no frame size"
+            raise InputError(f"{self.name}: {why}")
+        behind_address = self.source.lower().startswith(live.RECORDING_SCHEMES)
+        if self.live and self._container.duration and behind_address:
             # a recording behind a web address (a file's, a finished HLS playlist's; live streams
             # report no length) is read once, as a file: live, its end would be a loss, played
             # again and again. (RTSP looping a file reports a length too: it stays live.)
@@ -124,15 +120,19 @@ class Decoder:
             origin=0.0 if self.live else file_origin(self._container),
         )
 
-    def _connect(self, open_timeout: float | None = None) -> av.container.InputContainer:
-        """Open the source once; a source without video is an error."""
+    def _connect(
+        self, open_timeout: float | None = None, probe: str = "100000"
+    ) -> av.container.InputContainer:
+        """Open the source once; a source without video is an error. A live source is probed
+        for 0.1 s (FFmpeg's default takes ~1 s), and for up to 5 s where that found no picture
+        size (a camera joined mid-group of pictures, its sound's packets first)."""
         options, fmt = {}, None
         open_timeout, read_timeout = open_timeout or self.timeouts[0], self.timeouts[1]
         if self.source.lower().startswith(("rtsp://", "rtsps://")):
             options["rtsp_transport"] = self.rtsp_transport
             read_timeout /= 2  # a stall shows after two: the first yields the frame RTSP held
         if self.live:
-            options["analyzeduration"] = "100000"  # 0.1 s probed, not FFmpeg's ~1 s
+            options["analyzeduration"] = probe
         if self.source.startswith("/dev/video"):
             fmt = "v4l2"
         elif "://" not in self.source:  # "img%03d.jpg" is that file, not a numbered sequence
@@ -157,6 +157,9 @@ class Decoder:
         if video is None:
             container.close()
             raise NoVideoStream(f"{self.name}: no video stream")
+        if self.live and not video.codec_context.width and probe == "100000":
+            container.close()
+            return self._connect(open_timeout, probe="5000000")
         video.thread_type = "AUTO"
         self._video_index = video.index
         audio = heard_audio(container) if self.live else None
@@ -327,7 +330,7 @@ class Decoder:
         A session that connects but gives no picture is one more failed try of the outage it
         is in: the same backoff, the same ``--reconnect-timeout`` as a refused connection."""
         index, last_pts = 0, -1
-        outage: Outage | None = None
+        outage: live.Outage | None = None
         while self._container is not None and not self._stop.is_set():
             self.clock.new_session()
             session_start = index
@@ -341,14 +344,15 @@ class Decoder:
                     yield decoded_frame(vf, index, pts, LIVE_TIME_BASE)
                     index += 1
                 why = "the stream ended"
-            except (av.error.FFmpegError, OSError) as exc:
-                why = reason(exc)
+            except (av.error.FFmpegError, OSError) as exc:  # a read's timeout: FFmpeg's "exit"
+                timed_out = isinstance(exc, av.error.ExitError)
+                why = f"nothing came for {self.timeouts[1]:g} s" if timed_out else reason(exc)
             self.close()
             if self._stop.is_set():
                 return
             lost = time.monotonic()
             if index > session_start or outage is None:
-                outage = Outage(
+                outage = live.Outage(
                     self.name, self.reconnect_timeout, self._stop, after_picture=index > 0
                 )
                 log.warning("%s: lost (%s); reconnecting", self.name, why)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -29,6 +31,9 @@ from streamderain.options import (
     RunOptions,
 )
 
+if TYPE_CHECKING:
+    from streamderain.pipeline import Pipeline
+
 log = logging.getLogger("streamderain")
 
 
@@ -41,6 +46,38 @@ class _Format(logging.Formatter):
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
+
+
+class RunSignals:
+    """Ctrl-C and SIGTERM for one run, from its start: the first stops it and finishes the
+    output, the second aborts. Before the pipeline runs (a live source still connecting, the
+    model loading) nothing is written yet: the first sets :attr:`stop`, which ends a source's
+    tries once the current one gives up (FFmpeg, waiting on a source, takes no signal), and
+    stops the model's loading at once; the second quits at once."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.pipeline: Pipeline | None = None
+        self.presses = 0
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.presses += 1
+        if self.pipeline is None and self.presses > 1:
+            click.echo("\nstreamderain: aborted", err=True)
+            os._exit(130)
+        if self.pipeline is None:
+            click.echo("\nstreamderain: stopping (Ctrl-C again to quit at once)", err=True)
+            self.stop.set()
+            raise KeyboardInterrupt
+        if self.presses == 1:
+            click.echo(
+                "\nstreamderain: stopping; finishing the output (Ctrl-C again to abort)", err=True
+            )
+            self.pipeline.request_stop()
+        else:
+            self.pipeline.abort()
 
 
 def setup_logging(verbose: bool, quiet: bool) -> None:

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -61,6 +62,14 @@ def mask_url(url: str) -> str:
     if not (sep and at and ":" in userinfo):
         return url
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{after}"
+
+
+def check_escaped(url: str) -> None:
+    """A user name or password holding ``#`` ends the address there for FFmpeg ("Port missing
+    in uri"), so that no try could connect: refused at once, with the way to write it."""
+    _, sep, rest = url.partition("://")
+    if sep and "#" in rest.rpartition("@")[0]:
+        raise InputError(f"{mask_url(url)}: write the '#' of its user name or password as %23")
 
 
 class LiveClock:
@@ -156,6 +165,36 @@ class StopSignal:
         return self.is_set()
 
 
+def _answered(connect: Callable[[], T], stop: StopSignal) -> T | None:
+    """``connect()`` in a thread of its own: its result, or its error raised here; None if
+    ``stop`` is set first. FFmpeg, waiting for a source to answer, takes no signal, and Python
+    runs signal handlers only between calls: in the caller's thread a Ctrl-C waited out the try
+    (up to 10 s). A try given up on closes what it opens, if it ever does."""
+    lock, box = threading.Lock(), {}
+
+    def run() -> None:
+        try:
+            result = connect()
+        except BaseException as exc:  # raised again in the caller's thread
+            result = exc
+        with lock:
+            if "given up" in box and not isinstance(result, BaseException):
+                result.close()
+            box["result"] = result
+
+    thread = threading.Thread(target=run, name="connect", daemon=True)
+    thread.start()
+    while thread.is_alive() and not stop.is_set():
+        thread.join(0.05)
+    with lock:
+        if "result" not in box:
+            box["given up"] = True
+            return None
+    if isinstance(result := box["result"], BaseException):
+        raise result
+    return result
+
+
 class Outage:
     """One spell without a live source's picture: one deadline (``--reconnect-timeout``, 0 for
     none) and one backoff (0.5 s doubling to 5 s) for every try in it, whether the source
@@ -183,8 +222,9 @@ class Outage:
         connect), so the time in the final message is about the time waited."""
         while True:
             left = None if self.deadline is None else max(self.deadline - time.monotonic(), 1.0)
+            timeout = None if left is None else min(left, open_timeout)
             try:
-                return connect(None if left is None else min(left, open_timeout))
+                return _answered(partial(connect, timeout), self.stop)
             except CannotOpen as exc:
                 if self._permanent(exc.__cause__):
                     raise
@@ -201,17 +241,21 @@ class Outage:
     def retry(self, why: str) -> bool:
         """After a try that gave no picture: fail at the deadline, else wait the backoff.
         False if ``stop`` was set while waiting."""
+        if self.stop.is_set():  # during the try, which FFmpeg let run to its end
+            return False
         self.failures += 1
         now = time.monotonic()
         waited = now - self.began
         if self.deadline is not None and now >= self.deadline - 0.05:
+            what = "source lost; no picture" if self.after_picture else "no picture from it"
             raise InputError(
-                f"{self.name}: source lost; no picture for {waited:.1f} s "
+                f"{self.name}: {what} for {waited:.1f} s "
                 f"(--reconnect-timeout {self.reconnect_timeout:g}; last try: {why})"
             ) from None
-        # Waiting with no end (feeds), the user hears of it at once and every ~50 s; with a
-        # deadline, the final error says it all.
-        loud = not self.reconnect_timeout and self.failures % 10 == 1
+        # The user hears of it at once (a wrong port, a camera away: the tries were silent until
+        # the deadline), and every ~50 s after where there is none (feeds).
+        first = self.failures == 1 and not self.after_picture  # a loss mid-run is said apart
+        loud = first or (not self.reconnect_timeout and self.failures % 10 == 1)
         log.log(
             logging.WARNING if loud else logging.DEBUG,
             "%s: %s for %.0f s; retrying",

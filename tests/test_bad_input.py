@@ -92,6 +92,11 @@ def _cases(d: Path) -> dict[str, tuple[list[str], str]]:
             [clip, "rtmp://bob:s3cret@127.0.0.1:9/x", "--encoder", "ffmpeg"],
             "ffmpeg failed: rtmp://bob:***@127",
         ),
+        # no try could connect, each said only "Invalid argument", for 30 s
+        "a '#' in a camera's password": (
+            ["rtsp://admin:wr0ng#pw@127.0.0.1:9/stream", out],
+            "rtsp://admin:***@127.0.0.1:9/stream: write the '#' of its user name or password as %23",
+        ),
         "empty out-dir": (["batch", clip, "--out-dir", ""], "--out-dir is empty"),
         # warned of a --crf never given, then named --max-frames, which sample does not have
         "sample as a picture": (["sample", str(d / "s.png")], "the sample is a clip"),

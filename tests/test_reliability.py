@@ -109,7 +109,8 @@ def test_sigterm_while_starting_is_a_clean_stop(tmp_path, shared):
             break
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, "".join(seen) + err
-    assert "streamderain: error: aborted" in err
+    assert "streamderain: interrupted: nothing written to" in err and "Traceback" not in err
+    assert not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".*"))
 
 
 def test_a_partial_left_by_a_killed_run_is_removed_by_the_next(tmp_path, shared):
