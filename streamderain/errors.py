@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class StreamDerainError(Exception):
     """Base of every error the command line reports as one line (no traceback)."""
@@ -39,3 +42,13 @@ def reason(exc: BaseException) -> str:
     """The first line of what a library said went wrong (an OS error's text, if it has one)."""
     text = (getattr(exc, "strerror", None) or str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def refusals() -> Iterator[None]:
+    """A write the output refuses (a full disk, a live receiver gone: a broken pipe), said as
+    the output's error, not as Python's."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write ({exc.strerror or exc})") from None

@@ -20,7 +20,7 @@ import av
 import ffmpeg
 import numpy as np
 
-from streamderain.errors import OutputError, reason
+from streamderain.errors import OutputError, reason, refusals
 from streamderain.frames import HdrLight, VideoInfo, timeline_shift, video_frame
 from streamderain.live import mask_url
 from streamderain.sound import LiveSound
@@ -237,23 +237,19 @@ class PyAVWriter:
                 f"{self.settings.codec} cannot encode this ({reason(exc)}); "
                 "check --codec and --preset"
             ) from None
-        self._mux(packets)
         t = float(pts * time_base)
         self.video_end = t + self.settings.frame_seconds
-        if self.copier is not None:
-            self.copier.copy_until(t)
-
-    def _mux(self, packets) -> None:
-        try:
+        with refusals():
             self.container.mux(packets)
-        except OSError as exc:
-            raise OutputError(f"cannot write ({exc.strerror or exc})") from None
+            if self.copier is not None:  # the sound beside it, which a receiver may refuse too
+                self.copier.copy_until(t)
 
     def close(self) -> None:
         try:
-            self._mux(self.stream.encode(None))
-            if self.copier is not None:
-                self.copier.finish(self.video_end)
+            with refusals():
+                self.container.mux(self.stream.encode(None))
+                if self.copier is not None:
+                    self.copier.finish(self.video_end)
         finally:
             if self.copier is not None:
                 self.copier.close()

@@ -230,6 +230,32 @@ def test_a_file_published_to_rtmp_keeps_its_sound_and_is_turned_upright(tmp_path
     assert ("sound is left out" in err) == (encoder == "ffmpeg"), err
 
 
+def test_a_receiver_that_goes_away_is_said_in_the_outputs_words(tmp_path):
+    """The receiver of a published file with sound closed its end: the sound's write met the
+    broken pipe, and the run ended in "BrokenPipeError: [Errno 32] Broken pipe: 'rtmp://...'"."""
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, clean_frames(75, (96, 64)) * 3, audio=True)  # 9 s, published at its pace
+    port = free_port()
+    url = f"rtmp://{HOST}:{port}/live/x"
+    receiver = subprocess.Popen(
+        ["ffmpeg", "-nostdin", "-loglevel", "quiet", "-listen", "1", "-i", url, "-f", "null", "-"]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not is_listening(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc = start_cli(clip, url)
+        time.sleep(5)  # the model loaded, some seconds published
+        receiver.kill()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        receiver.kill()
+        receiver.wait()
+    assert proc.returncode == 1, err
+    last = err.strip().splitlines()[-1]
+    assert "cannot write" in last and "Error:" not in last and "Traceback" not in err, err
+
+
 def test_srt_is_published_through_ffmpeg_without_being_asked(tmp_path):
     """PyAV's FFmpeg has no SRT: ``srt://`` failed with "Protocol not found" unless the user
     knew to add ``--encoder ffmpeg``; the ffmpeg binary publishes it by itself now."""
