@@ -329,7 +329,7 @@ class Decoder:
 
         A session that connects but gives no picture is one more failed try of the outage it
         is in: the same backoff, the same ``--reconnect-timeout`` as a refused connection."""
-        index, last_pts = 0, -1
+        index, last_pts, picture_at = 0, -1, time.monotonic()
         outage: live.Outage | None = None
         while self._container is not None and not self._stop.is_set():
             self.clock.new_session()
@@ -341,6 +341,7 @@ class Decoder:
                     last_pts = pts
                     if self.end is not None and seconds >= self.end - self.start:
                         return
+                    picture_at = time.monotonic()
                     yield decoded_frame(vf, index, pts, LIVE_TIME_BASE)
                     index += 1
                 why = "the stream ended"
@@ -350,7 +351,6 @@ class Decoder:
             self.close()
             if self._stop.is_set():
                 return
-            lost = time.monotonic()
             if index > session_start or outage is None:
                 outage = live.Outage(
                     self.name, self.reconnect_timeout, self._stop, after_picture=index > 0
@@ -361,7 +361,8 @@ class Decoder:
             self._container = outage.connect(self._connect, self.timeouts[0])
             if self._container is not None:
                 self.reconnects += 1
-                log.warning("%s: reconnected after %.1f s", self.name, time.monotonic() - lost)
+                away = time.monotonic() - picture_at  # from its last picture, not its loss's notice
+                log.warning("%s: reconnected, %.1f s after its last picture", self.name, away)
 
     def close(self) -> None:
         if self._container is not None:
