@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -655,6 +657,7 @@ def test_train_config_rejects_unknown_options():
         ({"rain_presets": {"light": 0}}, "no weight above 0"),
         ({"lr": True}, "lr must be a number"),
         ({"fence_fraction": 1.5}, "fence_fraction must be in 0..1"),
+        ({"seed": -1}, "seed must be from 0 to 2"),  # a traceback from NumPy, then PyTorch
     ],
 )
 def test_train_config_refuses_values_of_the_wrong_kind(values: dict, message: str) -> None:
@@ -677,6 +680,37 @@ def test_shipped_configs_parse():
         assert isinstance(model_cfg, DCSFNConfig)
 
 
+def test_a_run_stopped_by_ctrl_c_keeps_its_state_and_goes_on(shared, tmp_path):
+    """Ctrl-C saved nothing: a run lost everything since its last timed checkpoint (5 minutes
+    by default), or all of it, with no last.pt to resume or export."""
+    import signal
+    import subprocess
+    import sys
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "[model]\nchannels = 4\nnum_blocks = 1\nscale_num = 2\nconv_num = 1\n"
+        '[train]\nsteps = 100000\nbatch = 1\npatch = 32\nreal_dirs = ["train-pairs/RainTrainL"]\n'
+        'clean_dirs = ["clean/images/kodak24"]\nval_dir = ""\neval_dir = ""\n'
+    )
+    train = [sys.executable, "-m", "training", "train", "--config", str(config), "--threads", "1"]
+    train += ["--out", str(tmp_path / "run"), "--data-root", str(DATA), "--no-progress"]
+    proc = subprocess.Popen(train, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # the data read: training begins
+        if "training data" in line:
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, err
+    step = int(re.search(r"stopped at step (\d+); --resume goes on from there", err).group(1))
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert step > 0 and state["step"] == step
+    went_on = subprocess.run([*train, "--resume", "--until", str(step + 2)], capture_output=True)
+    assert went_on.returncode == 0, went_on.stderr
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == step + 2
+
+
 def test_a_bf16_run_resumes_and_exports_in_its_own_precision(shared, tmp_path):
     """``--resume`` keeps the run's precision unless told; export records it and a purpose, and
     ships the average of the weights where the run keeps one."""
@@ -687,7 +721,8 @@ def test_a_bf16_run_resumes_and_exports_in_its_own_precision(shared, tmp_path):
     config.write_text(
         "[model]\nchannels = 4\nnum_blocks = 1\nscale_num = 2\nconv_num = 1\n"
         '[train]\nsteps = 6\nbatch = 2\npatch = 32\nreal_dirs = ["train-pairs/RainTrainL"]\n'
-        'clean_dirs = ["clean/images/kodak24"]\nval_dir = ""\nema_decay = 0.5\n'
+        'clean_dirs = ["clean/images/kodak24"]\nval_dir = "clean/images/kodak24"\n'
+        "val_images = 1\nval_every = 3\nema_decay = 0.5\n"
     )
     train = [sys.executable, "-m", "training", "train", "--config", str(config)]
     train += ["--out", str(tmp_path / "run"), "--data-root", str(DATA), "--no-progress"]
@@ -697,6 +732,17 @@ def test_a_bf16_run_resumes_and_exports_in_its_own_precision(shared, tmp_path):
         [*train, "--resume", "--steps", "9"], capture_output=True, text=True
     )
     assert other_plan.returncode == 1 and "planned for 6 steps" in other_plan.stderr
+    # the plan changed in the config was taken without a word, and nothing trained
+    replanned = tmp_path / "replanned.toml"
+    replanned.write_text(config.read_text().replace("steps = 6", "steps = 9"))
+    again = subprocess.run(
+        [*train, "--resume", "--config", str(replanned)], capture_output=True, text=True
+    )
+    assert again.returncode == 1 and "steps = 9" in again.stderr, again.stderr
+    assert "planned for 6 steps" in again.stderr
+    behind = subprocess.run([*train, "--resume", "--until", "2"], capture_output=True, text=True)
+    assert behind.stderr.strip().splitlines()[-1].endswith("this run is at step 6 already")
+    assert behind.returncode == 1 and "Traceback" not in behind.stderr, behind.stderr
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [(r["step"], r["precision"]) for r in log] == [(3, "bf16"), (6, "bf16")]
     out = tmp_path / "tiny.pt"
@@ -709,6 +755,7 @@ def test_a_bf16_run_resumes_and_exports_in_its_own_precision(shared, tmp_path):
     model = load_model(out)
     meta = model.info.metadata
     assert (meta["steps"], meta["recipe"]["precision"], meta["purpose"]) == (6, "bf16", "a test")
+    assert "val_synthetic_light" in meta["metrics"], "the scores of step 6 (were {})"
     average = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["ema"]
     for name, value in model.net.state_dict().items():
         assert torch.equal(value, average[f"module.{name}"]), "export ships the weight average"
@@ -736,6 +783,11 @@ def test_the_training_command_answers_bad_input_in_one_line(
             "no validation",
         ),
         "two configs": (["average", "dcsfn-lite", "dcsfn-deep", "--out", "a.pt"], "one config"),
+        # the first model was scored, then the run failed on the second name
+        "a model unknown after one known": (
+            ["validate", "dcsfn-lite", "nosuch", "--config", "val.toml"],
+            "nosuch: unknown model name",
+        ),
         "no folder": (
             ["average", "dcsfn-lite", "dcsfn-lite", "--out", "no/a.pt"],
             "no such folder",
@@ -771,6 +823,7 @@ def test_the_training_command_answers_bad_input_in_one_line(
     Path("bad.toml").write_text("x = [")
     Path("typo.toml").write_text("[modle]\nchannels = 16\n")
     Path("empty.toml").write_text("")
+    Path("val.toml").write_text('[train]\nval_dir = "clean/images/kodak24"\nval_images = 1\n')
     kept = tmp_path / "kept.pt"
     kept.write_bytes(b"the user's file")
     for case, (args, message) in cases.items():

@@ -136,16 +136,22 @@ def train(
     if not resume and checkpoint.exists():
         raise click.ClickException(f"{out_dir} holds a run already: pass --resume or another --out")
     trainer = Trainer(model_cfg, train_cfg, data_root, out_dir, precision, device, resume)
+    asked = f"--steps {steps}" if steps else f"steps = {train_cfg.steps} ({config_path})"
     if trainer.step > trainer.cfg.steps:  # a checkpoint from before runs kept their plan
-        raise click.ClickException(f"--steps {steps}: this run is at step {trainer.step} already")
-    if steps and steps != trainer.cfg.steps:
+        raise click.ClickException(f"{asked}: this run is at step {trainer.step} already")
+    if train_cfg.steps != trainer.cfg.steps:  # a run's plan, kept in it, was changed since
         raise click.ClickException(
-            f"--steps {steps}: this run is planned for {trainer.cfg.steps} steps (its learning "
+            f"{asked}: this run is planned for {trainer.cfg.steps} steps (its learning "
             "rate falls on that plan); stop earlier with --until, or go on in a new stage"
         )
+    if until is not None and until <= trainer.step:
+        raise click.ClickException(f"--until {until}: this run is at step {trainer.step} already")
     if resume:
-        click.echo(f"resumed at step {trainer.step}", err=True)
+        click.echo(f"resumed at step {trainer.step} of {trainer.cfg.steps}", err=True)
     trainer.run(until=until, progress=not no_progress, minutes=minutes, workers=workers)
+    if trainer.stopped:
+        click.echo(f"stopped at step {trainer.step}; --resume goes on from there", err=True)
+        sys.exit(130)
 
 
 @main.command("pack-data")
@@ -260,8 +266,8 @@ def validate(
     sets = validation_sets(load_train_config(config_path)[1], data_root)
     if not sets:
         raise click.ClickException(f"{config_path} names no validation set ([train] val_dir, ...)")
-    for name in models:
-        net = evaluation_forward(name, flip_average, int8)
+    nets = {name: evaluation_forward(name, flip_average, int8) for name in models}  # all found
+    for name, net in nets.items():
         scores = []
         for set_name, pairs in sets.items():
             r = validate(net, pairs)
@@ -418,8 +424,13 @@ def export(
     from training.weights import load_model
 
     model_cfg, train_cfg = load_train_config(config_path)
-    trainer = Trainer(model_cfg, train_cfg, DEFAULT_DATA_ROOT, run_dir, resume=True)
+    resumable = (run_dir / "last.pt").exists()  # else a snapshot alone (a run stopped early)
+    if not resumable and not step:
+        raise click.ClickException(f"{run_dir}: no last.pt; give the --step of a snapshot")
+    trainer = Trainer(model_cfg, train_cfg, DEFAULT_DATA_ROOT, run_dir, resume=resumable)
     meta = trainer.metadata({})
+    if not step and trainer.snapshot_path(trainer.step).exists():  # its scores, as validated
+        step = trainer.step
     if step:
         snapshot = load_model(trainer.snapshot_path(step))
         trainer.kept.load_state_dict(snapshot.net.state_dict())

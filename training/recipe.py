@@ -139,6 +139,7 @@ class TrainConfig:
             *((getattr(self, n) < 1, f"{n} must be 1 or more") for n in counts),
             *((not 0 <= getattr(self, n) <= 1, f"{n} must be in 0..1") for n in fractions),
             (self.lr <= 0, "lr must be above 0"),
+            (not 0 <= self.seed < 2**63, "seed must be from 0 to 2**63 - 1"),
             (not 0 <= self.ema_decay < 1, "ema_decay must be in 0..1 (1 excluded)"),
             (self.checkpoint_minutes <= 0, "checkpoint_minutes must be above 0"),
             (not all(0 < m <= 1 for m in self.milestones), "milestones must be in 0..1"),

@@ -12,6 +12,8 @@ import dataclasses
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,7 @@ class Trainer:
         self.device = torch.device(device)
         self.precision = precision or "fp32"
         self._precision_given = precision is not None
+        self.stopped = False  # by Ctrl-C or SIGTERM, its state saved
         torch.manual_seed(cfg.seed)
         self.net = build_network(model_cfg)
         if cfg.patch < self.net.min_size:
@@ -356,7 +359,7 @@ class Trainer:
         bar = tqdm(
             total=until, initial=self.step, disable=not progress, unit="step", smoothing=0.05
         )
-        with open(self.log_path, "a") as log_file:
+        with StopRequests() as stop, open(self.log_path, "a") as log_file:
             for rainy, clean in batches:
                 t0 = time.monotonic()
                 loss = self.train_step(rainy, clean)
@@ -386,13 +389,40 @@ class Trainer:
                 if len(record) > 1:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
-                if out_of_time:
+                if out_of_time or stop.asked:
                     break
                 if time.monotonic() - last_ckpt > self.cfg.checkpoint_minutes * 60:
                     self.save_checkpoint()
                     last_ckpt = time.monotonic()
         bar.close()
         self.save_checkpoint()
+        self.stopped = stop.asked
+
+
+class StopRequests:
+    """Ctrl-C or SIGTERM while a run trains: the step under way ends, the run's state is saved
+    and it stops (a second one stops at once). Until 2026-12-07 a stop lost everything since
+    the last timed checkpoint, up to ``checkpoint_minutes`` of work, or the whole run."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._before: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():  # where signals are taken
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._before[signum] = signal.signal(signum, self._ask)
+        return self
+
+    def _ask(self, signum: int, _frame: object) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        log.warning("stopping after this step, its state saved (again to stop at once)")
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._before.items():
+            signal.signal(signum, handler)
 
 
 def _logged_step(line: str) -> float:
