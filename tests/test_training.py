@@ -763,6 +763,14 @@ def test_a_bf16_run_resumes_and_exports_in_its_own_precision(shared, tmp_path):
     assert (from_run.channel_order, from_run.config) == ("RGB", model.config)
     for name, value in model.net.state_dict().items():
         assert torch.equal(value, from_run.net.state_dict()[name]), "the weights export ships"
+    (tmp_path / "run" / "last.pt").unlink()  # a run stopped before its first checkpoint
+    subprocess.run(
+        [sys.executable, "-m", "training", "export", "--config", str(config), "--run",
+         str(tmp_path / "run"), "--out", str(tmp_path / "early.pt"), "--step", "3"],
+        check=True,
+        timeout=300,
+    )  # fmt: skip
+    assert load_model(tmp_path / "early.pt").info.metadata["steps"] == 3
 
 
 def test_the_training_command_answers_bad_input_in_one_line(
