@@ -17,6 +17,9 @@ from streamderain import flags
 from streamderain.errors import StreamDerainError, UsageError
 from streamderain.options import RunOptions
 
+#: a feed's camera is waited for however long it is away (a single run gives up after 30 s)
+FEEDS_DEFAULTS = {"reconnect_timeout": 0.0}
+
 
 class _DefaultGroup(click.Group):
     """``streamderain IN OUT`` runs the main job; ``streamderain sample ...`` a subcommand."""
@@ -313,9 +316,7 @@ def _run_batch(
             return run_local(jobs, options, report, workers, threads)
 
 
-@main.command(
-    context_settings={"default_map": {"reconnect_timeout": 0.0}}
-)  # a camera is waited for
+@main.command(context_settings={"default_map": FEEDS_DEFAULTS})
 @click.argument("feeds_file", metavar="FEEDS.toml", type=click.Path(dir_okay=False))
 @click.option(
     "--threads",
