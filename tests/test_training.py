@@ -406,7 +406,8 @@ def test_a_second_stage_starts_from_the_first_stages_weights(shared, tmp_path):
     assert meta["training_data"]["started_from"] == str(weights)
     assert meta["earlier_stage"]["steps"] == 3, "the first stage's own record travels along"
     other = replace(TINY, channels=8)
-    with pytest.raises(ValueError, match="another model config"):
+    said = r"another model config than this run's \(channels 8 in this run's config, 4 there\)"
+    with pytest.raises(ValueError, match=said):
         Trainer(other, _tiny_train(init_from=str(weights)), DATA, tmp_path / "c")
 
 
@@ -658,6 +659,7 @@ def test_train_config_rejects_unknown_options():
         ({"lr": True}, "lr must be a number"),
         ({"fence_fraction": 1.5}, "fence_fraction must be in 0..1"),
         ({"seed": -1}, "seed must be from 0 to 2"),  # a traceback from NumPy, then PyTorch
+        ({"layer_strength": [1.0, 0.3]}, "layer_strength: low first"),  # taken as it was
     ],
 )
 def test_train_config_refuses_values_of_the_wrong_kind(values: dict, message: str) -> None:
@@ -790,7 +792,10 @@ def test_the_training_command_answers_bad_input_in_one_line(
             ["validate", "dcsfn-lite", "--config", "empty.toml"],
             "no validation",
         ),
-        "two configs": (["average", "dcsfn-lite", "dcsfn-deep", "--out", "a.pt"], "one config"),
+        "two configs": (
+            ["average", "dcsfn-lite", "dcsfn-deep", "--out", "a.pt"],
+            "one config can be averaged (num_blocks 1 in the first, 2 in dcsfn-deep)",
+        ),
         # the first model was scored, then the run failed on the second name
         "a model unknown after one known": (
             ["validate", "dcsfn-lite", "nosuch", "--config", "val.toml"],

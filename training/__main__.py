@@ -208,7 +208,12 @@ INT8_OPTION = click.option(
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N pairs.")
 @click.option(
-    "--sheet", "sheet_images", default=4, show_default=True, help="Pairs shown in sheet.png."
+    "--sheet",
+    "sheet_images",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Pairs shown in sheet.png (0: none).",
 )
 @click.option(
     "--rain-scale",

@@ -73,6 +73,13 @@ class DCSFNConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def differences(self, other: DCSFNConfig, here: str, there: str) -> str:
+        """Where ``other`` differs, for messages: "channels 8 in this run, 16 in x.pt"."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return "; ".join(
+            f"{k} {v!r} {here}, {theirs[k]!r} {there}" for k, v in mine.items() if theirs[k] != v
+        )
+
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file (a config from ``configs/``, a feeds file); its path in any error."""

@@ -144,6 +144,7 @@ class TrainConfig:
             (self.checkpoint_minutes <= 0, "checkpoint_minutes must be above 0"),
             (not all(0 < m <= 1 for m in self.milestones), "milestones must be in 0..1"),
             (len(self.layer_strength) != 2, "layer_strength must be [low, high]"),
+            (sorted(self.layer_strength) != list(self.layer_strength), "layer_strength: low first"),
             (any(w < 0 for w in self.rain_presets.values()), "rain_presets: weights below 0"),
             (not sum(self.rain_presets.values()) > 0, "rain_presets: no weight above 0"),
         ]

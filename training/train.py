@@ -103,8 +103,9 @@ class Trainer:
         """The weights of an earlier stage (grown where it had fewer blocks), and their record."""
         start = load_model(source)
         cfg = self.model_cfg
-        if start.config != dataclasses.replace(cfg, num_blocks=start.config.num_blocks):
-            raise ConfigError(f"{source}: another model config than this run's")
+        if start.config != (same := dataclasses.replace(cfg, num_blocks=start.config.num_blocks)):
+            what = same.differences(start.config, "in this run's config", "there")
+            raise ConfigError(f"{source}: another model config than this run's ({what})")
         weights = start.rgb_weights()  # a run trains in RGB, whatever its start's order
         if start.config.num_blocks != cfg.num_blocks:
             weights = deepen(weights, start.config, cfg.num_blocks)
@@ -153,7 +154,11 @@ class Trainer:
     def resume(self) -> None:
         state = read_training_checkpoint(self.checkpoint_path)
         if state["model_config"] != self.model_cfg.to_dict():
-            raise ConfigError(f"{self.checkpoint_path}: trained with another model config")
+            begun = DCSFNConfig.from_dict(state["model_config"])
+            raise ConfigError(
+                f"{self.checkpoint_path}: trained with another model config "
+                f"({self.model_cfg.differences(begun, 'in the config now', 'then')})"
+            )
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])

@@ -397,8 +397,13 @@ def average_models(
     Why: two fine-tunings of one lineage (here the light-rain and the heavy-rain stages) average
     into one network that keeps much of each one's strengths, at no cost in speed. The metadata
     is ``base``'s, with ``other``'s kept under ``averaged_with``."""
-    if base.config != other.config or base.channel_order != other.channel_order:
-        raise ConfigError("only models of one config and channel order can be averaged")
+    if base.config != other.config:
+        raise ConfigError(
+            "only models of one config can be averaged "
+            f"({base.config.differences(other.config, 'in the first', f'in {other_name}')})"
+        )
+    if base.channel_order != other.channel_order:
+        raise ConfigError("only models of one channel order can be averaged")
     if not 0.0 <= share <= 1.0:
         raise ConfigError("share must be between 0 and 1")
     net = build_network(base.config)
