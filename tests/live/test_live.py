@@ -120,7 +120,7 @@ def test_a_camera_with_sound_joined_mid_group_of_pictures_opens(tmp_path):
         time.sleep(1)
         for start in range(3):
             run = subprocess.run(
-                [*CLI, url, tmp_path / f"{start}.mkv", "--max-frames", "3", "-q"],
+                [*CLI, url, tmp_path / f"{start}.mkv", "--max-frames", "3", "--no-live-drop", "-q"],
                 capture_output=True,
                 text=True,
                 timeout=120,
