@@ -150,15 +150,37 @@ def continuous(packets: Iterator[av.Packet]) -> Iterator[av.Packet]:
         yield packet
 
 
+# speakers for a count of channels where a source names none (FFmpeg's "4 channels"): a codec
+# opens only with named speakers; these are layouts AAC, Opus and FLAC all take
+NAMED_LAYOUTS = {
+    1: "mono",
+    2: "stereo",
+    3: "3.0",
+    4: "quad",
+    5: "5.0",
+    6: "5.1",
+    7: "6.1",
+    8: "7.1",
+}
+
+
+def speakers(layout: av.AudioLayout | str) -> str:
+    """``layout``, or for channels without named speakers the usual ones for their count."""
+    layout = av.AudioLayout(layout)
+    if any(channel.name != "NONE" for channel in layout.channels):
+        return layout.name
+    return NAMED_LAYOUTS.get(layout.nb_channels, layout.name)
+
+
 def audio_stream(
-    output: av.container.OutputContainer, fmt: str, rate: int, layout: str
+    output: av.container.OutputContainer, fmt: str, rate: int, layout: av.AudioLayout | str
 ) -> av.audio.stream.AudioStream:
     """A new audio stream of ``fmt``'s usual codec (``AUDIO_FALLBACK``; AAC for live formats)
     for sound of ``rate`` Hz, at that rate where the codec takes it."""
     codec, bit_rate = AUDIO_FALLBACK.get(fmt, ("aac", 256_000))
     rates = av.Codec(codec, "w").audio_rates
     stream = output.add_stream(codec, rate=rate if not rates or rate in rates else max(rates))
-    stream.layout = layout
+    stream.layout = speakers(layout)
     if bit_rate:  # none for lossless codecs
         stream.bit_rate = bit_rate
     return stream
@@ -182,8 +204,10 @@ class AudioReencoder:
     def __init__(
         self, source: av.audio.stream.AudioStream, output: av.container.OutputContainer, fmt: str
     ) -> None:
-        self.stream = audio_stream(output, fmt, source.rate, source.layout.name)
+        self.stream = audio_stream(output, fmt, source.rate, source.layout)
         self.decoder = source.codec_context
+        # channel N plays on speaker N: without this, FFmpeg guesses speakers and remixes
+        self.decoder.layout = self.stream.layout
 
     def packets(self, packet: av.Packet | None, shift: float) -> list[av.Packet]:
         """Encoded packets for one source packet (None: flush), ``shift`` seconds earlier."""

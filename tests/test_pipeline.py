@@ -1155,6 +1155,37 @@ def test_a_cameras_pcm_sound_and_the_tracks_labels_are_kept(tmp_path):
         ]
 
 
+@pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
+def test_sound_of_four_channels_with_no_speakers_named_becomes_aac(tmp_path, encoder):
+    """Matroska's PCM of 4 or 6 channels names no speakers ("4 channels"); AAC opens only with
+    named ones, so the run failed (with ``--encoder ffmpeg`` after the whole video was done)."""
+    if encoder == "ffmpeg" and shutil.which("ffmpeg") is None:
+        pytest.skip("no ffmpeg binary (Debian package ffmpeg)")
+    src = tmp_path / "four.mkv"
+    with av.open(str(src), "w") as out:
+        v = h264_stream(out, (64, 48), 10)
+        track = out.add_stream("pcm_s16le", rate=48000, layout="4 channels")
+        encode_frames(out, v, clean_frames(4, (64, 48)))
+        seconds = np.arange(19200) / 48000
+        tones = [8000 * np.sin(2 * np.pi * hz * seconds) for hz in (300, 500, 700, 900)]
+        samples = np.stack(tones, axis=1).astype(np.int16).reshape(1, -1)
+        sound = av.AudioFrame.from_ndarray(samples, "s16", "4 channels")
+        sound.sample_rate, sound.pts = 48000, 0
+        out.mux(track.encode(sound))
+        out.mux(track.encode(None))
+    out = tmp_path / "clean.mp4"
+    flags = ("--flip-average", "off", "--temporal", "off", "--encoder", encoder)
+    result = run_cli(src, out, "-q", *flags)
+    assert result.returncode == 0, result.stderr
+    with av.open(str(out)) as done:
+        assert done.streams.audio[0].codec_context.name == "aac"
+        heard = np.concatenate([f.to_ndarray() for f in done.decode(audio=0)], axis=1)
+    assert heard.shape[0] == 4, "every channel kept"
+    for channel, hz in zip(heard, (300, 500, 700, 900), strict=True):
+        spectrum = np.abs(np.fft.rfft(channel[:19200]))
+        assert abs(np.argmax(spectrum) * 48000 / 19200 - hz) <= 5, "each channel its own tone"
+
+
 def test_a_codec_named_by_its_format_gets_its_encoders_settings(tmp_path):
     """``--codec h264`` is libx264, but only ``libx264`` got the product's settings: an odd
     frame size failed ("h264 cannot encode this"), the quality was x264's default (crf 23)
