@@ -1,4 +1,5 @@
-"""A live source's sound, recorded and published beside its derained picture.
+"""Sound in an output: a live source's, recorded and published beside its derained picture,
+and the codec any output's sound is encoded to where its container cannot take the source's.
 
 A file's sound is copied after the run (:mod:`streamderain.streams`); a live source's cannot be
 read again, so the reader decodes it as it comes, stamps it with the run's clock (the picture's:
@@ -17,7 +18,6 @@ from fractions import Fraction
 import av
 
 from streamderain.live import LiveClock
-from streamderain.streams import audio_stream
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,44 @@ WAITING_SECONDS = 2.0
 FILL_SECONDS = 60.0
 #: the output's sound where the source's had not begun when the output was set up (resampled)
 UNHEARD_SHAPE = (48_000, "stereo")
+
+# Audio a container cannot take is re-encoded to its usual codec at a transparent bit rate
+# (lossless FLAC in Matroska; AAC where none is named); subtitles it cannot take are left out,
+# with a warning.
+AUDIO_FALLBACK: dict[str, tuple[str, int]] = {
+    "mp4": ("aac", 256_000),
+    "mov": ("aac", 256_000),
+    "matroska": ("flac", 0),
+    "webm": ("libopus", 192_000),
+}
+
+
+# speakers for a count of channels where a source names none (FFmpeg's "4 channels"): a codec
+# opens only with named speakers; these are layouts AAC, Opus and FLAC all take
+NAMED_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad",
+                 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}  # fmt: skip
+
+
+def speakers(layout: av.AudioLayout | str) -> str:
+    """``layout``, or for channels without named speakers the usual ones for their count."""
+    layout = av.AudioLayout(layout)
+    if any(channel.name != "NONE" for channel in layout.channels):
+        return layout.name
+    return NAMED_LAYOUTS.get(layout.nb_channels, layout.name)
+
+
+def audio_stream(
+    output: av.container.OutputContainer, fmt: str, rate: int, layout: av.AudioLayout | str
+) -> av.audio.stream.AudioStream:
+    """A new audio stream of ``fmt``'s usual codec (``AUDIO_FALLBACK``; AAC for live formats)
+    for sound of ``rate`` Hz, at that rate where the codec takes it."""
+    codec, bit_rate = AUDIO_FALLBACK.get(fmt, ("aac", 256_000))
+    rates = av.Codec(codec, "w").audio_rates
+    stream = output.add_stream(codec, rate=rate if not rates or rate in rates else max(rates))
+    stream.layout = speakers(layout)
+    if bit_rate:  # none for lossless codecs
+        stream.bit_rate = bit_rate
+    return stream
 
 
 class LiveSound:

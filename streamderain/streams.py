@@ -21,6 +21,7 @@ import av
 
 from streamderain.errors import OutputError, reason
 from streamderain.live import CLOCK_JUMP_BACK
+from streamderain.sound import audio_stream
 from streamderain.targets import LIVE_OUTPUTS
 
 MAX_RATE = 1000  # frames a second: a slow-motion camera's most (phones save 960 as 30)
@@ -40,17 +41,6 @@ COPYABLE: dict[str, set[str] | None] = {
     "mpegts": {"aac", "mp3", "mp2", "ac3", "eac3", "opus"},  # UDP, SRT
     "rtsp": {"aac", "opus"},
 }
-# Audio a container cannot take is re-encoded to its usual codec at a transparent bit rate
-# (lossless FLAC in Matroska; AAC where none is named); subtitles it cannot take are left out,
-# with a warning.
-AUDIO_FALLBACK: dict[str, tuple[str, int]] = {
-    "mp4": ("aac", 256_000),
-    "mov": ("aac", 256_000),
-    "matroska": ("flac", 0),
-    "webm": ("libopus", 192_000),
-}
-
-
 # what the muxer writes anew (or mkvmerge's counts, which would be stale): not carried over
 _UNLABELS = {"encoder", "major_brand", "minor_version", "compatible_brands", "duration", "bps",
              "number_of_frames", "number_of_bytes"}  # fmt: skip
@@ -148,42 +138,6 @@ def continuous(packets: Iterator[av.Packet]) -> Iterator[av.Packet]:
                 packet.pts += round(late / tb)
                 packet.dts += round(late / tb)
         yield packet
-
-
-# speakers for a count of channels where a source names none (FFmpeg's "4 channels"): a codec
-# opens only with named speakers; these are layouts AAC, Opus and FLAC all take
-NAMED_LAYOUTS = {
-    1: "mono",
-    2: "stereo",
-    3: "3.0",
-    4: "quad",
-    5: "5.0",
-    6: "5.1",
-    7: "6.1",
-    8: "7.1",
-}
-
-
-def speakers(layout: av.AudioLayout | str) -> str:
-    """``layout``, or for channels without named speakers the usual ones for their count."""
-    layout = av.AudioLayout(layout)
-    if any(channel.name != "NONE" for channel in layout.channels):
-        return layout.name
-    return NAMED_LAYOUTS.get(layout.nb_channels, layout.name)
-
-
-def audio_stream(
-    output: av.container.OutputContainer, fmt: str, rate: int, layout: av.AudioLayout | str
-) -> av.audio.stream.AudioStream:
-    """A new audio stream of ``fmt``'s usual codec (``AUDIO_FALLBACK``; AAC for live formats)
-    for sound of ``rate`` Hz, at that rate where the codec takes it."""
-    codec, bit_rate = AUDIO_FALLBACK.get(fmt, ("aac", 256_000))
-    rates = av.Codec(codec, "w").audio_rates
-    stream = output.add_stream(codec, rate=rate if not rates or rate in rates else max(rates))
-    stream.layout = speakers(layout)
-    if bit_rate:  # none for lossless codecs
-        stream.bit_rate = bit_rate
-    return stream
 
 
 class Beside(Protocol):
