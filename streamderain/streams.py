@@ -300,15 +300,20 @@ def remux(
     streams = None
     try:
         with av.open(str(path)) as src, av.open(str(remuxed), "w", format=fmt) as dst:
-            video = dst.add_stream_from_template(src.streams.video[0])
-            # MP4's pixel shape is the stream's, which a template leaves out (VP9 holds none)
-            if sar := src.streams.video[0].sample_aspect_ratio:
+            made = src.streams.video[0]
+            video = dst.add_stream_from_template(made)
+            # what a template leaves out: MP4's pixel shape (VP9 holds none), the rate (Matroska
+            # then says 30,000 frames/s, which OpenCV believes) and the tag (HEVC's hvc1)
+            if sar := made.sample_aspect_ratio:
                 video.codec_context.sample_aspect_ratio = sar
+            video.codec_context.framerate = made.average_rate
+            if made.codec_tag.strip("\0"):
+                video.codec_tag = made.codec_tag
             if rotation:
                 video.set_display_rotation(rotation)
             streams = copier(dst)
             end, late = 0.0, None
-            for packet in src.demux(src.streams.video[0]):
+            for packet in src.demux(made):
                 if packet.pts is None:
                     continue  # the demuxer's last, empty packet
                 if late is None:  # the first packet in decoding order is the first picture

@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -840,6 +841,28 @@ def test_ffmpeg_encoder_backend_keeps_time_and_audio(vfr_clip, tmp_path):
     assert stream.codec_context.name == "h264"
     assert len(packets(out, "audio")) > 0
     assert display_rotation(out) == 90
+
+
+@pytest.mark.parametrize(
+    ("suffix", "codec", "tag"), [(".mkv", "libx264", ""), (".mp4", "libx265", "hvc1")]
+)
+def test_ffmpeg_encoders_file_keeps_its_rate_and_apples_hevc_tag(tmp_path, suffix, codec, tag):
+    """The sound's remux after ffmpeg built the video from a template, which carries neither
+    the rate (Matroska said 30,000 frames/s, and OpenCV counted 61,290 frames in 20) nor
+    HEVC's ``hvc1`` (``hev1``: Apple's players refuse it)."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("no ffmpeg binary (Debian package ffmpeg)")
+    src = tmp_path / "in.mp4"
+    make_clip(src, clean_frames(6, (64, 48)), audio=True)
+    out = tmp_path / f"out{suffix}"
+    flags = ("--flip-average", "off", "--temporal", "off", "--codec", codec)
+    result = run_cli(src, out, "-q", "--encoder", "ffmpeg", *flags)
+    assert result.returncode == 0, result.stderr
+    with av.open(str(out)) as done:
+        video = done.streams.video[0]
+        assert video.average_rate == 25
+        assert video.codec_tag.strip("\0") == tag
+    assert cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FPS) == 25
 
 
 @pytest.mark.parametrize("encoder", ["pyav", "ffmpeg"])
