@@ -17,43 +17,36 @@ How, per output frame t:
   own value stands in for it, so the median falls back to the per-frame result wherever the
   neighbours disagree. The two are compared through their envelopes, the minimum of a frame and
   the frames beside it (rain only adds light, and rarely covers a pixel in consecutive frames),
-  blurred over 5 x 5 half-size pixels.
+  blurred over 5 x 5 half-size pixels. Envelopes hide what only frame t holds, so where frame t
+  is brighter than its neighbours' median over a patch wider than rain (a bright object faster
+  than its own width, a lamp's first frame on), no neighbour counts.
 - A still camera tolerates envelope differences up to twice the rain level measured in the frame
   (the median difference to the next frame where the envelopes agree), kept between
   :data:`STILL_MIN` and :data:`STILL_MAX` grey levels: light rain keeps it strict, so slow
   textured objects are not smoothed; heavy rain loosens it, so its blotches are taken out.
 - A moving camera keeps the model's frames: after a warp, parallax, non-rigid motion and
-  sub-pixel errors look like rain. Until 2026-12-03 warped neighbours were combined where they
-  agreed under strict limits, but as many had to agree as the whole window held, so past a
-  stream's first frames no pixel changed (none of NTURain's panning ra1). Left to the median of
-  the 5 warped frames alone, it gained at most +0.02 dB in heavy rain on the DAVIS clips, lost
-  up to 0.16 dB on a file and 0.50 live in light rain, and ra1 kept its streaks.
+  sub-pixel errors look like rain (warped neighbours gained at most +0.02 dB in heavy rain on
+  the DAVIS clips and lost up to 0.5 dB in light rain).
 - On a still camera, what the model took out of every frame of the window is given back where
   it is fine-scale scene, not veil (:mod:`streamderain.detail`).
 - Then no pixel of a still frame stays brighter than the darkest of its agreeing rainy sources
-  plus the camera's noise (a floor). Rain only adds light, and in 7 to 10 frames nearly every
-  pixel was dry once, so this takes out what the model leaves of a downpour, which the median
-  keeps where rain covers a pixel in most frames. The noise margin (:data:`FLOOR_MIN` grey
-  levels plus :data:`FLOOR_GAPS` times the median gap between the two darkest sources) keeps a
-  dry, noisy camera from being darkened; no pixel is lowered by more than the still camera's
-  tolerance, so nothing that moved leaves a dark trail.
+  plus the camera's noise (a floor): rain only adds light, and in 7 to 10 frames nearly every
+  pixel was dry once, where the median keeps a downpour that covers a pixel in most frames.
+  The margin (:data:`FLOOR_MIN` plus :data:`FLOOR_GAPS` times the median gap between the two
+  darkest sources) keeps a dry, noisy camera as bright as it was; no pixel is lowered by more
+  than the still camera's tolerance, so nothing that moved leaves a dark trail.
 - Files look ahead (frames held back, written in order); live sources use past frames only.
 
-Measured (``python -m training eval-video``, the default model): on a still camera +5.2 to
-+6.3 dB PSNR-Y in light rain (files; +4.3 to +5.9 live), +0.7 to +6.0 dB in heavy rain (+0.5 to
-+3.5 live; without the floor +0.6 to +3.9), flicker down 1.6 to 8.7 times; on the moving DAVIS
-clips the model's own frames. Without the detail given back, the same clips gained +0.5 to
-+2.4 dB in light rain. Veiled heavy rain gains least
-because the model leaves JORDER's veil, which does not change from frame to frame: a perfect
-motion mask got +0.6 to +1.4 dB there.
+Measured (``python -m training eval-video``; README, "Using the neighbouring frames"): on a
+still camera +4.3 to +6.3 dB PSNR-Y in light rain, +0.5 to +6.0 in heavy rain, flicker down 1.6
+to 8.7 times; veiled heavy rain gains least (the model's veil does not change between frames).
 
-Tried and dropped: a median of the whole window without the motion test (ghosts); a median of
-only the agreeing frames (smears moving edges, -1.6 to -2.2 dB on moving pixels); lower order
-statistics (they win in heavy rain only by offsetting the veil, and ghost in light rain); a
-background image from a longer median (erases moving objects, -2 to -6 dB on them); a fine-scale
-difference test on still cameras (it rejects exactly the pixels that hold rain); the still
-camera's limits after a warp, even with cubic warps (+0.5 dB on a shaking camera, -0.3 to -5 dB
-on DAVIS).
+Tried and dropped: a median of the whole window without the motion test (ghosts), or of only
+the agreeing frames (smears moving edges, -1.6 to -2.2 dB on them); lower order statistics (win
+in heavy rain only by offsetting the veil; ghost in light rain); a background from a longer
+median (erases moving objects, -2 to -6 dB); a fine-scale difference test on still cameras
+(rejects the pixels that hold rain); the still camera's limits after a (cubic) warp (+0.5 dB
+on a shaking camera, -0.3 to -5 dB on DAVIS).
 """
 
 from __future__ import annotations
@@ -95,6 +88,10 @@ CORNERS = 200
 FLOOR_MIN, FLOOR_GAPS, NOISE_STEP = 4.0, 3.0, 4
 
 _KERNEL = np.ones((3, 3), np.uint8)
+#: a frame brighter than its neighbours' median over a patch this wide (half-size pixels) holds
+#: something that came in: a fast bright object or a light switched on, which envelopes hide;
+#: what the model leaves of rain is thinner (at 5 and 7 it took heavy streaks for objects)
+OBJECT_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
 
 
 @dataclass
@@ -135,6 +132,14 @@ def _lit_alike(a: _Held, b: _Held) -> bool:
 
 def _blurred_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cv2.blur(cv2.absdiff(a, b), (BLUR, BLUR))
+
+
+def _arrived(grey: np.ndarray, neighbours: np.ndarray, limit: float) -> np.ndarray:
+    """Where a frame is brighter than the median of its neighbours by more than ``limit`` over a
+    patch wider than rain (``OBJECT_KERNEL``): a bright object that moved faster than its own
+    width in a frame, or a light's first frame on, which envelopes take for rain."""
+    brighter = cv2.compare(cv2.subtract(grey, neighbours), limit, cv2.CMP_GT)
+    return cv2.dilate(cv2.morphologyEx(brighter, cv2.MORPH_OPEN, OBJECT_KERNEL), OBJECT_KERNEL)
 
 
 def _displacement(m: np.ndarray, height: int, width: int) -> float:
@@ -267,10 +272,9 @@ class TemporalFilter:
         env = self._envelopes(greys)
         limit = self._still_limit(t, min(window, key=lambda j: abs(j - t)), greys, env)
         others = [self._held[j].frame for j in window]
-        masks = [
-            self._mask(cur, cv2.compare(_blurred_diff(env[t], env[j]), limit, cv2.CMP_LT))
-            for j in window
-        ]
+        arrived = _arrived(cur.grey, _median([greys[j] for j in window]), limit)
+        agree = [cv2.compare(_blurred_diff(env[t], env[j]), limit, cv2.CMP_LT) for j in window]
+        masks = [self._mask(cur, cv2.subtract(a, arrived)) for a in agree]
         median = _median(
             [cur.frame.image]
             + [cv2.copyTo(f.image, m, cur.frame.image.copy()) for f, m in zip(others, masks)]

@@ -308,6 +308,32 @@ def test_a_flash_or_a_light_switched_on_is_kept(lookahead: int, gains: dict[int,
 
 
 @pytest.mark.parametrize("lookahead", [0, 3])
+def test_a_fast_bright_object_and_a_lamp_coming_on_are_kept(lookahead: int) -> None:
+    """A frame's envelope (its minimum with the frames beside it) is the background behind a
+    bright object that moves its own width in a frame, and behind a lamp's first frame on: the
+    neighbours stood in for them, and a white car at 20 pixels a frame came out erased."""
+    still = background(0)
+    clean, car = [], []
+    for t in range(30):
+        frame, mask = still.copy(), np.zeros((H, W), bool)
+        x = 8 + (28 * t) % (W - OBJECT - 16)
+        mask[30 : 30 + OBJECT, x : x + OBJECT] = True
+        frame[mask] = 235
+        if t >= 15:
+            frame[66:90, 110:150] = 230
+        clean.append(frame)
+        car.append(mask)
+    noisy = rain(clean)
+    out = run_filter(noisy, lookahead)
+    assert error(out, clean, car) <= error(noisy, clean, car) + 0.5
+    lamp = np.zeros((H, W), bool)
+    lamp[66:90, 110:150] = True
+    assert (
+        error(out[15:16], clean[15:16], [lamp]) <= error(noisy[15:16], clean[15:16], [lamp]) + 0.5
+    )
+
+
+@pytest.mark.parametrize("lookahead", [0, 3])
 def test_a_camera_bumped_for_a_frame_leaves_no_ghost(lookahead: int) -> None:
     """A frame shifted by a bump (wind on a still camera) sat in windows whose first and last
     frames agreed: it was combined, unaligned, with its neighbours (and they with it)."""
