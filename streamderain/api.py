@@ -327,6 +327,7 @@ def derain_video(
             if log.isEnabledFor(logging.DEBUG):  # the -v banner; describing costs a little
                 log.debug("input   %s", decoder.describe())
                 log.debug("model   %s", runner.describe())
+                log.debug("stages  %s", " -> ".join(n for n, _ in stages if n != "keep"))
                 log.debug("output  %s", encoder.describe())
             pipeline.stats.setup = time.perf_counter() - began
             if decoder.live:

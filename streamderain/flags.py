@@ -145,9 +145,9 @@ _MODEL = [
         default="auto",
         show_default=True,
         help="Number format of the model; auto: int8 for the bundled models on x86 CPUs "
-        "(AVX2 or AVX-512), where fp32 runs near 2 frames/s, else fp32; fp16 needs a GPU, "
-        "bf16 a GPU or a recent CPU; int8: a bundled model in 8 bits on a CPU (OpenVINO), "
-        "faster, a little less exact.",
+        "(AVX2 or AVX-512), where fp32 runs near 2 frames/s, else fp32; fp16 and bf16 are "
+        "for GPUs (bf16 runs on a CPU, through PyTorch, several times slower than auto); "
+        "int8: a bundled model in 8 bits on a CPU (OpenVINO), faster, a little less exact.",
     ),
     click.option(
         "--backend",

@@ -158,7 +158,9 @@ class ModelRunner(Stage):
             options.precision, self.device, options.backend, options.model
         )
         if self.precision == "fp16" and self.device.type == "cpu":
-            raise UsageError("fp16 needs a CUDA GPU; use fp32 or bf16 on a CPU")
+            raise UsageError("fp16 needs a CUDA GPU; use fp32 or int8 on a CPU")
+        if self.precision == "bf16" and self.device.type == "cpu":  # OpenVINO's is not exact
+            log.warning("bf16 on a CPU runs through PyTorch, several times slower than auto")
         if self.precision == "int8" and self.device.type != "cpu":
             raise UsageError("int8 runs on a CPU; use fp16 on a GPU")
         self.dtype = PRECISIONS[self.precision]

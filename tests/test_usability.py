@@ -151,6 +151,7 @@ def test_verbose_says_what_runs_and_models_lists_the_bundled_ones(tmp_path, shar
     assert result.returncode == 0, result.stderr
     for words in ("input   ", "h264 96x64", "model   ", "parameters", "output  ", "libx264"):
         assert words in result.stderr, words
+    assert "stages  batch -> model -> temporal -> encode" in result.stderr
     assert "pydot" not in result.stderr, "other libraries' debug is not ours to show"
     listed = run_cli("models")
     assert listed.returncode == 0 and "auto (default)" in listed.stdout
@@ -315,3 +316,15 @@ def test_feeds_wait_for_a_camera_however_long_it_is_away() -> None:
     assert "giving up (0: never).  [default: 0.0]" in " ".join(feeds.get_help(ctx).split("\n"))
     asked = feeds.make_context("feeds", ["feeds.toml", "--reconnect-timeout", "5"])
     assert asked.params["reconnect_timeout"] == 5.0
+
+
+def test_bf16_on_a_cpu_is_said_to_be_slow(caplog) -> None:
+    """The help offered bf16 for "a recent CPU" and the fp16 refusal pointed to it: it runs
+    through PyTorch there, about 6 times slower than the default, without a word."""
+    from streamderain.options import ModelOptions
+    from streamderain.runner import ModelRunner
+
+    ModelRunner(ModelOptions(device="cpu", precision="bf16"), threads=1)
+    assert "bf16 on a CPU runs through PyTorch, several times slower than auto" in caplog.text
+    helped = " ".join(run_cli("run", "--help").stdout.split())
+    assert "bf16 a GPU or a recent CPU" not in helped and "several times slower" in helped
