@@ -87,13 +87,24 @@ def _bad_sources(tmp_path):
         "empty": (empty, "not a PyTorch checkpoint"),
         "other network": (other, "not a DCSFN checkpoint"),
         "wrong shapes": (wrong_shape, "do not fit DCSFN"),
-        "folder": (tmp_path, "not a file"),
+        "folder": (tmp_path, "a folder, not a model file"),
         "unknown name": ("dcsfn-huge", "unknown model name"),
+        "empty name": ("", "no model named (an empty name)"),
     }
 
 
 @pytest.mark.parametrize(
-    "case", ["missing", "text", "empty", "other network", "wrong shapes", "folder", "unknown name"]
+    "case",
+    [
+        "missing",
+        "text",
+        "empty",
+        "other network",
+        "wrong shapes",
+        "folder",
+        "unknown name",
+        "empty name",
+    ],
 )
 def test_bad_sources_raise_model_load_error_naming_file_and_reason(tmp_path, shared, case):
     source, reason = _bad_sources(tmp_path)[case]

@@ -289,18 +289,22 @@ def _from_training_checkpoint(state: dict[str, Any], path: Path) -> tuple[dict, 
 def resolve_source(source: str | Path | None) -> Path:
     """The file behind a bundled model name or a path."""
     name = DEFAULT_MODEL if source is None else str(source)
+    if not name.strip():  # an unset shell variable: Path("") is the working folder
+        raise ModelLoadError("no model named (an empty name); use a bundled model, auto or a file")
     bundled = bundled_models()
     if name in bundled:
         return bundled[name]
     path = Path(name).expanduser()
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: a folder, not a model file")
     if path.exists():
         raise ModelLoadError(f"{path}: not a file")
     if isinstance(source, Path) or path.suffix or "/" in name or "\\" in name:
         raise ModelLoadError(f"{path}: no such file")
     known = ", ".join(bundled) or "none"
-    raise ModelLoadError(f"{name}: unknown model name (bundled models: {known})")
+    raise ModelLoadError(f"{name}: unknown model name (bundled models: {known}; or auto)")
 
 
 def pick_device(name: str = "auto") -> torch.device:
