@@ -200,8 +200,9 @@ class StreamCopier:
             chosen = [*self.input.streams.audio, *self.input.streams.subtitles]
             if fmt in LIVE_OUTPUTS.values():  # a live stream: one sound (its best), no subtitles
                 chosen = [a] if (a := heard_audio(self.input)) else []
-            else:  # a recording's title, date and place, as FFmpeg keeps them
+            else:  # a recording's title, date, place and chapters, as FFmpeg keeps them
                 output.metadata.update(labels(self.input.metadata))
+                output.set_chapters(self._chapters())
                 for video in output.streams.video:  # Matroska marks none once a sound is marked
                     video.disposition |= av.stream.Disposition.default
             for s in chosen:
@@ -237,6 +238,22 @@ class StreamCopier:
             raise
         self._held: av.Packet | None = None
         self.output = output
+
+    def _chapters(self) -> list[dict]:
+        """The source's chapters within the part derained, on the output's timeline (which
+        starts at the first picture: a chapter cannot start before it)."""
+        first = self.origin + self.start
+        last = None if self.end is None else self.origin + self.end
+        kept = []
+        for chapter in self.input.chapters():
+            tb = chapter["time_base"]
+            begin, end = float(chapter["start"] * tb), float(chapter["end"] * tb)
+            if end <= first or (last is not None and begin >= last):
+                continue
+            end = end if last is None else min(end, last)
+            begin, end = (max(round((t - self.offset) / tb), 0) for t in (max(begin, first), end))
+            kept.append({**chapter, "start": begin, "end": max(end, begin)})
+        return kept
 
     def copy_until(self, seconds: float) -> None:
         """Mux every packet that starts before ``seconds`` of output time."""

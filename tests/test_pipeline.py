@@ -1209,6 +1209,32 @@ def test_sound_of_four_channels_with_no_speakers_named_becomes_aac(tmp_path, enc
         assert abs(np.argmax(spectrum) * 48000 / 19200 - hz) <= 5, "each channel its own tone"
 
 
+def test_chapters_are_kept_on_the_part_derained(tmp_path):
+    """Chapters were dropped from every output (ffmpeg keeps them); with ``--start`` they move
+    with the picture, and one that ends before it is left out."""
+    src = tmp_path / "chapters.mkv"
+    with av.open(str(src), "w") as out:
+        v = h264_stream(out, (64, 48), 10)
+        out.set_chapters(
+            [
+                {"id": i + 1, "start": i * 500, "end": (i + 1) * 500, "time_base": Fraction(1, 1000),
+                 "metadata": {"title": title}}
+                for i, title in enumerate(["Arrival", "Downpour", "Clearing"])
+            ]
+        )  # fmt: skip
+        encode_frames(out, v, clean_frames(15, (64, 48)))
+    out = tmp_path / "clean.mp4"
+    result = run_cli(src, out, "-q", "--start", "0.7", "--flip-average", "off")
+    assert result.returncode == 0, result.stderr
+    with av.open(str(out)) as done:
+        kept = [
+            (c["metadata"]["title"], round(float(c["start"] * c["time_base"]), 2),
+             round(float(c["end"] * c["time_base"]), 2))
+            for c in done.chapters()
+        ]  # fmt: skip
+    assert kept == [("Downpour", 0.0, 0.3), ("Clearing", 0.3, 0.8)]
+
+
 def test_a_codec_named_by_its_format_gets_its_encoders_settings(tmp_path):
     """``--codec h264`` is libx264, but only ``libx264`` got the product's settings: an odd
     frame size failed ("h264 cannot encode this"), the quality was x264's default (crf 23)
