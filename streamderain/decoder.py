@@ -21,7 +21,7 @@ import av
 from streamderain import live
 from streamderain.deinterlace import Deinterlacer
 from streamderain.errors import CannotOpen, InputError, NoVideoStream, reason
-from streamderain.frames import Frame, VideoInfo, decoded_frame, pixel_bits
+from streamderain.frames import Frame, VideoInfo, chroma, decoded_frame, pixel_bits
 from streamderain.options import DecodeOptions
 from streamderain.pictures import PictureFolder
 from streamderain.sound import LiveSound
@@ -117,6 +117,7 @@ class Decoder:
             sample_aspect_ratio=ctx.sample_aspect_ratio,
             live=self.live,
             bits=8 if self.live else pixel_bits(ctx.pix_fmt),
+            chroma="420" if self.live else chroma(ctx.pix_fmt),
             origin=0.0 if self.live else file_origin(self._container),
         )
 

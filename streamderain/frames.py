@@ -60,6 +60,17 @@ def pixel_bits(pix_fmt: str | None) -> int:
     return av.VideoFormat(pix_fmt).components[0].bits if pix_fmt else 8
 
 
+def chroma(pix_fmt: str | None) -> str:
+    """The colour resolution of a YUV pixel format: "444", "422" or "420" (RGB, grey and
+    unknown formats: "420", what plays everywhere)."""
+    fmt = av.VideoFormat(pix_fmt) if pix_fmt else None
+    if fmt is None or fmt.is_rgb or len(fmt.components) < 3:
+        return "420"
+    return {(64, 64): "444", (32, 64): "422"}.get(
+        (fmt.chroma_width(64), fmt.chroma_height(64)), "420"
+    )
+
+
 def eight_bits(deep: np.ndarray) -> np.ndarray:
     """A uint16 picture rounded to uint8, the model's input."""
     return ((deep.astype(np.uint32) + 128) // 257).astype(np.uint8)
@@ -191,6 +202,7 @@ class VideoInfo:
     sample_aspect_ratio: Fraction | None = None
     live: bool = False
     bits: int = 8  # per channel, of the source's pixel format as it is decoded
+    chroma: str = "420"  # the source's colour resolution (4:2:2, 4:4:4 kept by x264 and x265)
     origin: float = 0.0  # seconds a file's timeline starts at (its earliest stream's start)
 
 

@@ -99,11 +99,11 @@ def codec_tag(codec: str, fmt: str) -> str | None:
     return "hvc1" if codec == "libx265" and fmt in ("mp4", "mov") else None
 
 
-def pixel_format(codec: str, width: int, height: int, bits: int = 8) -> str:
-    """4:2:0 plays everywhere; x264/x265 cannot subsample odd sizes, so those keep 4:4:4;
-    ``bits`` > 8: the same at 10 bits a channel."""
+def pixel_format(codec: str, width: int, height: int, bits: int = 8, chroma: str = "420") -> str:
+    """4:2:0 plays everywhere; x264/x265 keep a source's 4:2:2 or 4:4:4 (as ffmpeg does), and
+    cannot subsample odd sizes, so those are 4:4:4; ``bits`` > 8: the same at 10 bits."""
     odd = width % 2 or height % 2
-    fmt = "yuv444p" if odd and codec in X26X else "yuv420p"
+    fmt = f"yuv{'444' if odd else chroma}p" if codec in X26X else "yuv420p"
     return f"{fmt}10le" if bits > 8 else fmt
 
 
@@ -155,7 +155,7 @@ class OutputSettings:
 
     @property
     def pix_fmt(self) -> str:
-        return pixel_format(self.codec, self.size[1], self.size[0], self.bits)
+        return pixel_format(self.codec, self.size[1], self.size[0], self.bits, self.info.chroma)
 
     def beside(self, output: av.container.OutputContainer) -> Beside | None:
         """What brings the source's other streams into ``output``: a file's sound and

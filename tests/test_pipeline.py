@@ -1209,6 +1209,22 @@ def test_sound_of_four_channels_with_no_speakers_named_becomes_aac(tmp_path, enc
         assert abs(np.argmax(spectrum) * 48000 / 19200 - hz) <= 5, "each channel its own tone"
 
 
+@pytest.mark.parametrize("pix_fmt", ["yuv444p", "yuv422p"])
+def test_a_sources_colour_resolution_is_kept(tmp_path, pix_fmt):
+    """4:4:4 and 4:2:2 sources (screen captures, ProRes masters) came out 4:2:0 without a word;
+    x264 and x265 keep them, as ffmpeg does."""
+    src = tmp_path / "full.mkv"
+    with av.open(str(src), "w") as out:
+        v = h264_stream(out, (64, 48), 10)
+        v.pix_fmt = pix_fmt
+        encode_frames(out, v, clean_frames(2, (64, 48)))
+    out = tmp_path / "clean.mp4"
+    result = run_cli(src, out, "-q", "--flip-average", "off", "--temporal", "off")
+    assert result.returncode == 0, result.stderr
+    with av.open(str(out)) as done:
+        assert done.streams.video[0].codec_context.pix_fmt == pix_fmt
+
+
 def test_chapters_are_kept_on_the_part_derained(tmp_path):
     """Chapters were dropped from every output (ffmpeg keeps them); with ``--start`` they move
     with the picture, and one that ends before it is left out."""
