@@ -110,11 +110,11 @@ class Encoder(Stage):
         self.folder = not self.live_format and is_folder_target(target)
         self.picture = not self.folder and is_picture_target(target)  # "shots.png/" is a folder
         o, live_rtsp = self.options, self.live_format == "rtsp"  # RTSP's muxer needs a server
-        if o.codec and o.encoder == "pyav" and not (self.folder or self.picture or live_rtsp):
+        if (o.codec or o.crf is not None) and not (self.folder or self.picture or live_rtsp):
             fmt, codec = self._format_and_codec()
-            check_muxer(
-                fmt, codec, video_options(codec, o.crf, o.preset), pixel_format(codec, 64, 64)
-            )
+            options = video_options(codec, o.crf, o.preset)  # a crf off the codec's scale
+            if o.encoder == "pyav":
+                check_muxer(fmt, codec, options, pixel_format(codec, 64, 64))
         # A file from a file can wait for the model's spare CPU; anything live keeps its pace.
         self.yields_cpu = not (self.live_format or info.live)
         self._writing_since: float | None = None  # a live output's write under way, since

@@ -62,6 +62,8 @@ def video_options(
     a viewer joining late waits at most that long. ``hdr``: the source's HDR10 metadata, which
     x265 writes into the stream (other encoders have no place for it).
     """
+    if crf is not None and crf > 51 and codec in X26X:  # x264 would take 51 without a word
+        raise OutputError(f"--crf {crf} is past {codec}'s scale (0 to 51; 63 is VP9's)")
     options = {}
     crf = crf if crf is not None else DEFAULT_CRF.get(codec)
     if crf is not None:

@@ -120,6 +120,10 @@ def _cases(d: Path) -> dict[str, tuple[list[str], str]]:
             "--codec libvpx-vp9 cannot be written into mov (vp9 only supported in MP4)",
         ),
         "unknown preset": ([clip, out, "--preset", "fastest"], "--preset must be one of"),
+        "crf past x264's scale": (
+            [clip, out, "--crf", "60"],
+            "--crf 60 is past libx264's scale (0 to 51; 63 is VP9's)",
+        ),
         "model missing": ([clip, out, "--model", str(d / "none.pth")], "no such file"),
         "model junk": ([clip, out, "--model", str(d / "junk.pth")], "checkpoint"),
         "model of another network": (
