@@ -107,20 +107,28 @@ def fail(message: str, verbose: bool, code: int = 1) -> None:
 def one_line_errors(verbose: bool) -> Iterator[None]:
     """Every failure inside ends the command with one line on stderr (``-v``: a traceback)."""
     try:
-        from training import ModelLoadError  # imports torch: Ctrl-C may come in this second
-
         yield
     except KeyboardInterrupt:
         fail("aborted", verbose, 130)
-    except (StreamDerainError, ModelLoadError) as exc:
-        fail(str(exc), verbose)
     except BrokenPipeError:  # its reader has gone (``streamderain models | head``): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - reported, not swallowed
+        if _explained(exc):
+            fail(str(exc), verbose)
         if isinstance(exc, MemoryError) or any(s in str(exc) for s in OUT_OF_MEMORY):
             fail("out of memory: try a smaller --batch, or --tile N", verbose)
         fail(f"unexpected {type(exc).__name__}: {exc} (run with -v for details)", verbose, 2)
+
+
+def _explained(exc: Exception) -> bool:
+    """Ours or the model loader's: its message is the whole story. The loader's class is looked
+    up, not imported: importing training loads PyTorch (2 s), which a command that fails on its
+    arguments never needs, and only a loaded loader raises its errors."""
+    weights = sys.modules.get("training.weights")
+    return isinstance(exc, StreamDerainError) or (
+        weights is not None and isinstance(exc, weights.ModelLoadError)
+    )
 
 
 def _auto_on_off(name: str, help: str) -> Callable:

@@ -172,6 +172,33 @@ def test_bad_input_is_one_clean_line(media, case):
     assert not [p for p in media.iterdir() if p.name.startswith(".")], "temporary file left"
 
 
+# the command line in a Python that says at its exit whether PyTorch was loaded
+TORCH_PROBE = """
+import runpy, sys
+sys.argv[0] = "streamderain"
+try:
+    runpy.run_module("streamderain", run_name="__main__")
+finally:
+    print("torch loaded:", "torch" in sys.modules, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("case", ["input missing", "output exists", "bad crf", "empty out-dir"])
+def test_a_command_refused_on_its_arguments_loads_no_pytorch(media, case):
+    """Its one line comes in a quarter of a second, not after PyTorch's two-second import."""
+    args, expected = _cases(media)[case]
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=media,
+    )
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "torch loaded: False", result.stderr
+
+
 def test_parity_fixture_checkpoint_runs_through_the_cli(media, tmp_path):
     out = tmp_path / "o.mp4"
     result = subprocess.run(
