@@ -118,6 +118,7 @@ def test_rerun_skips_what_is_done(local_run, inputs: Path) -> None:
     assert after == {k: v for k, v in before.items() if k != MANIFEST}
 
 
+@pytest.mark.serial  # Ray beside other tests: its cluster starts late
 def test_ray_gives_the_same_outputs(local_run, inputs: Path) -> None:
     pytest.importorskip("ray")
     _, local = local_run
@@ -140,6 +141,7 @@ def test_ray_gives_the_same_outputs(local_run, inputs: Path) -> None:
         assert np.array_equal(a, b), (png.name, int(np.abs(a.astype(int) - b).max()))
 
 
+@pytest.mark.serial  # Ray beside other tests: its cluster starts late
 def test_sigterm_stops_a_ray_batch_as_ctrl_c_does(inputs: Path) -> None:
     """A service manager's stop: Ray's driver takes SIGTERM for itself (a crash report and
     exit) unless the batch takes it back; it then stops as Ctrl-C does, for a rerun to finish."""

@@ -30,6 +30,10 @@ from tests.conftest import process_stat, process_titles, running
 from tests.live.test_live import STACKS_ON_ABORT
 from tests.media import clean_frames, decode_all, make_clip
 
+# alone, after the parallel pass: a real server or cluster on real time, which a busy
+# machine makes late
+pytestmark = pytest.mark.serial
+
 CLI = [sys.executable, "-m", "streamderain"]
 HEAD = {"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False}
 WORKER_NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}

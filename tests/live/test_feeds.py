@@ -14,6 +14,10 @@ import pytest
 from streamderain.feeds import StreamDerainError, read_feeds
 from tests.live.test_live import interrupt_cli, start_cli
 
+# alone, after the parallel pass: a real server or cluster on real time, which a busy
+# machine makes late
+pytestmark = pytest.mark.serial
+
 
 def test_a_feeds_file_is_checked(tmp_path):
     bad = tmp_path / "feeds.toml"

@@ -17,6 +17,10 @@ import pytest
 from tests.live.conftest import HOST, free_port, is_listening
 from tests.media import Heard, clean_frames, decode_all, flash_and_beep, make_clip, onsets
 
+# alone, after the parallel pass: a real server or cluster on real time, which a busy
+# machine makes late
+pytestmark = pytest.mark.serial
+
 CLI = [sys.executable, "-m", "streamderain"]
 
 
