@@ -17,9 +17,9 @@ import pytest
 from tests.live.conftest import HOST, free_port, is_listening
 from tests.media import Heard, clean_frames, decode_all, flash_and_beep, make_clip, onsets
 
-# alone, after the parallel pass: a real server or cluster on real time, which a busy
-# machine makes late
-pytestmark = pytest.mark.serial
+# alone, after the parallel pass: a test that times the run against the wall clock, which a
+# busy machine makes late (the others wait on their servers, and overlap the CPU's work)
+SERIAL = pytest.mark.serial
 
 CLI = [sys.executable, "-m", "streamderain"]
 
@@ -96,6 +96,7 @@ def test_reconnects_after_the_server_restarts(rtsp_server, tmp_path):
     assert max(steps) >= 1.5, "the outage should show as a gap in the timestamps"
 
 
+@SERIAL
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_while_the_source_is_still_connecting_is_taken_at_once(tmp_path, signum):
     """FFmpeg, waiting for a source to answer, takes no signal: Ctrl-C and SIGTERM were lost
@@ -149,6 +150,7 @@ def test_a_source_that_never_returns_is_a_clean_error_with_playable_output(rtsp_
     assert len(images) > 0
 
 
+@SERIAL
 def test_a_relay_answering_not_found_while_its_camera_is_away_is_waited_for(
     make_rtsp_server, clip_path, tmp_path
 ):
@@ -281,6 +283,7 @@ def test_password_is_masked_in_messages(tmp_path):
     assert "s3cret" not in err and "admin:***@" in err
 
 
+@SERIAL
 @pytest.mark.parametrize("drop", ["--live-drop", "--no-live-drop"])
 def test_live_drop_keeps_up_with_a_fast_camera(rtsp_server, tmp_path, drop):
     out = tmp_path / "drop.mp4"
@@ -297,6 +300,7 @@ def test_live_drop_keeps_up_with_a_fast_camera(rtsp_server, tmp_path, drop):
         assert dropped == 0, err
 
 
+@SERIAL
 def test_a_stalled_source_times_out_and_stops_cleanly(rtsp_server, tmp_path):
     """A camera that stops sending but keeps its connection open must not hang the run: a read
     gives up after 5 s (FFmpeg's RTSP reader took two reads, 10 s: the first handed over the
@@ -340,6 +344,7 @@ def test_a_camera_sending_garbage_part_way_is_skipped_and_the_run_goes_on(
     assert all(b > a for a, b in zip(times, times[1:], strict=False))
 
 
+@SERIAL
 def test_a_source_whose_clock_restarts_keeps_real_frame_times(
     ts_bytes, make_tcp_stream_server, tmp_path
 ):
@@ -372,6 +377,7 @@ def record_sound(
     return onsets(out)
 
 
+@SERIAL
 def test_a_live_sources_sound_keeps_in_step_when_its_clock_restarts(
     make_tcp_stream_server, tmp_path
 ):
@@ -398,6 +404,7 @@ def test_a_live_sources_sound_that_begins_late_is_recorded(make_tcp_stream_serve
     assert not heard.silent[15:]
 
 
+@SERIAL
 def test_a_live_sources_sound_keeps_up_after_a_burst_on_connecting(
     make_tcp_stream_server, tmp_path
 ):
@@ -454,6 +461,7 @@ def readable(path: Path) -> int:
 @pytest.mark.parametrize(
     "encoder, suffix", [("pyav", ".mkv"), ("ffmpeg", ".mkv"), ("pyav", ".mp4")]
 )
+@SERIAL
 def test_a_recording_of_a_live_source_is_on_disk_within_a_second(
     ts_bytes, make_tcp_stream_server, tmp_path, encoder, suffix
 ):
