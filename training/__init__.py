@@ -5,7 +5,6 @@ command that only checks its arguments should not wait two seconds for it to loa
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,20 +19,6 @@ if TYPE_CHECKING:
         pick_device,
         save_model,
     )
-
-_HOMES = {
-    "DCSFNConfig": "training.config",
-    "build_network": "training.config",
-    "load_config": "training.config",
-    "DEFAULT_MODEL": "training.weights",
-    "DerainModel": "training.weights",
-    "ModelInfo": "training.weights",
-    "ModelLoadError": "training.weights",
-    "bundled_models": "training.weights",
-    "load_model": "training.weights",
-    "pick_device": "training.weights",
-    "save_model": "training.weights",
-}
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -51,6 +36,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
+    if name not in __all__:
         raise AttributeError(f"module 'training' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+    from training import config, weights
+
+    return getattr(weights if hasattr(weights, name) else config, name)
