@@ -162,9 +162,9 @@ class HdrLight:
     @classmethod
     def of(cls, vf: av.VideoFrame) -> HdrLight | None:
         """What a decoded frame carries of it (FFmpeg's side data), or None."""
-        wanted = ("MASTERING_DISPLAY_METADATA", "CONTENT_LIGHT_LEVEL")
-        sides = {sd.type.name: bytes(sd) for sd in vf.side_data if sd.type.name in wanted}
-        raw, light = (sides.get(name) for name in wanted)
+        raw, light = (
+            _side_data(vf, name) for name in ("MASTERING_DISPLAY_METADATA", "CONTENT_LIGHT_LEVEL")
+        )
         mastering = None
         if raw is not None and len(raw) >= 88 and all(struct.unpack_from("<2i", raw, 80)):
             q = struct.unpack_from("<20i", raw)  # AVRationals: R, G, B, white x/y, min, max
@@ -274,3 +274,12 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+
+def _side_data(vf: av.VideoFrame, name: str) -> bytes | None:
+    """One kind of a frame's side data by its FFmpeg name. Looked up by key, the one form PyAV has
+    kept: iterating the container gave the data before PyAV 18 and gives the kinds since."""
+    try:
+        return bytes(vf.side_data[name])
+    except KeyError:
+        return None
