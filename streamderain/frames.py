@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -19,6 +20,17 @@ _TO_RGB = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FUL
 _TO_YUV = Interpolation.AREA | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INP
 # swscale's conversion matrix for each AVColorSpace tag; untagged video converts as BT.601.
 _MATRICES = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
+# Kr and Kb of the same matrices (H.273), for full range, which is converted here
+_LUMA = {
+    1: (0.2126, 0.0722),
+    4: (0.30, 0.11),
+    5: (0.299, 0.114),
+    6: (0.299, 0.114),
+    7: (0.212, 0.087),
+    9: (0.2627, 0.0593),
+    10: (0.2627, 0.0593),
+}
+_PLANAR_YUV = re.compile(r"yuv4[24][024]p(1[02]le)?")
 
 
 def rgb_image(vf: av.VideoFrame, deep: bool = False) -> np.ndarray:
@@ -88,18 +100,59 @@ def video_frame(
 ) -> av.VideoFrame:
     """RGB (uint8 or uint16) to ``pix_fmt`` with the matrix and range the output is tagged with,
     so a player shows the colours the source had (the encoder's own would always use BT.601)."""
-    vf = av.VideoFrame.from_ndarray(
-        image, format="rgb48le" if image.dtype == np.uint16 else "rgb24"
-    )
-    out = vf.reformat(
-        format=pix_fmt,
-        interpolation=_TO_YUV,
-        dst_colorspace=_MATRICES.get(colorspace),
-        dst_color_range=color_range or None,
-    )
+    if color_range == 2 and _PLANAR_YUV.fullmatch(pix_fmt):
+        out = _full_range_frame(image, pix_fmt, colorspace)
+    else:
+        vf = av.VideoFrame.from_ndarray(
+            image, format="rgb48le" if image.dtype == np.uint16 else "rgb24"
+        )
+        out = vf.reformat(
+            format=pix_fmt,
+            interpolation=_TO_YUV,
+            dst_colorspace=_MATRICES.get(colorspace),
+            dst_color_range=color_range or None,
+        )
     # swscale marks the frame limited range ("tv") even when the source said nothing, and
     # encoders such as libvpx then write that tag: say nothing where the source said nothing.
     out.color_range = color_range
+    return out
+
+
+def _full_range_frame(image: np.ndarray, pix_fmt: str, colorspace: int) -> av.VideoFrame:
+    """Full-range planar YUV by H.273's equations, rounded to the nearest level.
+
+    Why not swscale: to full range it truncates the colour planes, 0.5 levels low on average
+    (limited range rounds): a webcam's MJPEG or a folder of PNGs came back tinted green by
+    -0.7 +0.6 -1.0 grey levels in R, G, B, where limited range comes back within 0.01."""
+    fmt = av.VideoFormat(pix_fmt)
+    peak = (1 << fmt.components[0].bits) - 1
+    kr, kb = _LUMA.get(colorspace, _LUMA[5])
+    luma = np.array([kr, 1 - kr - kb, kb])
+    matrix = np.vstack([luma, ([0, 0, 1] - luma) / (2 - 2 * kb), ([1, 0, 0] - luma) / (2 - 2 * kr)])
+    matrix *= peak / np.iinfo(image.dtype).max
+    offset = np.array([[0.0], [(peak + 1) / 2], [(peak + 1) / 2]])
+    picture = image.astype(np.float32)
+    # one plane at a time: OpenCV's 3-channel result is slow to split, a 2-channel one to compute
+    planes = [cv2.transform(picture, row) for row in np.hstack([matrix, offset])[:, None]]
+    h, w = image.shape[:2]
+    cw, ch = fmt.chroma_width(w), fmt.chroma_height(h)
+    if (cw, ch) != (w, h):  # averaged over the 2 or 4 pixels each sample covers
+        fy, fx = (1 if ch == h else 2), (1 if cw == w else 2)
+        # an odd side's last pixel repeated, so that every sample covers whole pixels
+        planes[1:] = (
+            cv2.resize(
+                cv2.copyMakeBorder(p, 0, fy * ch - h, 0, fx * cw - w, cv2.BORDER_REPLICATE),
+                (cw, ch),
+                interpolation=cv2.INTER_AREA,
+            )
+            for p in planes[1:]
+        )
+    dtype = np.uint16 if peak > 255 else np.uint8
+    out = av.VideoFrame(w, h, pix_fmt)
+    for plane, values in zip(out.planes, planes):
+        rows = np.asarray(memoryview(plane)).view(dtype).reshape(plane.height, -1)
+        rows[:, : plane.width] = np.clip(np.rint(values), 0, peak)
+    out.colorspace = colorspace
     return out
 
 
