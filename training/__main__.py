@@ -67,7 +67,8 @@ def main(verbose: bool) -> None:
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    help="bf16 autocast: about 1.5x faster on CPUs with AVX512-BF16 or AMX, and on GPUs "
+    help="bf16 autocast: about 1.5x faster on CPUs with AVX512-BF16 or AMX, and on GPUs; "
+    "emulated on other CPUs, about 9x slower "
     "(default: a resumed run's own, else fp32).",
 )
 @click.option(

@@ -339,6 +339,11 @@ class Trainer:
         validated and snapshotted (a lease of a GPU machine ends on time, not on a step).
         ``workers``: processes drawing the batches (0: this one, between steps)."""
         until = self.cfg.steps if until is None else min(until, self.cfg.steps)
+        if self.precision == "bf16" and self.device.type == "cpu" and not native_bf16():
+            log.warning(
+                "bf16 on this CPU is emulated (it has neither AVX512-BF16 nor AMX): a step takes"
+                " about 9 times as long as in fp32 (--precision fp32)"
+            )
         deadline = time.monotonic() + minutes * 60 if minutes else None
         sampler = PatchSampler(self.cfg, self.data_root)
         if workers:
@@ -436,3 +441,9 @@ def _logged_step(line: str) -> float:
         return json.loads(line)["step"]
     except (ValueError, KeyError, TypeError):
         return float("inf")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 itself. Without AVX512-BF16 or AMX, PyTorch emulates
+    it: on an AVX2 EPYC a lite training step took 23.5 s in bf16 against 2.6 s in fp32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
