@@ -76,6 +76,13 @@ class PictureFolder:
             time_base=1 / IMAGE_FOLDER_RATE,
             rate=IMAGE_FOLDER_RATE,
             frames=len(self.files),
+            # pictures are sRGB: a video made of them says BT.709 (limited range, HD's matrix,
+            # sRGB's primaries) rather than nothing, which players of HD took for BT.709 and
+            # showed red (200, 0, 0), written in BT.601, as (217, 12, 0)
+            color_range=1,
+            colorspace=1,
+            color_primaries=1,
+            color_trc=1,
             bits=16 if first.dtype == np.uint16 else 8,
         )
 

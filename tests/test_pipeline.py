@@ -336,6 +336,28 @@ def test_image_folder_in_and_out_with_odd_sizes(tmp_path, shared):
     assert decode_all(odd)[0][0].shape == (45, 67, 3)
 
 
+def test_a_video_made_of_pictures_says_how_its_colours_are_coded(tmp_path, shared):
+    """Pictures are sRGB: the video made of them is tagged BT.709 throughout. Untagged, it was
+    coded with BT.601's matrix, which players take HD video not to be: red (200, 0, 0) came out
+    as (217, 12, 0) in a BT.709 player."""
+    import cv2
+
+    src = tmp_path / "frames"
+    src.mkdir()
+    for i, img in enumerate(clean_frames(3, (320, 180))):
+        img[:60, :80] = (200, 0, 0)
+        cv2.imwrite(str(src / f"{i + 1}.png"), img[..., ::-1])
+    out = tmp_path / "pictures.mp4"
+    assert run_cli(src, out, "--crf", "0", "--temporal", "off").returncode == 0
+    images, _, stream = decode_all(out)
+    ctx = stream.codec_context
+    assert (ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range) == (1, 1, 1, 1)
+    with av.open(str(out)) as c:  # decoded as a BT.709 player does, by the matrix, not the tag
+        vf = next(c.decode(video=0))
+        red = vf.to_ndarray(format="rgb24", src_colorspace=1, interpolation="BICUBIC")
+    assert np.abs(red[10:50, 10:70].astype(float).mean((0, 1)) - (200, 0, 0)).max() < 4
+
+
 def test_a_picture_in_and_a_picture_out(tmp_path, shared):
     """A photo derained into a photo ("unknown output container" before), and a video's one
     frame as a snapshot; more than one frame to a picture is refused before any work."""
