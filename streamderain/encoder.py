@@ -281,6 +281,12 @@ class Encoder(Stage):
             fmt, codec = self._format_and_codec()
             if o.preset and codec not in X26X:
                 log.warning("--preset is x264's and x265's; %s takes none (ignored)", codec)
+            if codec in X26X and (size[0] % 2 or size[1] % 2) and self.info.chroma != "444":
+                log.warning(  # their 4:2:0 needs even sides: the picture keeps its size
+                    "%s: %s writes %dx%d in 4:4:4, which some players and hardware decoders "
+                    "refuse; crop or scale the source to even sides for those",
+                    *(self.name, codec, size[1], size[0]),
+                )
             sar = self.info.sample_aspect_ratio
             if sar and sar != 1 and fmt in ("matroska", "webm") and codec not in X26X:
                 log.warning(  # FFmpeg's Matroska takes it from a field PyAV cannot set

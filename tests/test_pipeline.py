@@ -1316,10 +1316,11 @@ def test_chapters_are_kept_on_the_part_derained(tmp_path):
     assert kept == [("Downpour", 0.0, 0.3), ("Clearing", 0.3, 0.8)]
 
 
-def test_a_codec_named_by_its_format_gets_its_encoders_settings(tmp_path):
+def test_a_codec_named_by_its_format_gets_its_encoders_settings(tmp_path, caplog):
     """``--codec h264`` is libx264, but only ``libx264`` got the product's settings: an odd
     frame size failed ("h264 cannot encode this"), the quality was x264's default (crf 23)
-    and ``--preset`` was dropped."""
+    and ``--preset`` was dropped. The odd size is written in 4:4:4, which the user is told (some
+    players refuse it)."""
     from streamderain.encoder import Encoder
     from streamderain.frames import VideoInfo
     from streamderain.options import EncodeOptions
@@ -1334,6 +1335,7 @@ def test_a_codec_named_by_its_format_gets_its_encoders_settings(tmp_path):
     assert len(decode_all(out)[0]) == 3
     settings = out.read_bytes()
     assert b"crf=18.0" in settings and b"subme=10" in settings
+    assert "libx264 writes 65x49 in 4:4:4" in caplog.text
 
 
 def test_ffmpeg_encoder_keeps_the_picture_past_a_sound_that_ends_first(tmp_path):
