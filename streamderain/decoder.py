@@ -334,10 +334,10 @@ class Decoder:
         outage: live.Outage | None = None
         while self._container is not None and not self._stop.is_set():
             self.clock.new_session()
-            session_start = index
+            session_start, timed = index, live.source_times(self._container)
             try:
                 for vf in Deinterlacer().frames(self._decoded(self._container)):
-                    seconds = self.clock.seconds(vf.time)
+                    seconds = self.clock.seconds(vf.time if timed else None)
                     pts = max(round(seconds / LIVE_TIME_BASE), last_pts + 1)
                     last_pts = pts
                     if self.end is not None and seconds >= self.end - self.start:

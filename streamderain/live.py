@@ -23,6 +23,9 @@ T = TypeVar("T")
 # was reset (a looping restreamer, a camera reboot, MPEG-TS timestamps wrapping after 26.5 h):
 # frame times then follow the wall clock from there, instead of piling up on one instant.
 CLOCK_JUMP_BACK, CLOCK_JUMP_AHEAD = 0.5, 10.0
+#: FFmpeg's flag (AVFMT_NOTIMESTAMPS) on a demuxer whose stream holds no times: it makes them up
+#: at a nominal rate (MJPEG over HTTP at 25 frames/s, whatever the camera sends)
+NO_TIMESTAMPS = 0x80
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "srt", "tcp")
 #: web addresses that may name a recording rather than a live stream
 RECORDING_SCHEMES = ("http://", "https://")
@@ -70,6 +73,13 @@ def check_escaped(url: str) -> None:
     _, sep, rest = url.partition("://")
     if sep and "#" in rest.rpartition("@")[0]:
         raise InputError(f"{mask_url(url)}: write the '#' of its user name or password as %23")
+
+
+def source_times(container: av.container.InputContainer) -> bool:
+    """Whether a live source's frame times are its own: a 10 frames/s MJPEG camera over HTTP,
+    timed at FFmpeg's made-up 25, was recorded 2.5 times too fast and ``--duration 6`` took 15 s.
+    Frames of a source without times are placed as they arrive."""
+    return not container.format.flags & NO_TIMESTAMPS
 
 
 class LiveClock:

@@ -519,3 +519,43 @@ def test_a_killed_recording_is_kept_and_the_next_run_records_anew(
     assert readable(kept) >= 30
     assert len(decode_all(out)[0]) > 0
     assert not partial_path(out).exists()
+
+
+@SERIAL
+def test_an_mjpeg_camera_over_http_is_recorded_at_its_own_pace(tmp_path):
+    """FFmpeg's reader of MJPEG over HTTP has no frame times and makes them up at 25 frames/s:
+    a 10 frames/s camera was recorded 2.5 times too fast. A bar crossing the camera's picture at
+    40 pixels a second crosses the recording at that speed."""
+    src, port = tmp_path / "bar.mkv", free_port()
+    with av.open(str(src), "w") as container:
+        v = container.add_stream("ffv1", rate=10)
+        v.width, v.height, v.pix_fmt = 160, 96, "yuv420p"
+        for n in range(40):
+            image = np.full((96, 160, 3), 30, np.uint8)
+            image[:, n * 4 : n * 4 + 8] = 220
+            vf = av.VideoFrame.from_ndarray(image, format="rgb24")
+            vf.pts = n
+            container.mux(v.encode(vf))
+        container.mux(v.encode(None))
+    url = f"http://{HOST}:{port}/cam.mjpg"
+    server = subprocess.Popen(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(src),
+         "-c:v", "mjpeg", "-q:v", "3", "-f", "mpjpeg", "-listen", "1", url]
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not is_listening(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        out = tmp_path / "camera.mp4"
+        proc = start_cli(url, out, "-q", "--duration", "4")
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    finally:
+        server.kill()
+        server.wait()
+    images, times, _ = decode_all(out)
+    bars = [int(np.argmax(image.mean((0, 2)))) for image in images]
+    steps = [(b - a) % 160 for a, b in zip(bars, bars[1:])]
+    moved = sum(s for s in steps if s < 80)
+    speed = moved / (times[-1] - times[0])
+    assert len(images) >= 10 and 30 < speed < 55, (speed, bars, times)
