@@ -132,6 +132,8 @@ class Decoder:
         if self.source.lower().startswith(("rtsp://", "rtsps://")):
             options["rtsp_transport"] = self.rtsp_transport
             read_timeout /= 2  # a stall shows after two: the first yields the frame RTSP held
+        elif live.is_hls(self.source):
+            read_timeout += live.HLS_WAIT  # HLS waits at the live edge for a whole segment
         if self.live:
             options["analyzeduration"] = probe
         if self.source.startswith("/dev/video"):

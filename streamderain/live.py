@@ -26,6 +26,9 @@ CLOCK_JUMP_BACK, CLOCK_JUMP_AHEAD = 0.5, 10.0
 #: FFmpeg's flag (AVFMT_NOTIMESTAMPS) on a demuxer whose stream holds no times: it makes them up
 #: at a nominal rate (MJPEG over HTTP at 25 frames/s, whatever the camera sends)
 NO_TIMESTAMPS = 0x80
+#: seconds an HLS read may wait beyond the read timeout: the reader waits at the live edge for
+#: the next whole segment (2 to 10 s), and a playlist of 6 s segments was taken for a lost stream
+HLS_WAIT = 10.0
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "srt", "tcp")
 #: web addresses that may name a recording rather than a live stream
 RECORDING_SCHEMES = ("http://", "https://")
@@ -73,6 +76,11 @@ def check_escaped(url: str) -> None:
     _, sep, rest = url.partition("://")
     if sep and "#" in rest.rpartition("@")[0]:
         raise InputError(f"{mask_url(url)}: write the '#' of its user name or password as %23")
+
+
+def is_hls(source: str) -> bool:
+    """Whether ``source`` names an HLS playlist (``.m3u8``), which comes a segment at a time."""
+    return "://" in source and urlsplit(source).path.lower().endswith(".m3u8")
 
 
 def source_times(container: av.container.InputContainer) -> bool:

@@ -559,3 +559,38 @@ def test_an_mjpeg_camera_over_http_is_recorded_at_its_own_pace(tmp_path):
     moved = sum(s for s in steps if s < 80)
     speed = moved / (times[-1] - times[0])
     assert len(images) >= 10 and 30 < speed < 55, (speed, bars, times)
+
+
+@SERIAL
+def test_an_hls_playlist_of_long_segments_is_not_taken_for_a_lost_stream(tmp_path):
+    """HLS comes a segment at a time: at the live edge the reader waits for the next whole one,
+    and with segments of 6 s that wait passed the 5 s read timeout, so a healthy stream was
+    said lost and connected again (reading old segments a second time)."""
+    port = free_port()
+    generator = subprocess.Popen(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+         "testsrc=size=160x96:rate=10", "-c:v", "libx264", "-preset", "ultrafast", "-g", "10",
+         "-f", "hls", "-hls_time", "6", "-hls_list_size", "5", str(tmp_path / "live.m3u8")]
+    )  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", HOST],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            (tmp_path / "live.m3u8").exists() and is_listening(port)
+        ):
+            time.sleep(0.2)
+        out = tmp_path / "hls.mp4"
+        proc = start_cli(f"http://{HOST}:{port}/live.m3u8", out, "--duration", "16")
+        _, err = proc.communicate(timeout=120)
+    finally:
+        for process in (generator, server):
+            process.kill()
+            process.wait()
+    assert proc.returncode == 0, err
+    assert "lost" not in err and "reconnect" not in err, err
+    assert len(decode_all(out)[0]) >= 5
