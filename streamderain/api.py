@@ -311,6 +311,8 @@ def derain_video(
             live_drop = options.decode.live_drop
             if live_drop and not decoder.live:  # read as fast as it decodes: most would go
                 log.warning("--live-drop is for live sources; every frame of a file is kept")
+            if options.decode.start and decoder.live:
+                log.warning("--start is for files; a live source is read from now (ignored)")
             drop = decoder.live and live_drop is not False
             pipeline = Pipeline(
                 decoder, stages, queue_size=1 if drop else 4, drop_oldest=drop, on_frame=on_frame

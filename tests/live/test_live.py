@@ -68,10 +68,13 @@ def wait_until_deraining(proc: subprocess.Popen) -> str:
 
 
 def test_reads_frames_from_an_rtsp_camera(rtsp_server, tmp_path):
+    """... and says that ``--start`` means nothing to a live source (it was ignored silently)."""
     out = tmp_path / "live.mp4"
-    proc = start_cli(rtsp_server.url, out, "-q", "--max-frames", "12", "--no-live-drop")
+    args = ("--max-frames", "12", "--no-live-drop", "--start", "3")
+    proc = start_cli(rtsp_server.url, out, *args)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
+    assert "--start is for files" in err
     images, times, _ = decode_all(out)
     assert len(images) == 12
     assert images[0].shape == (180, 320, 3)
