@@ -208,7 +208,12 @@ _ENCODE = [
 _RANGE = [
     click.option("--start", type=float, default=None, help="Seconds to skip."),
     click.option("--duration", type=float, default=None, help="Seconds to process."),
-    click.option("--max-frames", type=int, default=None, help="Frames to process at most."),
+    click.option(
+        "--max-frames",
+        type=int,
+        default=None,
+        help="Frames to read at most (from a live source, dropped ones included).",
+    ),
 ]
 _LIVE = [
     click.option(
