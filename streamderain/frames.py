@@ -122,8 +122,8 @@ def _full_range_frame(image: np.ndarray, pix_fmt: str, colorspace: int) -> av.Vi
     """Full-range planar YUV by H.273's equations, rounded to the nearest level.
 
     Why not swscale: to full range it truncates the colour planes, 0.5 levels low on average
-    (limited range rounds): a webcam's MJPEG or a folder of PNGs came back tinted green by
-    -0.7 +0.6 -1.0 grey levels in R, G, B, where limited range comes back within 0.01."""
+    (limited range rounds): a webcam's MJPEG or PNG frames in Matroska came back tinted green by
+    -0.7 +0.6 -0.7 grey levels in R, G, B (MJPEG), where limited range comes back within 0.01."""
     fmt = av.VideoFormat(pix_fmt)
     peak = (1 << fmt.components[0].bits) - 1
     kr, kb = _LUMA.get(colorspace, _LUMA[5])

@@ -134,8 +134,8 @@ def test_a_round_trip_keeps_the_colours(vfr_clip, tmp_path):
 def test_a_full_range_round_trip_keeps_the_colours(
     tmp_path, name, codec, pix_fmt, colorspace, limit
 ):
-    """Full-range video (a webcam's MJPEG, screen captures; pictures are written so too) came
-    back tinted green, -0.7 +0.6 -0.8 in R, G, B: swscale truncates full range's colour planes.
+    """Full-range video (a webcam's MJPEG, screen captures, PNG frames in Matroska) came
+    back tinted green, -0.7 +0.6 -0.7 in R, G, B (MJPEG): swscale truncates full range's colour planes.
     At 10 bits what is left (-0.1) is the decoder's."""
     src = tmp_path / name
     with av.open(str(src), "w") as container:
