@@ -269,7 +269,10 @@ def test_no_derained_pixel_is_brighter_than_the_rainy_one(shared):
     assert brightened.sum() > 100
     for image in (Derainer(model=LIGHT_MODEL, precision="fp32")(rainy), derain_rgb(lite, rainy)):
         assert (image <= rainy).all()
-        assert np.array_equal(image[~brightened], bare[~brightened])
+        # elsewhere the network's own output, to its rounding: OpenVINO (the Derainer's) sums in
+        # another order than PyTorch, and on an AVX2 CPU one value of 106,620 came out 1 level off
+        kept = image[~brightened].astype(int) - bare[~brightened]
+        assert np.abs(kept).max() <= 1 and np.count_nonzero(kept) <= kept.size // 10_000
         error = lambda a: np.abs(a[brightened].astype(int) - clean[brightened]).mean()  # noqa: E731
         assert error(image) < error(bare)
 
