@@ -96,3 +96,13 @@ def no_ray_left_behind() -> Iterator[None]:
         warnings.warn(
             f"killed {len(killed)} Ray process(es) left running by the test", stacklevel=1
         )
+
+
+def pytest_unconfigure(config) -> None:
+    """A child process a test left behind would hold pytest at its exit, joined by
+    multiprocessing forever: the serial pass of 2026-12-07 (Ray 2.60) passed and then hung there
+    until killed. Such children are ended here."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
