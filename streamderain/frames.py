@@ -20,15 +20,13 @@ _TO_RGB = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FUL
 _TO_YUV = Interpolation.AREA | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INP
 # swscale's conversion matrix for each AVColorSpace tag; untagged video converts as BT.601.
 _MATRICES = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
-# Kr and Kb of the same matrices (H.273), for full range, which is converted here
+# Kr and Kb of each of those matrices (H.273), for full range, which is converted here
 _LUMA = {
     1: (0.2126, 0.0722),
     4: (0.30, 0.11),
     5: (0.299, 0.114),
-    6: (0.299, 0.114),
     7: (0.212, 0.087),
     9: (0.2627, 0.0593),
-    10: (0.2627, 0.0593),
 }
 _PLANAR_YUV = re.compile(r"yuv4[24][024]p(1[02]le)?")
 
@@ -126,7 +124,7 @@ def _full_range_frame(image: np.ndarray, pix_fmt: str, colorspace: int) -> av.Vi
     -0.7 +0.6 -0.7 grey levels in R, G, B (MJPEG), where limited range comes back within 0.01."""
     fmt = av.VideoFormat(pix_fmt)
     peak = (1 << fmt.components[0].bits) - 1
-    kr, kb = _LUMA.get(colorspace, _LUMA[5])
+    kr, kb = _LUMA[_MATRICES.get(colorspace, 5)]  # the matrix swscale would use, untagged BT.601
     luma = np.array([kr, 1 - kr - kb, kb])
     matrix = np.vstack([luma, ([0, 0, 1] - luma) / (2 - 2 * kb), ([1, 0, 0] - luma) / (2 - 2 * kr)])
     matrix *= peak / np.iinfo(image.dtype).max
